@@ -1,0 +1,1 @@
+"""Datasets -> manifests, the synthetic-av generator, and the Parquet feature store."""

@@ -1,0 +1,198 @@
+"""The manifest: one row per video of a dataset (DESIGN.md "Data at rest").
+
+Columns: ``video_id`` (string, unique), ``path`` (relative to the dataset's video root),
+``split`` (string), ``duration_s`` (float, nullable), ``captions`` (list<string>, non-empty).
+The video root is kept in the Parquet schema metadata (``tvr.video_root``) so a manifest
+is self-contained.
+
+Validation on build (documented in the README):
+- errors (:class:`ManifestError`): duplicate ``video_id``, an empty id, an absolute path or one
+  with ``..``, a video with no captions, a caption that is empty or not a string;
+- reported, not fatal: video files missing on disk (``BuildReport.missing``); pass
+  ``strict_missing=True`` to make them an error.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data.atomic import atomic_path
+
+SCHEMA = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("duration_s", pa.float64(), nullable=True),
+        pa.field("captions", pa.list_(pa.string()), nullable=False),
+    ]
+)
+ROOT_KEY = b"tvr.video_root"
+DATASET_KEY = b"tvr.dataset"
+
+
+class ManifestError(ValueError):
+    """A manifest cannot be built or read; the message names the source and the problem."""
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One video as a dataset reader yields it."""
+
+    video_id: str
+    path: str
+    split: str
+    captions: Sequence[str]
+    duration_s: float | None = None
+
+
+@dataclass
+class BuildReport:
+    """What :func:`build_manifest` found besides errors."""
+
+    n_videos: int = 0
+    splits: dict[str, int] = field(default_factory=dict)
+    n_captions: int = 0
+    missing: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        splits = ", ".join(f"{k}={v}" for k, v in sorted(self.splits.items()))
+        text = f"{self.n_videos} videos ({splits}), {self.n_captions} captions"
+        if self.missing:
+            text += f"; {len(self.missing)} video files missing"
+        return text
+
+
+def check_relative_path(path: str, source: str = "manifest") -> str:
+    """Return ``path`` in POSIX form, refusing absolute paths and ``..`` components."""
+    if not isinstance(path, str) or not path.strip():
+        raise ManifestError(f"{source}: empty video path")
+    posix = PurePosixPath(path.replace("\\", "/"))
+    if posix.is_absolute() or Path(path).is_absolute():
+        raise ManifestError(f"{source}: path {path!r} is absolute; paths must be relative to the video root")
+    if ".." in posix.parts:
+        raise ManifestError(f"{source}: path {path!r} contains '..' and could escape the video root")
+    return str(posix)
+
+
+def build_manifest(
+    records: Iterable[VideoRecord],
+    video_root: str | Path,
+    *,
+    dataset: str = "",
+    source: str = "annotations",
+    strict_missing: bool = False,
+) -> tuple[pa.Table, BuildReport]:
+    """Validate ``records`` and return the manifest table plus a report.
+
+    ``source`` names the annotation file in error messages.
+    """
+    root = Path(video_root)
+    report = BuildReport()
+    seen: set[str] = set()
+    columns: dict[str, list] = {name: [] for name in SCHEMA.names}
+    for rec in records:
+        where = f"{source}: video {rec.video_id!r}"
+        if not isinstance(rec.video_id, str) or not rec.video_id:
+            raise ManifestError(f"{source}: empty or non-string video id {rec.video_id!r}")
+        if rec.video_id in seen:
+            raise ManifestError(f"{where}: duplicate video id")
+        seen.add(rec.video_id)
+        path = check_relative_path(rec.path, where)
+        captions = list(rec.captions)
+        if not captions:
+            raise ManifestError(f"{where}: no captions")
+        for i, cap in enumerate(captions):
+            if not isinstance(cap, str) or not cap.strip():
+                raise ManifestError(f"{where}: caption {i} is {cap!r}; expected a non-empty string")
+        if not (root / path).is_file():
+            report.missing.append(rec.video_id)
+        columns["video_id"].append(rec.video_id)
+        columns["path"].append(path)
+        columns["split"].append(str(rec.split))
+        columns["duration_s"].append(None if rec.duration_s is None else float(rec.duration_s))
+        columns["captions"].append([c.strip() for c in captions])
+        report.splits[str(rec.split)] = report.splits.get(str(rec.split), 0) + 1
+        report.n_captions += len(captions)
+    report.n_videos = len(seen)
+    if report.n_videos == 0:
+        raise ManifestError(f"{source}: no videos")
+    if strict_missing and report.missing:
+        shown = ", ".join(report.missing[:5])
+        raise ManifestError(f"{source}: {len(report.missing)} video files missing under {root} (first: {shown})")
+    meta = {ROOT_KEY: str(root.resolve()).encode(), DATASET_KEY: dataset.encode()}
+    table = pa.table(columns, schema=SCHEMA).replace_schema_metadata(meta)
+    return table, report
+
+
+def write_manifest(table: pa.Table, path: str | Path) -> Path:
+    """Write atomically (temporary name, then rename)."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
+
+
+def write_missing_report(missing: Sequence[str], path: str | Path) -> Path:
+    """One missing video id per line, so users can see exactly which files to fetch."""
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{vid}\n" for vid in missing), encoding="utf-8")
+    return Path(path)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest read back from disk."""
+
+    table: pa.Table
+    video_root: Path
+    dataset: str
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def video_ids(self) -> list[str]:
+        return self.table.column("video_id").to_pylist()
+
+    def split(self, name: str) -> "Manifest":
+        mask = pa.compute.equal(self.table.column("split"), name)
+        return Manifest(self.table.filter(mask), self.video_root, self.dataset)
+
+    def records(self) -> list[VideoRecord]:
+        return [
+            VideoRecord(r["video_id"], r["path"], r["split"], r["captions"], r["duration_s"])
+            for r in self.table.to_pylist()
+        ]
+
+    def abs_path(self, relative: str) -> Path:
+        return self.video_root / relative
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Read and validate a manifest written by :func:`write_manifest`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: no manifest here; build it first (python -m data.prepare ...)")
+    table = pq.read_table(path)
+    missing_cols = [n for n in SCHEMA.names if n not in table.column_names]
+    if missing_cols:
+        raise ManifestError(f"{path}: not a manifest, columns {missing_cols} missing")
+    meta = table.schema.metadata or {}
+    root = Path(meta.get(ROOT_KEY, str(path.parent).encode()).decode())
+    dataset = meta.get(DATASET_KEY, b"").decode()
+    return Manifest(table.select(SCHEMA.names), root, dataset)
+
+
+def manifest_fingerprint(manifest: Manifest) -> str:
+    """Short hash of (video_id, path) pairs: what an index or a run covers."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for vid, p in zip(manifest.video_ids, manifest.table.column("path").to_pylist()):
+        h.update(json.dumps([vid, p]).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,70 @@
+"""The single source of paths and defaults.
+
+Every stage asks :func:`get_settings` for its folders instead of building paths itself.
+The root folder is ``$TVR_HOME`` when set, else ``./tvr_home`` in the working directory.
+
+Layout under the root (DESIGN.md "Data at rest")::
+
+    datasets/<name>/manifest.parquet
+    features/<dataset>/<modality>/<extractor-id>/part-NNNNN.parquet
+    runs/<run-id>/
+    indexes/<dataset>/<run-id>/
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT_ENV = "TVR_HOME"
+DEFAULT_ROOT = "tvr_home"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved paths and defaults; build with :func:`get_settings`."""
+
+    root: Path
+    device: str = "auto"          # "auto" picks CUDA when present, else CPU
+    shard_size: int = 64          # videos per feature shard
+    seed: int = 0
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.root / "datasets"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.root / "features"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def indexes_dir(self) -> Path:
+        return self.root / "indexes"
+
+    def dataset_dir(self, name: str) -> Path:
+        return self.datasets_dir / name
+
+    def manifest_path(self, name: str) -> Path:
+        return self.dataset_dir(name) / "manifest.parquet"
+
+    def feature_dir(self, dataset: str, modality: str, extractor_id: str) -> Path:
+        return self.features_dir / dataset / modality / extractor_id
+
+
+def get_settings(root: str | os.PathLike | None = None) -> Settings:
+    """Settings for ``root``, else ``$TVR_HOME``, else ``./tvr_home``.
+
+    Environment overrides: ``TVR_HOME`` (root), ``TVR_DEVICE`` (auto/cpu/cuda),
+    ``TVR_SHARD_SIZE`` (videos per shard), ``TVR_SEED``.
+    """
+    chosen = root if root is not None else os.environ.get(ROOT_ENV, DEFAULT_ROOT)
+    return Settings(
+        root=Path(chosen).expanduser().resolve(),
+        device=os.environ.get("TVR_DEVICE", "auto"),
+        shard_size=int(os.environ.get("TVR_SHARD_SIZE", "64")),
+        seed=int(os.environ.get("TVR_SEED", "0")),
+    )

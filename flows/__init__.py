@@ -1,0 +1,1 @@
+"""Prefect flows and deployments only: thin orchestration over the plain-Python stages."""

@@ -1,0 +1,1 @@
+"""Fusion models (zero-shot, meanP, seqTransf, M2HF, HCMI), losses, training loop, checkpoints."""

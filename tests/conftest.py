@@ -1,0 +1,37 @@
+"""Shared test fixtures: offline mode, an isolated TVR_HOME, the fixtures folder, a tiny synthetic set."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED = PROJECT.parent / "shared"
+FIXTURES = SHARED / "fixtures"
+
+requires_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason="../shared/fixtures not present")
+
+
+@pytest.fixture
+def tvr_home(tmp_path, monkeypatch):
+    """An empty settings root for one test."""
+    root = tmp_path / "tvr_home"
+    monkeypatch.setenv("TVR_HOME", str(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory):
+    """A 16-video synthetic dataset (train 8 / val 2 / test 6), generated once per session.
+
+    Returns the folder holding ``videos/`` and ``annotations.jsonl``.
+    """
+    from data import synthetic
+
+    out = tmp_path_factory.mktemp("synthetic")
+    synthetic.generate(out, n=16, seed=7, n_test=6, n_val=2, progress=False)
+    return out
