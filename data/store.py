@@ -8,7 +8,8 @@ Layout (DESIGN.md "Data at rest")::
         part-00000.done          completion marker, written last
 
 Row columns: ``video_id`` (string), ``values`` (list of fixed-size float32 lists: ``[T, D]``),
-``timestamps_s`` (list<float64>, ``[T]``, seconds from the start of the video), ``status``
+``timestamps_s`` (list<float64>, ``[T]`` seconds from the start of the video, or empty where time
+has no meaning, e.g. text tokens), ``status``
 (``ok`` / ``empty`` / ``failed``), ``error`` (string or null), plus the extra columns an
 extractor declares (e.g. ``caption_index`` and ``eot_index`` for text, ``has_audio`` for audio).
 
@@ -187,7 +188,7 @@ class FeatureSet:
                 raise StoreError(f"video {r.video_id!r}: status {r.status!r} not in {STATUSES}")
             if r.values.ndim != 2 or r.values.shape[1] != dim:
                 raise StoreError(f"video {r.video_id!r}: values of shape {r.values.shape}, expected [T, {dim}]")
-            if len(r.timestamps_s) != len(r.values):
+            if len(r.timestamps_s) not in (0, len(r.values)):
                 raise StoreError(f"video {r.video_id!r}: {len(r.timestamps_s)} timestamps for {len(r.values)} steps")
         flat = np.concatenate([np.asarray(r.values, np.float32).reshape(-1) for r in rows])
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
