@@ -1,0 +1,101 @@
+"""Manifest building: every bad input is a clear error or a reported warning."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from data.folder import assign_split, read_records
+from data.manifest import ManifestError, VideoRecord, build_manifest, read_manifest, write_manifest
+from data.prepare import prepare
+
+
+@pytest.fixture
+def videos(tmp_path):
+    root = tmp_path / "videos"
+    (root / "sub").mkdir(parents=True)
+    for name in ("a.mp4", "b.mp4", "sub/c.webm"):
+        (root / name).write_bytes(b"x")
+    return root
+
+
+def rec(vid, path=None, captions=("a caption",), split="train"):
+    return VideoRecord(vid, path or f"{vid}.mp4", split, list(captions))
+
+
+def test_round_trip(videos, tmp_path):
+    table, report = build_manifest([rec("a"), rec("b", split="test"), rec("c", "sub/c.webm")], videos,
+                                   dataset="mine")
+    assert report.n_videos == 3 and report.splits == {"train": 2, "test": 1} and not report.missing
+    m = read_manifest(write_manifest(table, tmp_path / "m.parquet"))
+    assert m.video_ids == ["a", "b", "c"] and m.dataset == "mine" and m.video_root == videos.resolve()
+    assert m.split("test").video_ids == ["b"]
+    assert m.records()[2].path == "sub/c.webm"
+
+
+def test_duplicate_ids(videos):
+    with pytest.raises(ManifestError, match="'a': duplicate video id"):
+        build_manifest([rec("a"), rec("a", "b.mp4")], videos, source="ann.json")
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../outside.mp4", "sub/../../x.mp4"])
+def test_paths_that_escape_the_root(videos, path):
+    with pytest.raises(ManifestError, match="absolute|'\\.\\.'"):
+        build_manifest([rec("a", path)], videos)
+
+
+@pytest.mark.parametrize("captions,msg", [((), "no captions"), (("",), "caption 0"), (("ok", "  "), "caption 1"),
+                                          (("ok", 3), "caption 1")])
+def test_empty_or_bad_captions(videos, captions, msg):
+    with pytest.raises(ManifestError, match=msg):
+        build_manifest([rec("a", captions=captions)], videos, source="ann.json")
+
+
+def test_missing_files_reported_or_strict(videos):
+    _, report = build_manifest([rec("a"), rec("zz")], videos)
+    assert report.missing == ["zz"] and "1 video files missing" in report.summary()
+    with pytest.raises(ManifestError, match="1 video files missing"):
+        build_manifest([rec("a"), rec("zz")], videos, strict_missing=True)
+
+
+def test_empty_dataset_and_missing_manifest(videos, tmp_path):
+    with pytest.raises(ManifestError, match="no videos"):
+        build_manifest([], videos)
+    with pytest.raises(ManifestError, match="no manifest here"):
+        read_manifest(tmp_path / "nope.parquet")
+
+
+def test_folder_jsonl_and_csv(videos, tmp_path, tvr_home):
+    jl = tmp_path / "caps.jsonl"
+    jl.write_text(json.dumps({"video": "a.mp4", "captions": ["x", "y"], "split": "train"}) + "\n\n"
+                  + json.dumps({"video": "sub/c.webm", "captions": ["z"]}) + "\n")
+    recs = read_records(jl)
+    assert [r.video_id for r in recs] == ["a", "sub/c"] and recs[1].split == assign_split("sub/c")
+    csv = tmp_path / "caps.csv"
+    csv.write_text("video,caption,split\na.mp4,one,test\na.mp4,two,test\nb.mp4,three,\n")
+    recs = read_records(csv)
+    assert [(r.video_id, list(r.captions), r.split) for r in recs] == [
+        ("a", ["one", "two"], "test"), ("b", ["three"], assign_split("b"))]
+    out, report = prepare("folder", csv, videos, name="mine")
+    assert out == tvr_home.resolve() / "datasets" / "mine" / "manifest.parquet" and report.n_videos == 2
+
+
+def test_folder_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "caps.jsonl"
+    bad.write_text('{"video": "a.mp4", "captions": ["x"]}\n{"video": "b.mp4", "captions": "oops"}\n')
+    with pytest.raises(ManifestError, match=r"caps.jsonl:2: 'captions' must be a list"):
+        read_records(bad)
+    bad.write_text('{"video": "a.mp4", "captions": ["x"]\n')
+    with pytest.raises(ManifestError, match=r"caps.jsonl:1: not valid JSON"):
+        read_records(bad)
+    csv = tmp_path / "c.csv"
+    csv.write_text("path,text\na.mp4,x\n")
+    with pytest.raises(ManifestError, match="lacks 'video' and 'caption'"):
+        read_records(csv)
+
+
+def test_assigned_splits_are_deterministic_and_balanced():
+    splits = [assign_split(f"video{i}") for i in range(3000)]
+    assert splits == [assign_split(f"video{i}") for i in range(3000)]
+    share = splits.count("train") / len(splits)
+    assert 0.75 < share < 0.85 and splits.count("val") > 200 and splits.count("test") > 200

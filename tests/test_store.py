@@ -1,0 +1,153 @@
+"""Feature store: ragged round trip, atomic shards, resume listing, schema/dimension checks."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data.store import ExtractorSpec, FeatureRow, FeatureSet, StoreError, list_extractors
+
+DIM = 8
+
+
+def spec(dim=DIM, **params):
+    return ExtractorSpec("clip_frames", dim, {"model": "tiny", "weights": "random", **params}, True,
+                         {"has_audio": pa.bool_()})
+
+
+def rows(ids, rng, dim=DIM):
+    out = []
+    for i, vid in enumerate(ids):
+        t = (i % 4) + 1 if i % 5 else 0  # ragged, including empty sequences
+        out.append(FeatureRow(vid, rng.normal(size=(t, dim)).astype(np.float32), np.arange(t, dtype=float),
+                              "ok" if t else "empty", None, {"has_audio": bool(i % 2)}))
+    return out
+
+
+def test_extractor_id_changes_with_every_parameter():
+    base = spec().extractor_id
+    assert spec().extractor_id == base
+    assert spec(fps=2).extractor_id != base
+    assert spec(dim=16).extractor_id != base
+    assert len(base) == 12
+
+
+def test_ragged_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    fs = FeatureSet(tmp_path / "f", spec())
+    written = rows([f"v{i}" for i in range(11)], rng)
+    fs.write_shard(written[:6])
+    fs.write_shard(written[6:])
+    table = FeatureSet(tmp_path / "f").read()  # spec read back from _extractor.json
+    assert table.video_ids == [r.video_id for r in written]
+    for i, r in enumerate(written):
+        np.testing.assert_array_equal(table.row(i), r.values)
+        np.testing.assert_array_equal(table.timestamps(i), r.timestamps_s)
+    assert table.column("has_audio") == [r.extra["has_audio"] for r in written]
+    padded, mask = table.padded()
+    assert padded.shape == (11, 4, DIM) and mask.sum() == sum(len(r.values) for r in written)
+    for i, r in enumerate(written):
+        np.testing.assert_array_equal(padded[i, : len(r.values)], r.values)
+        assert not padded[i, len(r.values):].any()
+
+
+def test_random_weights_recorded_loudly(tmp_path):
+    fs = FeatureSet(tmp_path / "f", spec())
+    fs.write_shard(rows(["a"], np.random.default_rng(0)))
+    info = FeatureSet(tmp_path / "f").info
+    assert info["random_weights"] is True and "RANDOM WEIGHTS" in info["WARNING"]
+
+
+def test_list_extractors(tmp_path):
+    s = spec()
+    FeatureSet(tmp_path / "ds" / "clip_frames" / s.extractor_id, s).write_shard(rows(["a"], np.random.default_rng(0)))
+    listed = list_extractors(tmp_path, "ds", "clip_frames")
+    assert [x["extractor_id"] for x in listed] == [s.extractor_id]
+
+
+def test_newest_row_wins_and_done_ids(tmp_path):
+    fs = FeatureSet(tmp_path / "f", spec())
+    fs.write_shard([FeatureRow.failed("a", DIM, "boom"), *rows(["b"], np.random.default_rng(0))])
+    assert fs.done_ids() == {"b"}  # failed videos are retried on resume
+    fs.write_shard(rows(["x", "a"], np.random.default_rng(1)))
+    table = fs.read()
+    assert sorted(table.video_ids) == ["a", "b", "x"]  # exactly one entry per video
+    assert dict(zip(table.video_ids, table.status))["a"] in ("ok", "empty")
+
+
+def _write_then_die(folder, kill_at):
+    """Child process: write one complete shard, then die at a chosen point of the second."""
+    import data.store as store
+
+    fs = store.FeatureSet(folder, spec())
+    fs.write_shard(rows(["a", "b"], np.random.default_rng(0)))
+    real = store.write_json_atomic if kill_at == "before-marker" else store.pq.write_table
+
+    def die(*args, **kwargs):
+        if kill_at == "mid-parquet":
+            real(*args, **kwargs)  # a complete temporary file exists, never renamed
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if kill_at == "before-marker":
+        store.write_json_atomic = die
+    else:
+        store.pq.write_table = die
+    fs.write_shard(rows(["c", "d"], np.random.default_rng(1)))
+
+
+@pytest.mark.parametrize("kill_at", ["mid-parquet", "before-marker"])
+def test_killed_writer_leaves_no_readable_partial_shard(tmp_path, kill_at):
+    folder = tmp_path / "f"
+    proc = mp.get_context("fork").Process(target=_write_then_die, args=(folder, kill_at))
+    proc.start()
+    proc.join(30)
+    assert proc.exitcode == -signal.SIGKILL
+    debris = [p.name for p in folder.iterdir() if p.name not in ("_extractor.json", "part-00000.parquet", "part-00000.done")]
+    assert debris, "the kill should have left debris to clean up"
+    fs = FeatureSet(folder)
+    assert fs.done_ids() == {"a", "b"}  # the killed shard's videos are redone, nothing else
+    assert fs.read().video_ids == ["a", "b"]
+    fs.prepare()  # a new run cleans the debris
+    assert sorted(p.name for p in folder.iterdir()) == ["_extractor.json", "part-00000.done", "part-00000.parquet"]
+    fs.write_shard(rows(["c", "d"], np.random.default_rng(1)))
+    assert sorted(fs.read().video_ids) == ["a", "b", "c", "d"]
+
+
+def test_wrong_dimension_is_refused_with_file_and_shape(tmp_path):
+    good = spec()
+    folder = tmp_path / "f"
+    FeatureSet(folder, good).write_shard(rows(["a"], np.random.default_rng(0)))
+    # A shard written with another dimension lands in the same folder (e.g. a bug or a hand copy).
+    wrong = ExtractorSpec(good.modality, DIM * 2, good.params, True, good.extra_columns)
+    bad_table = FeatureSet(tmp_path / "other", wrong)._to_table(rows(["b"], np.random.default_rng(0), DIM * 2))
+    pq.write_table(bad_table, folder / "part-00001.parquet")
+    (folder / "part-00001.done").write_text("{}")
+    with pytest.raises(StoreError) as err:
+        FeatureSet(folder).read()
+    assert "part-00001.parquet" in str(err.value) and f"D={DIM}" in str(err.value)
+
+
+def test_writer_refuses_bad_rows(tmp_path):
+    fs = FeatureSet(tmp_path / "f", spec())
+    with pytest.raises(StoreError, match=r"expected \[T, 8\]"):
+        fs.write_shard([FeatureRow("a", np.zeros((2, 3), np.float32), np.zeros(2))])
+    with pytest.raises(StoreError, match="status"):
+        fs.write_shard([FeatureRow("a", np.zeros((1, DIM), np.float32), np.zeros(1), "done")])
+    with pytest.raises(StoreError, match="timestamps"):
+        fs.write_shard([FeatureRow("a", np.zeros((2, DIM), np.float32), np.zeros(3))])
+
+
+def test_folder_of_another_extractor_is_refused(tmp_path):
+    FeatureSet(tmp_path / "f", spec()).write_shard(rows(["a"], np.random.default_rng(0)))
+    with pytest.raises(StoreError, match="belongs to extractor"):
+        FeatureSet(tmp_path / "f", spec(fps=5)).prepare()
+
+
+def test_reader_without_extractor_json(tmp_path):
+    with pytest.raises(StoreError, match="no _extractor.json"):
+        FeatureSet(tmp_path / "nothing")
