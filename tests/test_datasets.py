@@ -277,3 +277,48 @@ def test_prepare_cli_writes_manifest_missing_list_and_protocol(tmp_path, tvr_hom
     assert "2 video files missing" in capsys.readouterr().err
     with pytest.raises(ManifestError, match="takes no option split"):
         prepare("msvd", tmp_path, tmp_path, split="7k")
+
+
+# ---------------------------------------------------------------- folder (a user's own collection)
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "datasets.md"
+
+
+def docs_block(lang: str) -> str:
+    """The first ```<lang> code block of docs/datasets.md (the documented folder examples)."""
+    text = DOCS.read_text()
+    start = text.index(f"```{lang}\n") + len(lang) + 4
+    return text[start:text.index("```", start)]
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_folder_documented_examples_build(tmp_path, tvr_home, suffix):
+    (tmp_path / f"captions.{suffix}").write_text(docs_block(suffix))
+    touch(tmp_path / "videos", "clips/cat.mp4", "clips/dog.webm")
+    out, report = prepare("folder", tmp_path / f"captions.{suffix}", tmp_path / "videos", name="pets")
+    manifest = read_manifest(out)
+    rows = {r.video_id: r for r in manifest.records()}
+    assert rows["clips/cat"].captions[:2] == ["a cat jumps onto a table", "a kitten leaps"]
+    assert rows["clips/cat"].split == "train"
+    assert rows["clips/dog"].split in ("train", "val", "test")  # assigned from the id hash
+    assert report.missing == ["surf-2024" if suffix == "jsonl" else "surf"]
+    assert manifest.metadata["reader"] == "folder" and manifest.dataset == "pets"
+
+
+def test_folder_errors_name_the_line(tmp_path):
+    from data import folder
+
+    bad = tmp_path / "c.csv"
+    bad.write_text("video,caption,duration_s\na.mp4,x,4\na.mp4,y,3\n")
+    with pytest.raises(ManifestError, match=r"c\.csv:3: duration_s '3' contradicts '4' .*c\.csv:2"):
+        folder.read_records(bad)
+    bad.write_text("video,caption,duration_s\na.mp4,x,long\n")
+    with pytest.raises(ManifestError, match=r"c\.csv:2: 'duration_s' is 'long'"):
+        folder.read_records(bad)
+    bad.write_text("path,text\na.mp4,x\n")
+    with pytest.raises(ManifestError, match=r"lacks 'video' and 'caption'"):
+        folder.read_records(bad)
+    jl = tmp_path / "c.jsonl"
+    jl.write_text('{"video": "a.mp4", "captions": ["x"]}\n{"video": "b.mp4", "captions": "y"}\n')
+    with pytest.raises(ManifestError, match=r"c\.jsonl:2: 'captions' must be a list"):
+        folder.read_records(jl)
