@@ -101,7 +101,8 @@ def hold_out(ids: Sequence[str], n: int, where: str) -> set[str]:
     """``n`` of ``ids`` chosen deterministically (smallest SHA-256 of the id): the same ids every run,
     whatever the order of the file."""
     if n < 0 or n >= len(ids):
-        raise ManifestError(f"{where}: cannot hold out {n} of {len(ids)} training videos as validation")
+        raise ManifestError(f"{where}: cannot hold out {n} of {len(ids)} training videos as validation "
+                            f"(choose a smaller --val-size)")
     return set(sorted(ids, key=lambda v: hashlib.sha256(v.encode()).hexdigest())[:n])
 
 

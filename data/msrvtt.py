@@ -30,6 +30,12 @@ INFO = DatasetInfo(
     splits="1k-A 9,000 / 1,000; 7k 7,010 / 1,000; 1k-B 6,656 / 1,000; full 6,513 / 497 / 2,990",
 )
 SPLITS = ("1k-A", "7k", "1k-B", "full")
+TEST_QUERIES = {
+    "1k-A": "one caption per test video (JSFusion), 1,000 queries",
+    "7k": "one caption per test video (JSFusion), 1,000 queries",
+    "1k-B": "the first caption of each test video, 1,000 queries",
+    "full": "every caption of every test video is its own query (20 per video)",
+}
 DEFAULT_VAL_SIZE = 1000
 DATA_JSON = "MSRVTT_data.json"
 JSFUSION_TEST = "MSRVTT_JSFUSION_test.csv"
@@ -127,7 +133,7 @@ def read(annotations: Path, videos: Path, split: str = "1k-A", val_size: int | N
             if vid in split_of:
                 raise ManifestError(f"{path}: video {vid!r} is also in the {split_of[vid]} split")
             split_of[vid] = name
-    metadata = {"split_protocol": split}
+    metadata = {"split_protocol": split, "test_queries": TEST_QUERIES[split]}
     if split == "full":
         if val_size:
             raise ManifestError("msrvtt: the 'full' split has an official val split; do not pass a val size")

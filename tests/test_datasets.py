@@ -266,6 +266,7 @@ def test_prepare_cli_writes_manifest_missing_list_and_protocol(tmp_path, tvr_hom
     assert "2 video files missing" in out and "split protocol 1k-B" in out
     manifest = read_manifest(tvr_home / "datasets" / "msrvtt" / "manifest.parquet")
     assert manifest.metadata["split_protocol"] == "1k-B" and manifest.metadata["reader"] == "msrvtt"
+    assert manifest.metadata["test_queries"] == msrvtt.TEST_QUERIES["1k-B"]
     assert manifest.split("val").metadata["split_protocol"] == "1k-B"
     assert len(manifest.split("test")) == 6 and len(manifest.split("val")) == 4
     missing = (tvr_home / "datasets" / "msrvtt" / "missing_videos.txt").read_text().split()
