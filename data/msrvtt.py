@@ -95,36 +95,42 @@ def _check_listed(ids: dict[str, int], known: dict, list_path: Path, data_path: 
             raise ManifestError(f"{list_path}:{lineno}: video {vid!r} is not in {data_path.name}")
 
 
+IdLists = dict[str, tuple[Path, dict[str, int]]]  # split -> (file, video_id -> line number)
+
+
+def _protocol_lists(split: str, folder: Path, data_path: Path, entries: dict[str, dict],
+                    captions: dict[str, list[str]]) -> tuple[IdLists, dict[str, str]]:
+    """The id lists of ``split``'s train / (val) / test, and the one caption of restricted test videos."""
+    if split in ("1k-A", "7k"):
+        train_path, test_path = find_file(folder, TRAIN_CSV[split]), find_file(folder, JSFUSION_TEST)
+        jsfusion = read_jsfusion_test(test_path)
+        lists = {"train": (train_path, read_id_list(train_path, header="video_id")),
+                 "test": (test_path, {vid: lineno for vid, (_, lineno) in jsfusion.items()})}
+        return lists, {vid: sentence for vid, (sentence, _) in jsfusion.items()}
+    if split == "1k-B":
+        lists = {name: (path, read_id_list(path)) for name, path in
+                 (("train", find_file(folder, "train_list_miech.txt")),
+                  ("test", find_file(folder, "test_list_miech.txt")))}
+        return lists, {vid: captions[vid][0] for vid in lists["test"][1] if captions.get(vid)}
+    if all((folder / name).is_file() for name in FULL_LISTS.values()):
+        return {name: (folder / f, read_id_list(folder / f)) for name, f in FULL_LISTS.items()}, {}
+    lists: IdLists = {}
+    for vid, entry in entries.items():
+        name = DATA_SPLIT_NAMES.get(entry.get("split"))
+        if name is None:
+            raise ManifestError(f"{data_path}: video {vid!r} has split {entry.get('split')!r}; "
+                                f"expected one of {', '.join(DATA_SPLIT_NAMES)}")
+        lists.setdefault(name, (data_path, {}))[1][vid] = 0
+    return lists, {}
+
+
 def read(annotations: Path, videos: Path, split: str = "1k-A", val_size: int | None = None) -> DatasetRead:
     """Records of one split protocol; see the module docstring."""
     if split not in SPLITS:
         raise ManifestError(f"msrvtt: unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    folder = Path(annotations)
-    data_path = find_file(folder, DATA_JSON)
-    folder = data_path.parent
+    data_path = find_file(Path(annotations), DATA_JSON)
     entries, captions = read_data_json(data_path)
-    test_caption: dict[str, str] = {}  # videos whose test query is restricted to one caption
-    if split in ("1k-A", "7k"):
-        train_path, test_path = find_file(folder, TRAIN_CSV[split]), find_file(folder, JSFUSION_TEST)
-        train = read_id_list(train_path, header="video_id")
-        jsfusion = read_jsfusion_test(test_path)
-        test_caption = {vid: sentence for vid, (sentence, _) in jsfusion.items()}
-        test = {vid: lineno for vid, (_, lineno) in jsfusion.items()}
-        lists = {"train": (train_path, train), "test": (test_path, test)}
-    elif split == "1k-B":
-        lists = {name: (p, read_id_list(p)) for name, p in
-                 (("train", find_file(folder, "train_list_miech.txt")), ("test", find_file(folder, "test_list_miech.txt")))}
-        test_caption = {vid: captions[vid][0] for vid in lists["test"][1] if captions.get(vid)}
-    elif all((folder / name).is_file() for name in FULL_LISTS.values()):
-        lists = {name: (folder / f, read_id_list(folder / f)) for name, f in FULL_LISTS.items()}
-    else:
-        lists = {}
-        for vid, entry in entries.items():
-            name = DATA_SPLIT_NAMES.get(entry.get("split"))
-            if name is None:
-                raise ManifestError(f"{data_path}: video {vid!r} has split {entry.get('split')!r}; "
-                                    f"expected one of {', '.join(DATA_SPLIT_NAMES)}")
-            lists.setdefault(name, (data_path, {}))[1][vid] = 0
+    lists, test_caption = _protocol_lists(split, data_path.parent, data_path, entries, captions)
     split_of: dict[str, str] = {}
     for name, (path, ids) in lists.items():
         if path != data_path:
