@@ -59,6 +59,20 @@ def test_video_files_found_by_id_whatever_the_extension(tmp_path):
     assert files.path_for("nope") == "nope.mp4"
 
 
+def test_video_files_one_walk_no_stat_per_candidate(tmp_path, monkeypatch):
+    import os
+
+    touch(tmp_path, *(f"d{i % 3}/video{i}.{('mp4', 'avi', 'mkv')[i % 3]}" for i in range(60)))
+    calls = []
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda *a, **k: calls.append(a[0]) or real_stat(*a, **k))
+    files = VideoFiles(tmp_path)
+    found = [files.find(f"video{i}") for i in range(70)]
+    assert found[:60] == [f"d{i % 3}/video{i}.{('mp4', 'avi', 'mkv')[i % 3]}" for i in range(60)]
+    assert found[60:] == [None] * 10
+    assert len(calls) <= 1  # the root's is_dir(); lookups never touch the disk
+
+
 def test_video_files_of_a_missing_folder_are_empty(tmp_path):
     files = VideoFiles(tmp_path / "absent")
     assert not files.exists and len(files) == 0 and files.find("x") is None
