@@ -56,7 +56,12 @@ def _record(obj: dict, where: str) -> VideoRecord:
     vid = obj.get("video_id") or _default_id(video)
     split = obj.get("split") or assign_split(str(vid))
     duration = obj.get("duration_s")
-    return VideoRecord(str(vid), video, str(split), captions, None if duration is None else float(duration))
+    if duration is not None:
+        try:
+            duration = float(duration)
+        except (TypeError, ValueError):
+            raise ManifestError(f"{where}: 'duration_s' is {duration!r}; expected seconds as a number") from None
+    return VideoRecord(str(vid), video, str(split), captions, duration)
 
 
 def read_jsonl(path: Path) -> list[VideoRecord]:
@@ -90,9 +95,13 @@ def read_csv(path: Path) -> list[VideoRecord]:
             video = row["video"]
             key = row.get("video_id") or video
             entry = grouped.setdefault(key, {"video": video, "captions": [], "line": where})
+            if entry["video"] != video:
+                raise ManifestError(f"{where}: video_id {key!r} already names {entry['video']!r}, not {video!r}")
             for opt in ("video_id", "split", "duration_s"):
-                if row.get(opt):
-                    entry[opt] = row[opt]
+                value = row.get(opt)
+                if value and entry.setdefault(opt, value) != value:
+                    raise ManifestError(f"{where}: {opt} {value!r} contradicts {entry[opt]!r} "
+                                        f"given earlier for {key!r} ({entry['line']})")
             entry["captions"].append(cap)
     return [_record(entry, entry.pop("line")) for entry in grouped.values()]
 

@@ -3,7 +3,8 @@
 Columns: ``video_id`` (string, unique), ``path`` (relative to the dataset's video root),
 ``split`` (string), ``duration_s`` (float, nullable), ``captions`` (list<string>, non-empty).
 The video root is kept in the Parquet schema metadata (``tvr.video_root``) so a manifest
-is self-contained.
+is self-contained; readers add facts such as the split protocol as further ``tvr.<key>`` entries
+(:attr:`Manifest.metadata`).
 
 Validation on build (documented in the README):
 - errors (:class:`ManifestError`): duplicate ``video_id``, an empty id, an absolute path or one
@@ -34,6 +35,7 @@ SCHEMA = pa.schema(
 )
 ROOT_KEY = b"tvr.video_root"
 DATASET_KEY = b"tvr.dataset"
+META_PREFIX = b"tvr."
 
 
 class ManifestError(ValueError):
@@ -59,6 +61,7 @@ class BuildReport:
     splits: dict[str, int] = field(default_factory=dict)
     n_captions: int = 0
     missing: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # reader's remarks (e.g. long paragraphs)
 
     def summary(self) -> str:
         splits = ", ".join(f"{k}={v}" for k, v in sorted(self.splits.items()))
@@ -87,10 +90,12 @@ def build_manifest(
     dataset: str = "",
     source: str = "annotations",
     strict_missing: bool = False,
+    metadata: dict[str, str] | None = None,
 ) -> tuple[pa.Table, BuildReport]:
     """Validate ``records`` and return the manifest table plus a report.
 
-    ``source`` names the annotation file in error messages.
+    ``source`` names the annotation file in error messages; ``metadata`` entries are stored in the
+    schema metadata as ``tvr.<key>`` (read back by :attr:`Manifest.metadata`).
     """
     root = Path(video_root)
     report = BuildReport()
@@ -125,7 +130,8 @@ def build_manifest(
     if strict_missing and report.missing:
         shown = ", ".join(report.missing[:5])
         raise ManifestError(f"{source}: {len(report.missing)} video files missing under {root} (first: {shown})")
-    meta = {ROOT_KEY: str(root.resolve()).encode(), DATASET_KEY: dataset.encode()}
+    meta = {META_PREFIX + k.encode(): str(v).encode() for k, v in (metadata or {}).items()}
+    meta.update({ROOT_KEY: str(root.resolve()).encode(), DATASET_KEY: dataset.encode()})
     table = pa.table(columns, schema=SCHEMA).replace_schema_metadata(meta)
     return table, report
 
@@ -162,6 +168,13 @@ class Manifest:
     def split(self, name: str) -> "Manifest":
         mask = pa.compute.equal(self.table.column("split"), name)
         return Manifest(self.table.filter(mask), self.video_root, self.dataset)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The ``tvr.<key>`` schema entries a reader recorded (split protocol, text unit, ...)."""
+        meta = self.table.schema.metadata or {}
+        return {k[len(META_PREFIX):].decode(): v.decode() for k, v in meta.items()
+                if k.startswith(META_PREFIX) and k not in (ROOT_KEY, DATASET_KEY)}
 
     def records(self) -> list[VideoRecord]:
         return [
