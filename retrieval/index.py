@@ -40,10 +40,10 @@ import numpy as np
 from data.atomic import write_json_atomic, write_text_atomic
 from data.manifest import Manifest, manifest_fingerprint, read_manifest
 from data.settings import Settings, get_settings
+from retrieval.runs import ZERO_SHOT, fusion_api, load, run_name
 
 INDEX_TYPES = ("flat", "ivf", "hnsw")
 EXACT_UP_TO = 200_000
-ZERO_SHOT = "zero-shot"
 RANDOM_WARNING = "RANDOM WEIGHTS: embeddings come from randomly initialised feature extractors"
 
 
@@ -145,11 +145,6 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
 # ---------------------------------------------------------------------------------------------
 # Index folders (contract D)
 # ---------------------------------------------------------------------------------------------
-def run_name(run_dir: Path | None) -> str:
-    """The folder name of a run under ``indexes/<dataset>/``: the run id, or ``zero-shot``."""
-    return ZERO_SHOT if run_dir is None else Path(run_dir).name
-
-
 def index_root(dataset: str, run: str, settings: Settings | None = None) -> Path:
     return (settings or get_settings()).indexes_dir / dataset / run
 
@@ -175,8 +170,9 @@ class IndexBuild:
 
 def write_build(dataset: str, run: str, vectors: np.ndarray, video_ids: Sequence[str], *,
                 info: dict, index_type: str = "auto", params: dict | None = None,
-                settings: Settings | None = None, use_gpu: bool | None = None) -> Path:
-    """Build the FAISS index, write the build folder atomically and make it ``current``.
+                settings: Settings | None = None, use_gpu: bool | None = None, keep: int = 3) -> Path:
+    """Build the FAISS index, write the build folder atomically and make it ``current``; keep the
+    newest ``keep`` builds.
 
     ``info`` must hold ``extractor_ids``, ``random_weights`` and ``model``; the manifest snapshot,
     its fingerprint, dim, index type and params are added here. Returns the build folder.
@@ -224,7 +220,19 @@ def write_build(dataset: str, run: str, vectors: np.ndarray, video_ids: Sequence
         if tmp.exists():
             shutil.rmtree(tmp)
     write_text_atomic(root / "current", build_id + "\n")
+    prune_builds(root, keep)
     return root / build_id
+
+
+def prune_builds(root: Path, keep: int) -> list[str]:
+    """Remove all but the newest ``keep`` builds (the current one always stays), so a reader that
+    opened the previous build a moment ago still finds it. Returns the removed build ids."""
+    current = (root / "current").read_text(encoding="utf-8").strip()
+    builds = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    removed = [b for b in builds[:-max(keep, 1)] if b != current]
+    for build_id in removed:
+        shutil.rmtree(root / build_id, ignore_errors=True)
+    return removed
 
 
 def open_build(dataset: str, run: str, settings: Settings | None = None) -> IndexBuild:
@@ -286,13 +294,12 @@ def build_from_model(dataset: str, run: str = ZERO_SHOT, *, splits: Sequence[str
                      use_gpu: bool | None = None) -> Path:
     """Encode the videos of ``splits`` (default: every split of the manifest) with the model of
     ``run`` and write an index build. Fine-grained models are indexed by their coarse vector."""
-    from fusion.api import encode_split, load_model
-
     settings = settings or get_settings()
-    loaded = load_model(run, dataset=dataset, settings=settings)
+    loaded = load(run, dataset, settings)
     if splits is None:
         splits = sorted(set(read_manifest(settings.manifest_path(dataset)).table.column("split").to_pylist()))
-    parts = [encode_split(loaded, dataset, split, settings=settings, captions="first") for split in splits]
+    parts = [fusion_api().encode_split(loaded, dataset, split, settings=settings, captions="first")
+             for split in splits]
     vectors = np.concatenate([p.video_vectors for p in parts])
     ids = [vid for p in parts for vid in p.video_ids]
     info = {**model_info(loaded), "splits": list(splits)}

@@ -6,8 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from data.manifest import VideoRecord, build_manifest, read_manifest, write_manifest
+from data.manifest import read_manifest
 from data.settings import get_settings
+from fake_fusion_api import write_dataset
 from retrieval import index as rindex
 from retrieval.metrics import GroundTruth, VectorScores, evaluate_scores, text_to_video_counts
 from retrieval.ranked import counts_from_index, counts_with_rerank
@@ -19,12 +20,6 @@ def _vectors(n, dim=16, seed=0):
     rng = np.random.default_rng(seed)
     v = rng.normal(size=(n, dim)).astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-def write_dataset(name: str, ids, settings, extra: str = "") -> None:
-    records = [VideoRecord(v, f"videos/{v}{extra}.mp4", "test", [f"caption of {v}"]) for v in ids]
-    table, _ = build_manifest(records, settings.root / "media" / name, dataset=name)
-    write_manifest(table, settings.manifest_path(name))
 
 
 def test_choose_type_and_params_follow_scale():
@@ -91,8 +86,7 @@ def test_rerank_with_exact_scores_and_first_stage_recall():
 
 def test_write_open_and_check_build(tvr_home):
     settings = get_settings()
-    ids = [f"v{i}" for i in range(30)]
-    write_dataset("toy", ids, settings)
+    ids = write_dataset("toy", 30)
     folder = rindex.write_build("toy", "zero-shot", _vectors(30), ids, info=INFO, use_gpu=False)
     root = settings.indexes_dir / "toy" / "zero-shot"
     assert (root / "current").read_text().strip() == folder.name
@@ -109,12 +103,15 @@ def test_write_open_and_check_build(tvr_home):
     second = rindex.write_build("toy", "zero-shot", _vectors(30, seed=9), ids, info=INFO, use_gpu=False)
     assert (root / "current").read_text().strip() == second.name != folder.name
     assert rindex.open_build("toy", "zero-shot").folder == second
+    for _ in range(3):
+        latest = rindex.write_build("toy", "zero-shot", _vectors(30), ids, info=INFO, use_gpu=False, keep=2)
+    builds = sorted(p.name for p in root.iterdir() if p.is_dir())
+    assert len(builds) == 2 and builds[-1] == latest.name == (root / "current").read_text().strip()
 
 
 def test_refusals(tvr_home):
     settings = get_settings()
-    ids = [f"v{i}" for i in range(12)]
-    write_dataset("toy", ids, settings)
+    ids = write_dataset("toy", 12)
     with pytest.raises(rindex.IndexFolderError, match=r"no index for dataset 'toy', run 'zero-shot'.*python -m retrieval.index"):
         rindex.open_build("toy", "zero-shot")
     rindex.write_build("toy", "zero-shot", _vectors(12), ids, info=INFO, use_gpu=False)
@@ -125,7 +122,7 @@ def test_refusals(tvr_home):
         rindex.check_build(build, extractor_ids=other, manifest=manifest, dim=16)
     with pytest.raises(rindex.IndexFolderError, match="dimension mismatch: the model's query vectors have 32"):
         rindex.check_build(build, extractor_ids=INFO["extractor_ids"], manifest=manifest, dim=32)
-    write_dataset("toy", ids, settings, extra="-moved")      # same ids, other paths: a new manifest
+    write_dataset("toy", 12, path_suffix="-moved")      # same ids, other paths: a new manifest
     changed = read_manifest(settings.manifest_path("toy"))
     with pytest.raises(rindex.IndexFolderError, match="covers manifest .* but the dataset's manifest is now"):
         rindex.check_build(build, extractor_ids=INFO["extractor_ids"], manifest=changed, dim=16)
