@@ -31,6 +31,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
@@ -194,7 +195,7 @@ def write_build(dataset: str, run: str, vectors: np.ndarray, video_ids: Sequence
     index, index_type, params = build_faiss(vectors, index_type, params, use_gpu=use_gpu)
     build_seconds = time.perf_counter() - start
     root = index_root(dataset, run, settings)
-    build_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    build_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:4]
     tmp = root / f".tmp-{build_id}"
     tmp.mkdir(parents=True)
     try:
