@@ -67,7 +67,8 @@ def choose_type(n: int, index_type: str = "auto", exact_up_to: int = EXACT_UP_TO
 
 
 def default_params(index_type: str, n: int) -> dict:
-    """Parameters set from N: IVF ``nlist ~ 4 sqrt(N)`` (at least 39 training points per list),
+    """Parameters set from N: IVF ``nlist ~ 4 sqrt(N)`` (at least 39 points per list; trained on
+    a random sample of 40 x nlist vectors),
     ``nprobe = max(16, nlist / 64)``; HNSW ``M = 32``, ``efConstruction = 64``, ``efSearch``
     64 up to 100k vectors, 128 above."""
     if index_type == "ivf":
@@ -117,7 +118,7 @@ def build_faiss(vectors: np.ndarray, index_type: str = "auto", params: dict | No
         index = faiss.index_cpu_to_gpu(resources, 0, index)
     if index_type == "ivf":
         rng = np.random.default_rng(seed)
-        sample = min(n, 256 * int(params["nlist"]))
+        sample = min(n, 40 * int(params["nlist"]))          # FAISS wants >= 39 points per list
         index.train(vectors[np.sort(rng.choice(n, sample, replace=False))])
     index.add(vectors)
     if gpu:
