@@ -282,6 +282,21 @@ def check_build(build: IndexBuild, *, extractor_ids: dict, manifest: Manifest | 
                           f"{where} holds {build.index.d}-dimensional vectors; {rebuild}")
 
 
+def rebuild_reason(dataset: str, run: str, *, extractor_ids: dict | None = None,
+                   settings: Settings | None = None) -> str | None:
+    """Why ``indexes/<dataset>/<run>`` needs a (re)build, or None when the current build still fits
+    the dataset's manifest (and ``extractor_ids`` when given). For scheduled re-indexing."""
+    settings = settings or get_settings()
+    try:
+        build = open_build(dataset, run, settings)
+        check_build(build, extractor_ids=build.info.get("extractor_ids", {}) if extractor_ids is None
+                    else extractor_ids, manifest=read_manifest(settings.manifest_path(dataset)),
+                    dim=build.index.d)
+    except IndexFolderError as err:
+        return str(err)
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Building from a model (fusion.api)
 # ---------------------------------------------------------------------------------------------

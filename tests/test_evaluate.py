@@ -3,6 +3,7 @@ FAISS vs exact, several runs, refusals."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -142,3 +143,17 @@ def test_missing_run_refused(tvr_home, monkeypatch, capsys):
     write_dataset("toy", 5)
     assert evaluate.main(["--run", "no-such-run", "--dataset", "toy"]) == 2
     assert "no run 'no-such-run': not a folder, and not a run id under" in capsys.readouterr().err
+
+
+def test_dimension_mismatch_refused(tvr_home, monkeypatch, capsys):
+    fake = FakeFusion().install(monkeypatch)
+    write_dataset("toy", 6)
+
+    def mismatched(loaded, dataset, split, *, settings=None, captions="all"):
+        split_data = fake.encode_split(loaded, dataset, split, settings=settings, captions=captions)
+        split_data.video_vectors = split_data.video_vectors[:, :8]
+        return split_data
+
+    monkeypatch.setattr(sys.modules["fusion.api"], "encode_split", mismatched)
+    assert evaluate.main(["--run", "zero-shot", "--dataset", "toy"]) == 2
+    assert "dimension mismatch: text vectors have 16 dimensions, video vectors 8" in capsys.readouterr().err

@@ -122,7 +122,11 @@ def test_refusals(tvr_home):
         rindex.check_build(build, extractor_ids=other, manifest=manifest, dim=16)
     with pytest.raises(rindex.IndexFolderError, match="dimension mismatch: the model's query vectors have 32"):
         rindex.check_build(build, extractor_ids=INFO["extractor_ids"], manifest=manifest, dim=32)
+    assert rindex.rebuild_reason("toy", "zero-shot") is None
+    assert "other extractor ids" in rindex.rebuild_reason("toy", "zero-shot", extractor_ids=other)
+    assert "no index for dataset 'toy', run 'meanP-1'" in rindex.rebuild_reason("toy", "meanP-1")
     write_dataset("toy", 12, path_suffix="-moved")      # same ids, other paths: a new manifest
+    assert "covers manifest" in rindex.rebuild_reason("toy", "zero-shot")
     changed = read_manifest(settings.manifest_path("toy"))
     with pytest.raises(rindex.IndexFolderError, match="covers manifest .* but the dataset's manifest is now"):
         rindex.check_build(build, extractor_ids=INFO["extractor_ids"], manifest=changed, dim=16)
