@@ -32,6 +32,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -161,12 +162,15 @@ class IndexBuild:
     index: faiss.Index
     manifest: Manifest
 
+    @cached_property
+    def paths(self) -> dict[str, str]:
+        """video_id -> path (relative to the video root) from the manifest snapshot."""
+        table = self.manifest.table
+        return dict(zip(table.column("video_id").to_pylist(), table.column("path").to_pylist()))
+
     def path_of(self, video_id: str) -> dict:
         """``{"path": relative, "abs_path": absolute}`` of a video from the manifest snapshot."""
-        if not hasattr(self, "_paths"):
-            table = self.manifest.table
-            self._paths = dict(zip(table.column("video_id").to_pylist(), table.column("path").to_pylist()))
-        rel = self._paths.get(video_id)
+        rel = self.paths.get(video_id)
         return {"path": rel, "abs_path": None if rel is None else str(self.manifest.abs_path(rel))}
 
 
