@@ -97,7 +97,7 @@ def evaluate_model(loaded, dataset: str, split: str, *, captions: str = "all",
     source = (FunctionScores(split_data.score, len(text), len(video)) if split_data.fine_grained
               else VectorScores(text, video))
     kwargs = dict(v2t_protocols=v2t_protocols, ks=ks)
-    result = evaluate_scores(source, *ids, **kwargs)
+    result = evaluate_scores(source, *ids, text_to_video=index_type == "exact", **kwargs)
     if index_type != "exact":
         result["t2v"], result["protocol"]["t2v_search"] = _t2v_through_index(
             split_data, ids, index_type, rerank_depth, ks)

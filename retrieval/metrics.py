@@ -311,13 +311,15 @@ def video_to_text_counts(source: ScoreSource, truth: GroundTruth, protocols: Seq
 # ---------------------------------------------------------------------------------------------
 def evaluate_scores(scores, query_videos: Sequence[str], video_ids: Sequence[str], *,
                     v2t_protocols: Sequence[str] = ("group-best",), ks: Sequence[int] = KS,
-                    post_processing: str = "none", chunk_bytes: int = CHUNK_BYTES) -> dict:
+                    post_processing: str = "none", chunk_bytes: int = CHUNK_BYTES,
+                    text_to_video: bool = True) -> dict:
     """Both directions, every metric, with the protocol named.
 
     ``scores``: ``[Q, V]`` array or :class:`ScoreSource`. Returns
     ``{"t2v": {"R@1","R@5","R@10","MdR","MnR"}, "v2t": {...}, "protocol": {...}}`` (R@K in %,
     ranks 1-based); with several ``v2t_protocols`` the first is ``"v2t"`` and all are in
-    ``"v2t_by_protocol"``.
+    ``"v2t_by_protocol"``. ``text_to_video=False`` leaves ``"t2v"`` as None (the caller ranks
+    text-to-video another way, e.g. through a FAISS index).
     """
     source = as_source(scores)
     if source.n_rows != len(query_videos) or source.n_cols != len(video_ids):
@@ -326,10 +328,10 @@ def evaluate_scores(scores, query_videos: Sequence[str], video_ids: Sequence[str
     if not v2t_protocols:
         raise ScoreError("give at least one video-to-text protocol")
     truth = GroundTruth.from_ids(query_videos, video_ids)
-    t2v = text_to_video_counts(source, truth, chunk_bytes)
+    t2v = text_to_video_counts(source, truth, chunk_bytes) if text_to_video else None
     v2t = video_to_text_counts(source, truth, v2t_protocols, chunk_bytes)
     result = {
-        "t2v": t2v.summary(ks),
+        "t2v": t2v.summary(ks) if t2v else None,
         "v2t": v2t[v2t_protocols[0]].summary(ks),
         "protocol": {
             "ties": TIES,
