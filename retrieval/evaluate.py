@@ -115,7 +115,8 @@ def _t2v_through_index(split_data, ids, index_type: str, rerank_depth: int, ks) 
     index, chosen, params = build_faiss(split_data.video_vectors, index_type)
     true_rows = GroundTruth.from_ids(*ids).query_col
     note = {"index_type": chosen, "params": params,
-            "note": "R@K from the top of the FAISS ranking; MdR/MnR need the full ranking (not given)"}
+            "note": "R@K from the top of the FAISS ranking (null for K above a re-rank depth); "
+                    "MdR/MnR need the full ranking (null)"}
     if split_data.fine_grained:
         counts, recall = counts_with_rerank(index, split_data.text_vectors, true_rows, split_data.score,
                                             rerank_depth)
@@ -123,7 +124,8 @@ def _t2v_through_index(split_data, ids, index_type: str, rerank_depth: int, ks) 
                     stages="coarse vectors in FAISS, exact re-ranking of the candidates with score()")
     else:
         counts = counts_from_index(index, split_data.text_vectors, true_rows, max(ks))
-    metrics = {f"R@{k}": float(100 * counts.hit_rate(k).mean()) for k in ks}
+    depth = rerank_depth if split_data.fine_grained else len(split_data.video_ids)
+    metrics = {f"R@{k}": float(100 * counts.hit_rate(k).mean()) if k <= depth else None for k in ks}
     return {**metrics, "MdR": None, "MnR": None}, note
 
 

@@ -17,15 +17,16 @@ from retrieval.index import search
 from retrieval.metrics import RankCounts
 
 
-def _counts_from_lists(scores: np.ndarray, rows: np.ndarray, truth: np.ndarray, depth: int):
-    """(better, tied, found) of each query's true row within its returned list ``[b, k]``."""
+def _counts_from_lists(scores: np.ndarray, rows: np.ndarray, truth: np.ndarray, missing: int):
+    """(better, tied, found) of each query's true row within its returned list ``[b, k]``; a true
+    row not returned gets ``better = missing`` (the gallery size: never a hit)."""
     valid = rows >= 0
     is_true = (rows == truth[:, None]) & valid
     found = is_true.any(axis=1)
     own = scores[np.arange(len(rows)), is_true.argmax(axis=1)][:, None]
     better = np.count_nonzero((scores > own) & valid, axis=1)
     tied = np.count_nonzero((scores == own) & valid, axis=1) - 1
-    return np.where(found, better, depth), np.where(found, tied, 0), found
+    return np.where(found, better, missing), np.where(found, tied, 0), found
 
 
 def counts_from_index(index, queries: np.ndarray, true_rows: np.ndarray, k_max: int) -> RankCounts:
@@ -42,7 +43,7 @@ def counts_from_index(index, queries: np.ndarray, true_rows: np.ndarray, k_max: 
         scores, rows = search(index, queries[pending], depth)
         boundary_tie = (depth < n) & (rows[:, -1] >= 0) & (scores[:, -1] == scores[:, first - 1])
         done = pending[~boundary_tie]
-        b, t, _ = _counts_from_lists(scores[~boundary_tie], rows[~boundary_tie], true_rows[done], depth)
+        b, t, _ = _counts_from_lists(scores[~boundary_tie], rows[~boundary_tie], true_rows[done], n)
         better[done], tied[done] = b, t
         pending, depth = pending[boundary_tie], min(2 * depth, n)
     return RankCounts(better, tied, np.ones(len(queries), np.int64))
@@ -55,7 +56,8 @@ def counts_with_rerank(index, queries: np.ndarray, true_rows: np.ndarray,
     re-ranking of those candidates with ``score(q_idx, v_idx) -> [len(q_idx), len(v_idx)]``.
 
     Returns the counts (within the candidates) and the first-stage recall (% of queries whose
-    true video is among the candidates); a true video missed by the first stage is a miss.
+    true video is among the candidates); a true video missed by the first stage is a miss, so
+    only R@K with K <= ``depth`` mean anything.
     """
     _, candidates = search(index, queries, depth)
     depth = candidates.shape[1]
@@ -68,6 +70,6 @@ def counts_with_rerank(index, queries: np.ndarray, true_rows: np.ndarray,
         exact = np.asarray(score(np.arange(start, start + len(rows)), union))      # [b, u]
         positions = np.searchsorted(union, np.where(rows >= 0, rows, union[0]))
         scores = np.take_along_axis(exact, positions, axis=1)
-        b, t, f = _counts_from_lists(scores, rows, true_rows[start:start + len(rows)], depth)
+        b, t, f = _counts_from_lists(scores, rows, true_rows[start:start + len(rows)], index.ntotal)
         better[start:start + len(rows)], tied[start:start + len(rows)], found[start:start + len(rows)] = b, t, f
     return RankCounts(better, tied, np.ones(len(queries), np.int64)), float(100.0 * found.mean())

@@ -36,7 +36,11 @@ def search_text(text: str, dataset: str, run: str = ZERO_SHOT, k: int = 10,
     loaded = load(run, dataset, settings)
     build = open_build(dataset, run_name(loaded.run_dir), settings)
     manifest = read_manifest(settings.manifest_path(dataset))
-    queries = fusion_api().encode_queries(loaded, [text], settings=settings)
+    try:
+        queries = fusion_api().encode_queries(loaded, [text], settings=settings)
+    except RuntimeError as err:           # the text tower could not be rebuilt or run
+        raise ValueError(f"cannot encode the query with the model of run {run_name(loaded.run_dir)!r} "
+                         f"(text extractor {loaded.extractor_ids.get('clip_text')}): {str(err)[:300]}") from err
     check_build(build, extractor_ids=loaded.extractor_ids, manifest=manifest, dim=queries.shape[1])
     scores, rows = search(build.index, queries, k)
     results = [{"rank": rank, "video_id": build.ids[row], "score": float(score),

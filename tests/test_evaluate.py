@@ -124,6 +124,8 @@ def test_fine_grained_reports_first_stage_recall(tvr_home, monkeypatch):
     expected = 100 * np.mean([t in row for t, row in zip(truth, top2)])
     assert shallow["protocol"]["t2v_search"]["first_stage_recall"] == pytest.approx(expected)
     assert expected < 100
+    assert shallow["t2v"]["R@5"] is None and shallow["t2v"]["R@10"] is None   # deeper than re-ranked
+    assert shallow["t2v"]["R@1"] <= expected
 
 
 def test_several_runs_mean_and_spread(tvr_home, monkeypatch, capsys):

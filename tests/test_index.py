@@ -83,6 +83,13 @@ def test_rerank_with_exact_scores_and_first_stage_recall():
         assert counts.better[q] == int((exact[q, cand[0]] > exact[q, q]).sum())
     assert full.better.sum() == 0        # coarse scores rank every true video first
 
+    far = np.roll(truth, 1)              # true videos the coarse stage ranks low: missed at depth 3
+    counts, recall = counts_with_rerank(index, text, far, score, depth=3)
+    _, cand = index.search(text, 3)
+    missed = np.array([f not in row for f, row in zip(far, cand)])
+    assert recall == pytest.approx(100 * (1 - missed.mean())) and missed.any()
+    assert (counts.hit_rate(10)[missed] == 0).all()      # a first-stage miss is never a hit
+
 
 def test_write_open_and_check_build(tvr_home):
     settings = get_settings()
