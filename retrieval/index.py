@@ -1,0 +1,359 @@
+"""Video embeddings -> FAISS index folder (contract D), and searching it.
+
+Layout::
+
+    indexes/<dataset>/<run-id or "zero-shot">/<build-id>/
+        index.faiss        FAISS index of the video vectors [N, D] (inner product)
+        ids.json           row -> video_id
+        manifest.parquet   snapshot of the dataset manifest the index covers
+        info.json          extractor_ids, manifest_fingerprint, dim, index_type, params,
+                           random_weights, model, run, dataset, splits, n_vectors, build_id, ...
+    indexes/<dataset>/<run>/current   the live build-id (replaced atomically after a build)
+
+A build is written into a hidden temporary folder and renamed into place, then ``current`` is
+swapped with :func:`data.atomic.write_text_atomic`, so a reader never sees a half-built index.
+
+Index type by scale (or named): ``flat`` (exact ``IndexFlatIP``) up to :data:`EXACT_UP_TO`
+vectors, ``hnsw`` above; ``ivf`` on request. Parameters come from N (:func:`default_params`).
+With a FAISS build that has GPU support and a visible GPU, ``flat`` and ``ivf`` are built and
+searched on the GPU (HNSW has no GPU version in FAISS); the saved index is always a CPU index.
+
+Build with ``python -m retrieval.index --dataset D [--run R]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import Sequence
+
+import faiss
+import numpy as np
+
+from data.atomic import write_json_atomic, write_text_atomic
+from data.manifest import Manifest, manifest_fingerprint, read_manifest
+from data.settings import Settings, get_settings
+from retrieval.runs import ZERO_SHOT, fusion_api, load, run_name
+
+INDEX_TYPES = ("flat", "ivf", "hnsw")
+EXACT_UP_TO = 200_000
+RANDOM_WARNING = "RANDOM WEIGHTS: embeddings come from randomly initialised feature extractors"
+
+
+class IndexFolderError(ValueError):
+    """An index folder is missing, stale, or does not fit the model / dataset it is used with."""
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# FAISS: choose, build, search
+# ---------------------------------------------------------------------------------------------
+def choose_type(n: int, index_type: str = "auto", exact_up_to: int = EXACT_UP_TO) -> str:
+    """``auto``: exact ``flat`` up to ``exact_up_to`` vectors, ``hnsw`` above."""
+    if index_type == "auto":
+        return "flat" if n <= exact_up_to else "hnsw"
+    if index_type not in INDEX_TYPES:
+        raise IndexFolderError(f"unknown index type {index_type!r}; choose from auto, {', '.join(INDEX_TYPES)}")
+    return index_type
+
+
+def default_params(index_type: str, n: int) -> dict:
+    """Parameters set from N: IVF ``nlist ~ 4 sqrt(N)`` (at least 39 points per list; trained on
+    a random sample of 40 x nlist vectors),
+    ``nprobe = max(16, nlist / 64)``; HNSW ``M = 32``, ``efConstruction = 64``, ``efSearch``
+    64 up to 100k vectors, 128 above."""
+    if index_type == "ivf":
+        nlist = int(max(1, min(round(4 * math.sqrt(n)), n // 39)))
+        return {"nlist": nlist, "nprobe": int(min(nlist, max(16, round(nlist / 64))))}
+    if index_type == "hnsw":
+        return {"M": 32, "efConstruction": 64, "efSearch": 64 if n <= 100_000 else 128}
+    return {}
+
+
+def gpu_available() -> bool:
+    """True when this FAISS build has GPU support and sees at least one GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _as_matrix(vectors: np.ndarray, what: str) -> np.ndarray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) == 0:
+        raise IndexFolderError(f"{what}: expected a non-empty [N, D] array, got shape {vectors.shape}")
+    if not np.isfinite(vectors).all():
+        row = int(np.argwhere(~np.isfinite(vectors))[0, 0])
+        raise IndexFolderError(f"{what}: row {row} holds NaN or infinite values")
+    return vectors
+
+
+def build_faiss(vectors: np.ndarray, index_type: str = "auto", params: dict | None = None,
+                *, use_gpu: bool | None = None, seed: int = 0) -> tuple[faiss.Index, str, dict]:
+    """Build an inner-product index over ``vectors [N, D]``; returns (CPU index, type, params).
+
+    ``use_gpu=None`` uses a GPU when :func:`gpu_available`; HNSW always builds on the CPU.
+    """
+    vectors = _as_matrix(vectors, "video vectors")
+    n, dim = vectors.shape
+    index_type = choose_type(n, index_type)
+    params = {**default_params(index_type, n), **(params or {})}
+    gpu = (gpu_available() if use_gpu is None else use_gpu) and index_type != "hnsw"
+    if index_type == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif index_type == "ivf":
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, int(params["nlist"]),
+                                   faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexHNSWFlat(dim, int(params["M"]), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(params["efConstruction"])
+    if gpu:
+        resources = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(resources, 0, index)
+    if index_type == "ivf":
+        rng = np.random.default_rng(seed)
+        sample = min(n, 40 * int(params["nlist"]))          # FAISS wants >= 39 points per list
+        index.train(vectors[np.sort(rng.choice(n, sample, replace=False))])
+    index.add(vectors)
+    if gpu:
+        index = faiss.index_gpu_to_cpu(index)
+    apply_search_params(index, params)
+    return index, index_type, params
+
+
+def apply_search_params(index: faiss.Index, params: dict) -> None:
+    """Set ``nprobe`` (IVF) / ``efSearch`` (HNSW) on a loaded index."""
+    if "nprobe" in params:
+        faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
+    if "efSearch" in params:
+        faiss.downcast_index(index).hnsw.efSearch = int(params["efSearch"])
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` by inner product: (scores ``[Q, k]`` float32, rows ``[Q, k]`` int64, -1 = none)."""
+    queries = _as_matrix(queries, "query vectors")
+    if queries.shape[1] != index.d:
+        raise IndexFolderError(f"dimension mismatch: query vectors have {queries.shape[1]} dimensions, "
+                          f"the index holds {index.d}-dimensional vectors")
+    return index.search(queries, min(int(k), index.ntotal))
+
+
+# ---------------------------------------------------------------------------------------------
+# Index folders (contract D)
+# ---------------------------------------------------------------------------------------------
+def index_root(dataset: str, run: str, settings: Settings | None = None) -> Path:
+    return (settings or get_settings()).indexes_dir / dataset / run
+
+
+@dataclass
+class IndexBuild:
+    """One build folder, opened."""
+
+    folder: Path
+    info: dict
+    ids: list[str]
+    index: faiss.Index
+    manifest: Manifest
+
+    @cached_property
+    def paths(self) -> dict[str, str]:
+        """video_id -> path (relative to the video root) from the manifest snapshot."""
+        table = self.manifest.table
+        return dict(zip(table.column("video_id").to_pylist(), table.column("path").to_pylist()))
+
+    def path_of(self, video_id: str) -> dict:
+        """``{"path": relative, "abs_path": absolute}`` of a video from the manifest snapshot."""
+        rel = self.paths.get(video_id)
+        return {"path": rel, "abs_path": None if rel is None else str(self.manifest.abs_path(rel))}
+
+
+def write_build(dataset: str, run: str, vectors: np.ndarray, video_ids: Sequence[str], *,
+                info: dict, index_type: str = "auto", params: dict | None = None,
+                settings: Settings | None = None, use_gpu: bool | None = None, keep: int = 3) -> Path:
+    """Build the FAISS index, write the build folder atomically and make it ``current``; keep the
+    newest ``keep`` builds.
+
+    ``info`` must hold ``extractor_ids``, ``random_weights`` and ``model``; the manifest snapshot,
+    its fingerprint, dim, index type and params are added here. Returns the build folder.
+    """
+    settings = settings or get_settings()
+    missing = [key for key in ("extractor_ids", "random_weights", "model") if key not in info]
+    if missing:
+        raise IndexFolderError(f"index info lacks {missing}")
+    if len(video_ids) != len(vectors):
+        raise IndexFolderError(f"{len(video_ids)} video ids for {len(vectors)} vectors")
+    if len(set(video_ids)) != len(video_ids):
+        raise IndexFolderError("duplicate video ids among the vectors to index")
+    manifest_path = settings.manifest_path(dataset)
+    manifest = read_manifest(manifest_path)
+    unknown = sorted(set(video_ids) - set(manifest.video_ids))
+    if unknown:
+        raise IndexFolderError(f"{len(unknown)} video ids are not in {manifest_path} (first: {unknown[:3]})")
+    start = time.perf_counter()
+    index, index_type, params = build_faiss(vectors, index_type, params, use_gpu=use_gpu)
+    build_seconds = time.perf_counter() - start
+    root = index_root(dataset, run, settings)
+    build_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:4]
+    tmp = root / f".tmp-{build_id}"
+    tmp.mkdir(parents=True)
+    try:
+        faiss.write_index(index, str(tmp / "index.faiss"))
+        write_json_atomic(tmp / "ids.json", list(video_ids))
+        shutil.copyfile(manifest_path, tmp / "manifest.parquet")
+        full_info = {
+            **info,
+            "dataset": dataset, "run": run, "build_id": build_id,
+            "manifest_fingerprint": manifest_fingerprint(manifest),
+            "dim": int(index.d), "n_vectors": int(index.ntotal),
+            "index_type": index_type, "params": params,
+            "gpu_used": bool((gpu_available() if use_gpu is None else use_gpu) and index_type != "hnsw"),
+            "build_seconds": round(build_seconds, 3),
+            "faiss_version": faiss.__version__,
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if full_info["random_weights"]:
+            full_info["WARNING"] = RANDOM_WARNING
+        write_json_atomic(tmp / "info.json", full_info)
+        os.replace(tmp, root / build_id)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    write_text_atomic(root / "current", build_id + "\n")
+    prune_builds(root, keep)
+    return root / build_id
+
+
+def prune_builds(root: Path, keep: int) -> list[str]:
+    """Remove all but the newest ``keep`` builds (the current one always stays), so a reader that
+    opened the previous build a moment ago still finds it. Returns the removed build ids."""
+    current = (root / "current").read_text(encoding="utf-8").strip()
+    builds = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    removed = [b for b in builds[:-max(keep, 1)] if b != current]
+    for build_id in removed:
+        shutil.rmtree(root / build_id, ignore_errors=True)
+    return removed
+
+
+def open_build(dataset: str, run: str, settings: Settings | None = None) -> IndexBuild:
+    """Open the ``current`` build of ``indexes/<dataset>/<run>``; refuse a missing one."""
+    root = index_root(dataset, run, settings)
+    pointer = root / "current"
+    if not pointer.is_file():
+        raise IndexFolderError(f"no index for dataset {dataset!r}, run {run!r}: {pointer} does not exist; "
+                          f"build it with: python -m retrieval.index --dataset {dataset} --run {run}")
+    build_id = pointer.read_text(encoding="utf-8").strip()
+    folder = root / build_id
+    needed = [name for name in ("index.faiss", "ids.json", "manifest.parquet", "info.json")
+              if not (folder / name).is_file()]
+    if not build_id or needed:
+        raise IndexFolderError(f"{pointer} names build {build_id!r}, but {folder} lacks {needed or 'a name'}; "
+                          f"rebuild with: python -m retrieval.index --dataset {dataset} --run {run}")
+    info = json.loads((folder / "info.json").read_text(encoding="utf-8"))
+    ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
+    index = faiss.read_index(str(folder / "index.faiss"))
+    if index.ntotal != len(ids) or index.d != info.get("dim"):
+        raise IndexFolderError(f"{folder}: index holds {index.ntotal} x {index.d} vectors but ids.json has "
+                          f"{len(ids)} ids and info.json says dim {info.get('dim')}")
+    apply_search_params(index, info.get("params", {}))
+    return IndexBuild(folder, info, ids, index, read_manifest(folder / "manifest.parquet"))
+
+
+def check_build(build: IndexBuild, *, extractor_ids: dict, manifest: Manifest | None, dim: int) -> None:
+    """Refuse an index built for other extractors, another manifest, or another dimension."""
+    where = f"index {build.folder}"
+    rebuild = (f"rebuild with: python -m retrieval.index --dataset {build.info.get('dataset')} "
+               f"--run {build.info.get('run')}")
+    built = build.info.get("extractor_ids", {})
+    if built != dict(extractor_ids):
+        diff = {m: (built.get(m), extractor_ids.get(m)) for m in sorted(set(built) | set(extractor_ids))
+                if built.get(m) != extractor_ids.get(m)}
+        shown = "; ".join(f"{m}: index {a}, model {b}" for m, (a, b) in diff.items())
+        raise IndexFolderError(f"{where} was built with other extractor ids than the model uses now ({shown}); {rebuild}")
+    if manifest is not None:
+        now = manifest_fingerprint(manifest)
+        if build.info.get("manifest_fingerprint") != now:
+            raise IndexFolderError(f"{where} covers manifest {build.info.get('manifest_fingerprint')}, but the "
+                              f"dataset's manifest is now {now} (videos added, removed or moved); {rebuild}")
+    if int(dim) != build.index.d:
+        raise IndexFolderError(f"dimension mismatch: the model's query vectors have {dim} dimensions, "
+                          f"{where} holds {build.index.d}-dimensional vectors; {rebuild}")
+
+
+def rebuild_reason(dataset: str, run: str, *, extractor_ids: dict | None = None,
+                   settings: Settings | None = None) -> str | None:
+    """Why ``indexes/<dataset>/<run>`` needs a (re)build, or None when the current build still fits
+    the dataset's manifest (and ``extractor_ids`` when given). For scheduled re-indexing."""
+    settings = settings or get_settings()
+    try:
+        build = open_build(dataset, run, settings)
+        check_build(build, extractor_ids=build.info.get("extractor_ids", {}) if extractor_ids is None
+                    else extractor_ids, manifest=read_manifest(settings.manifest_path(dataset)),
+                    dim=build.index.d)
+    except IndexFolderError as err:
+        return str(err)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Building from a model (fusion.api)
+# ---------------------------------------------------------------------------------------------
+def model_info(loaded) -> dict:
+    """The part of ``info.json`` that comes from a :class:`fusion.api.LoadedModel`."""
+    return {"extractor_ids": dict(loaded.extractor_ids), "random_weights": bool(loaded.random_weights),
+            "model": loaded.name, "fine_grained": bool(loaded.fine_grained)}
+
+
+def build_from_model(dataset: str, run: str = ZERO_SHOT, *, splits: Sequence[str] | None = None,
+                     index_type: str = "auto", settings: Settings | None = None,
+                     use_gpu: bool | None = None) -> Path:
+    """Encode the videos of ``splits`` (default: every split of the manifest) with the model of
+    ``run`` and write an index build. Fine-grained models are indexed by their coarse vector."""
+    settings = settings or get_settings()
+    loaded = load(run, dataset, settings)
+    if splits is None:
+        splits = sorted(set(read_manifest(settings.manifest_path(dataset)).table.column("split").to_pylist()))
+    parts = [fusion_api().encode_split(loaded, dataset, split, settings=settings, captions="first")
+             for split in splits]
+    vectors = np.concatenate([p.video_vectors for p in parts])
+    ids = [vid for p in parts for vid in p.video_ids]
+    info = {**model_info(loaded), "splits": list(splits)}
+    return write_build(dataset, run_name(loaded.run_dir), vectors, ids, info=info,
+                       index_type=index_type, settings=settings, use_gpu=use_gpu)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m retrieval.index",
+        description="Encode a dataset's videos with a run's model (or zero-shot) and write a FAISS "
+                    "index build under indexes/<dataset>/<run>/, then point 'current' at it.")
+    parser.add_argument("--dataset", required=True, help="dataset name under datasets/")
+    parser.add_argument("--run", default=ZERO_SHOT, help="run folder, run id, or 'zero-shot' (default)")
+    parser.add_argument("--split", action="append", dest="splits",
+                        help="split to index (repeatable; default: every split)")
+    parser.add_argument("--index-type", default="auto", choices=("auto",) + INDEX_TYPES,
+                        help=f"auto = flat up to {EXACT_UP_TO:,} vectors, hnsw above")
+    parser.add_argument("--no-gpu", action="store_true", help="never use a GPU even if FAISS has one")
+    args = parser.parse_args(argv)
+    try:
+        folder = build_from_model(args.dataset, args.run, splits=args.splits, index_type=args.index_type,
+                                  use_gpu=False if args.no_gpu else None)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    info = json.loads((folder / "info.json").read_text())
+    print(f"index {folder}: {info['n_vectors']} x {info['dim']} {info['index_type']} {info['params']}, "
+          f"built in {info['build_seconds']} s")
+    if info["random_weights"]:
+        print(f"!!! {RANDOM_WARNING} !!!")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

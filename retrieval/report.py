@@ -1,0 +1,65 @@
+"""Tables for evaluation results: console text and Markdown from the same rows, published
+reference rows (METHODS.md §6), and mean / spread over several runs."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+METRICS = ("R@1", "R@5", "R@10", "MdR", "MnR")
+
+# METHODS.md §6: published text-to-video R@1 on MSR-VTT 1k-A (not measured here).
+REFERENCE_ROWS = (
+    ("CLIP4Clip seqTransf, ViT-B/32, fine-tuned", 44.5),
+    ("CLIP4Clip seqTransf on frozen CLIP ViT-B/16", 42.1),
+    ("HCMI on frozen CLIP ViT-B/16 (re-implementation)", 43.8),
+    ("HCMI headline (with dual softmax)", 55.0),
+    ("M2HF headline (backbone and tricks not stated)", 64.9),
+)
+
+
+def has_references(dataset: str | None) -> bool:
+    """The §6 rows are MSR-VTT 1k-A numbers: shown for datasets named msrvtt*."""
+    return bool(dataset) and dataset.lower().replace("-", "").replace("_", "").startswith("msrvtt")
+
+
+def reference_rows() -> list[tuple[str, str, dict]]:
+    return [(f"published: {name}", "t2v", {"R@1": r1}) for name, r1 in REFERENCE_ROWS]
+
+
+def aggregate(results: Sequence[dict]) -> dict:
+    """Mean and sample standard deviation of every metric over several results (runs / seeds)."""
+    out = {"n": len(results)}
+    for direction in ("t2v", "v2t"):
+        values = {m: [r[direction][m] for r in results if r[direction].get(m) is not None] for m in METRICS}
+        out[direction] = {m: float(np.mean(v)) if v else None for m, v in values.items()}
+        out[direction + "_std"] = {m: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 if v else None
+                                   for m, v in values.items()}
+    return out
+
+
+def _cell(value, spread=None, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:.{digits}f}"
+    return f"{text} ± {spread:.{digits}f}" if spread is not None else text
+
+
+def render(rows: Sequence[tuple[str, str, dict]], *, markdown: bool, spreads: dict | None = None) -> str:
+    """``rows``: (label, direction label, metrics). ``spreads[(label, direction)]`` adds ± std."""
+    header = ["row", "direction", *METRICS]
+    body = []
+    for label, direction, metrics in rows:
+        spread = (spreads or {}).get((label, direction), {})
+        body.append([label, direction] + [_cell(metrics.get(m), spread.get(m), 1 if m.startswith("R@") else 2)
+                                          for m in METRICS])
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+        return "\n".join(lines) + "\n"
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+
+    def fmt(row: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in body]) + "\n"

@@ -1,0 +1,145 @@
+"""retrieval.index: FAISS types, build folders (contract D), refusals; FAISS R@K vs the full matrix."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from data.manifest import read_manifest
+from data.settings import get_settings
+from fake_fusion_api import write_dataset
+from retrieval import index as rindex
+from retrieval.metrics import GroundTruth, VectorScores, evaluate_scores, text_to_video_counts
+from retrieval.ranked import counts_from_index, counts_with_rerank
+
+INFO = {"extractor_ids": {"clip_frames": "aaa", "clip_text": "bbb"}, "random_weights": True, "model": "zero-shot"}
+
+
+def _vectors(n, dim=16, seed=0):
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_choose_type_and_params_follow_scale():
+    assert rindex.choose_type(10_000) == "flat"
+    assert rindex.choose_type(rindex.EXACT_UP_TO + 1) == "hnsw"
+    assert rindex.choose_type(50, "ivf") == "ivf"
+    with pytest.raises(rindex.IndexFolderError, match="unknown index type 'pq'"):
+        rindex.choose_type(50, "pq")
+    assert rindex.default_params("ivf", 1_000_000) == {"nlist": 4000, "nprobe": 62}
+    assert rindex.default_params("ivf", 10_000)["nlist"] == 256          # capped at N / 39
+    assert rindex.default_params("hnsw", 1_000_000)["efSearch"] == 128
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_each_type_finds_itself(kind):
+    videos = _vectors(2000)
+    index, chosen, params = rindex.build_faiss(videos, kind, use_gpu=False)
+    assert chosen == kind and index.ntotal == 2000
+    _, rows = rindex.search(index, videos[:50], 1)
+    assert (rows[:, 0] == np.arange(50)).mean() >= 0.9
+
+
+def test_exact_index_recall_equals_full_matrix_including_ties():
+    rng = np.random.default_rng(3)
+    videos = _vectors(60, seed=1)
+    videos[10:14] = videos[10]           # four identical videos: exact ties with the ground truth
+    text = (videos[rng.integers(0, 60, size=90)] + 0.3 * _vectors(90, seed=2)).astype(np.float32)
+    query_rows = rng.integers(0, 60, size=90)
+    query_rows[:6] = [10, 11, 12, 13, 10, 12]
+    text[:6] = videos[10]                # their queries tie among the duplicates
+    ids = [f"v{i}" for i in range(60)]
+    expected = evaluate_scores(VectorScores(text, videos), [ids[r] for r in query_rows], ids, ks=(1, 2, 5, 10))
+    index, _, _ = rindex.build_faiss(videos, "flat", use_gpu=False)
+    for k_max in (2, 10):                # k_max = 2: the tied block crosses the search depth
+        counts = counts_from_index(index, text, query_rows, k_max=k_max)
+        for k in (1, 2, 5, 10):
+            if k <= k_max:
+                assert 100 * counts.hit_rate(k).mean() == pytest.approx(expected["t2v"][f"R@{k}"])
+        assert counts.hit_rate(1)[:6] == pytest.approx([0.25] * 6)   # ties are never a full win
+        assert counts.hit_rate(2)[:6] == pytest.approx([0.5] * 6)
+
+
+def test_rerank_with_exact_scores_and_first_stage_recall():
+    videos = _vectors(200, seed=4)
+    text = videos[:40] + 0.05 * _vectors(40, seed=5)
+    index, _, _ = rindex.build_faiss(videos, "flat", use_gpu=False)
+    truth = np.arange(40)
+
+    def score(q_idx, v_idx):             # a "fine-grained" score that differs from the coarse one
+        return -np.abs(text[q_idx] @ videos[v_idx].T - 0.5)
+
+    counts, recall = counts_with_rerank(index, text, truth, score, depth=20, chunk=7)
+    assert recall == pytest.approx(100.0)
+    assert counts.better.max() > 0      # the exact score re-orders the candidates
+    full = text_to_video_counts(VectorScores(text, videos), GroundTruth.from_ids(
+        [str(i) for i in truth], [str(i) for i in range(200)]))
+    exact = -np.abs(text @ videos.T - 0.5)
+    # within the 20 candidates, the true video is ranked by the exact score
+    for q in range(40):
+        _, cand = index.search(text[q:q + 1], 20)
+        assert counts.better[q] == int((exact[q, cand[0]] > exact[q, q]).sum())
+    assert full.better.sum() == 0        # coarse scores rank every true video first
+
+    far = np.roll(truth, 1)              # true videos the coarse stage ranks low: missed at depth 3
+    counts, recall = counts_with_rerank(index, text, far, score, depth=3)
+    _, cand = index.search(text, 3)
+    missed = np.array([f not in row for f, row in zip(far, cand)])
+    assert recall == pytest.approx(100 * (1 - missed.mean())) and missed.any()
+    assert (counts.hit_rate(10)[missed] == 0).all()      # a first-stage miss is never a hit
+
+
+def test_write_open_and_check_build(tvr_home):
+    settings = get_settings()
+    ids = write_dataset("toy", 30)
+    folder = rindex.write_build("toy", "zero-shot", _vectors(30), ids, info=INFO, use_gpu=False)
+    root = settings.indexes_dir / "toy" / "zero-shot"
+    assert (root / "current").read_text().strip() == folder.name
+    assert sorted(p.name for p in folder.iterdir()) == ["ids.json", "index.faiss", "info.json", "manifest.parquet"]
+    assert not list(root.glob(".tmp-*"))
+    info = json.loads((folder / "info.json").read_text())
+    assert info["index_type"] == "flat" and info["dim"] == 16 and info["n_vectors"] == 30
+    assert info["WARNING"].startswith("RANDOM WEIGHTS")
+    build = rindex.open_build("toy", "zero-shot")
+    assert build.ids == ids and build.path_of("v3")["path"] == "videos/v3.mp4"
+    manifest = read_manifest(settings.manifest_path("toy"))
+    rindex.check_build(build, extractor_ids=INFO["extractor_ids"], manifest=manifest, dim=16)
+
+    second = rindex.write_build("toy", "zero-shot", _vectors(30, seed=9), ids, info=INFO, use_gpu=False)
+    assert (root / "current").read_text().strip() == second.name != folder.name
+    assert rindex.open_build("toy", "zero-shot").folder == second
+    for _ in range(3):
+        latest = rindex.write_build("toy", "zero-shot", _vectors(30), ids, info=INFO, use_gpu=False, keep=2)
+    builds = sorted(p.name for p in root.iterdir() if p.is_dir())
+    assert len(builds) == 2 and builds[-1] == latest.name == (root / "current").read_text().strip()
+
+
+def test_refusals(tvr_home):
+    settings = get_settings()
+    ids = write_dataset("toy", 12)
+    with pytest.raises(rindex.IndexFolderError, match=r"no index for dataset 'toy', run 'zero-shot'.*python -m retrieval.index"):
+        rindex.open_build("toy", "zero-shot")
+    rindex.write_build("toy", "zero-shot", _vectors(12), ids, info=INFO, use_gpu=False)
+    build = rindex.open_build("toy", "zero-shot")
+    manifest = read_manifest(settings.manifest_path("toy"))
+    other = {**INFO["extractor_ids"], "clip_text": "zzz"}
+    with pytest.raises(rindex.IndexFolderError, match=r"other extractor ids.*clip_text: index bbb, model zzz"):
+        rindex.check_build(build, extractor_ids=other, manifest=manifest, dim=16)
+    with pytest.raises(rindex.IndexFolderError, match="dimension mismatch: the model's query vectors have 32"):
+        rindex.check_build(build, extractor_ids=INFO["extractor_ids"], manifest=manifest, dim=32)
+    assert rindex.rebuild_reason("toy", "zero-shot") is None
+    assert "other extractor ids" in rindex.rebuild_reason("toy", "zero-shot", extractor_ids=other)
+    assert "no index for dataset 'toy', run 'meanP-1'" in rindex.rebuild_reason("toy", "meanP-1")
+    write_dataset("toy", 12, path_suffix="-moved")      # same ids, other paths: a new manifest
+    assert "covers manifest" in rindex.rebuild_reason("toy", "zero-shot")
+    changed = read_manifest(settings.manifest_path("toy"))
+    with pytest.raises(rindex.IndexFolderError, match="covers manifest .* but the dataset's manifest is now"):
+        rindex.check_build(build, extractor_ids=INFO["extractor_ids"], manifest=changed, dim=16)
+    with pytest.raises(rindex.IndexFolderError, match="dimension mismatch: query vectors have 8"):
+        rindex.search(build.index, np.zeros((1, 8), np.float32), 3)
+    with pytest.raises(rindex.IndexFolderError, match="not in .*manifest.parquet"):
+        rindex.write_build("toy", "zero-shot", _vectors(2), ["v1", "nope"], info=INFO, use_gpu=False)
+    with pytest.raises(rindex.IndexFolderError, match="row 1 holds NaN"):
+        rindex.build_faiss(np.array([[1.0, 0.0], [np.nan, 1.0]], np.float32), use_gpu=False)
