@@ -1,0 +1,35 @@
+"""Shared helpers of the extraction tests (no tests here): tiny models and datasets."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from data.prepare import prepare
+from extractors.run import ExtractConfig
+
+TINY_CLIP_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "head_width": 16, "patch_size": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def tiny_clip_dir(root: Path) -> str:
+    """An open_clip ``local-dir:`` model name for a tiny random CLIP (works in subprocesses too)."""
+    folder = Path(root) / "tiny-clip"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP_CFG}))
+    return f"local-dir:{folder}"
+
+
+def tiny_config(root: Path, modalities=("clip_frames", "clip_text", "audio", "motion"), **kw) -> ExtractConfig:
+    """All modalities with tiny models / inputs: tiny CLIP, 64 px SlowFast clips of 8 frames."""
+    clip = tiny_clip_dir(root)
+    options = {"motion": {"size": 64, "fps": 8.0, "clip_frames": 8}}
+    return ExtractConfig(modalities=tuple(modalities), models={"clip_frames": clip}, options=options,
+                         device="cpu", **kw)
+
+
+def prepare_synthetic(folder: Path, name: str = "synthetic"):
+    """Manifest for an already generated synthetic folder (``tiny_synthetic``)."""
+    return prepare("synthetic", Path(folder) / "annotations.jsonl", folder, name=name)
