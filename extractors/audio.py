@@ -116,9 +116,9 @@ _VGGISH_CACHE: dict[tuple, VGGish] = {}
 
 def load_vggish(weights: Weights, device: torch.device, precision: str) -> VGGish:
     """VGGish with ``weights`` (random: seeded init; a file: torchvggish state-dict names)."""
+    weights.check_file()  # every time: a changed file must not hide behind the cache
     key = (weights, str(device), precision)
     if key not in _VGGISH_CACHE:
-        weights.check_file()
         model = seeded_build(weights, VGGish)
         if weights.is_file:
             state = {k: v for k, v in load_state_dict_file(weights.source).items() if not k.startswith("pca_")}

@@ -134,12 +134,16 @@ def load_state_dict_file(path: str) -> dict:
 
 
 def apply_state_dict(model: torch.nn.Module, state: dict, source: str) -> None:
-    """Load ``state`` into ``model``; any missing or unexpected key is an error naming it."""
-    result = model.load_state_dict(state, strict=False)
-    problems = [f"missing {k}" for k in result.missing_keys] + [f"unexpected {k}" for k in result.unexpected_keys]
+    """Load ``state`` into ``model``; any missing, unexpected or mis-shaped key is an error naming it."""
+    expected = model.state_dict()
+    problems = [f"{k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}"
+                for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    problems += [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
     if problems:
         raise ValueError(f"{source}: state dict does not fit {type(model).__name__} "
                          f"({len(problems)} problems: {', '.join(problems[:6])})")
+    model.load_state_dict(state)
 
 
 class Extractor(ABC):

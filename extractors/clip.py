@@ -31,9 +31,9 @@ def load_clip(model_name: str, weights: Weights, device: torch.device, precision
     """An open_clip model in eval mode on ``device`` (cached per process: one load per process)."""
     import open_clip
 
+    weights.check_file()  # every time: a changed file must not hide behind the cache
     key = (model_name, weights, str(device), precision)
     if key not in _CLIP_CACHE:
-        weights.check_file()
         pretrained = None if weights.is_random else weights.source
 
         def build():

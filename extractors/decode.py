@@ -197,7 +197,11 @@ def decode_video(path: str | os.PathLike, request: DecodeRequest, threads: int =
     try:
         container = av.open(where, metadata_errors="ignore")
     except av.error.FFmpegError as exc:
-        raise DecodeError(f"{where}: not a media file FFmpeg can read ({exc.__class__.__name__}: "
+        with open(where, "rb") as fh:
+            is_mp4 = fh.read(8)[4:8] == b"ftyp"
+        what = ("truncated or corrupt MP4/MOV (its index cannot be read)" if is_mp4
+                else "not a media file FFmpeg can read")
+        raise DecodeError(f"{where}: {what} ({exc.__class__.__name__}: "
                           f"{getattr(exc, 'strerror', None) or exc})") from exc
     with container:
         return _decode_open(container, where, request, threads)

@@ -43,13 +43,13 @@ def clip_spans(n_frames: int, clip_frames: int) -> list[tuple[int, int]]:
 
 def load_slowfast(weights: Weights, size: int, clip_frames: int, device: torch.device, precision: str):
     """SlowFast R50 returning ``[B, 2304]`` pooled features (cached per process)."""
+    weights.check_file()  # every time: a changed file must not hide behind the cache
     key = (weights, size, clip_frames, str(device), precision)
     if key not in _SLOWFAST_CACHE:
         from pytorchvideo.models.slowfast import create_slowfast
 
         if size % 32:
             raise ValueError(f"motion size {size}: must be a multiple of 32")
-        weights.check_file()
         s = size // 32
         pools = ((clip_frames // ALPHA, s, s), (clip_frames, s, s))
         model = seeded_build(weights, lambda: create_slowfast(model_num_class=400, head_pool_kernel_sizes=pools))

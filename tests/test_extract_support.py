@@ -33,3 +33,26 @@ def tiny_config(root: Path, modalities=("clip_frames", "clip_text", "audio", "mo
 def prepare_synthetic(folder: Path, name: str = "synthetic"):
     """Manifest for an already generated synthetic folder (``tiny_synthetic``)."""
     return prepare("synthetic", Path(folder) / "annotations.jsonl", folder, name=name)
+
+
+def ffmpeg(*args: str) -> None:
+    """Run imageio-ffmpeg's static ffmpeg (quiet; raises on failure)."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", *map(str, args)], check=True)
+
+
+def make_video(path: Path, seconds: float = 2.0, size: str = "64x48", fps: int = 10,
+               audio: tuple[int, int] | None = (16000, 1), faststart: bool = False) -> Path:
+    """An H.264 MP4 test pattern (+ an AAC sine of ``(rate, channels)`` or no audio stream)."""
+    args = ["-f", "lavfi", "-i", f"testsrc=size={size}:rate={fps}:duration={seconds}"]
+    if audio is not None:
+        rate, channels = audio
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate={rate}:duration={seconds}",
+                 "-ac", str(channels), "-c:a", "aac"]
+    if faststart:
+        args += ["-movflags", "+faststart"]
+    ffmpeg(*args, "-c:v", "libx264", "-pix_fmt", "yuv420p", path)
+    return Path(path)
