@@ -316,6 +316,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--frame-fps", type=float, default=None, help="clip_frames sampling rate (default 1)")
     p.add_argument("--motion-fps", type=float, default=None, help="motion dense frame rate (default 15)")
     p.add_argument("--motion-size", type=int, default=None, help="motion crop side, multiple of 32 (default 128)")
+    p.add_argument("--motion-clip-frames", type=int, default=None,
+                   help="motion fast-pathway frames per clip, multiple of 4 (default 32)")
     p.add_argument("--seed", type=int, default=None, help="torch seed of random weights (default $TVR_SEED or 0)")
     p.add_argument("--device", default=None, help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "fp16", "fp32"],
@@ -331,7 +333,8 @@ def config_from_args(args: argparse.Namespace, settings: Settings) -> ExtractCon
     options: dict[str, dict] = {}
     if args.frame_fps is not None:
         options["clip_frames"] = {"fps": args.frame_fps}
-    motion = {k: v for k, v in (("fps", args.motion_fps), ("size", args.motion_size)) if v is not None}
+    motion = {k: v for k, v in (("fps", args.motion_fps), ("size", args.motion_size),
+                                ("clip_frames", args.motion_clip_frames)) if v is not None}
     if motion:
         options["motion"] = motion
     return ExtractConfig(
