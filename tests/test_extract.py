@@ -167,8 +167,8 @@ def test_real_fixture_clips_extract_without_error(tvr_home, tmp_path):
 
 
 def _cli_args(dataset: str, tmp_path: Path) -> list[str]:
-    return [dataset, "--model", f"clip_frames={tiny_clip_dir(tmp_path)}", "--motion-size", "64",
-            "--motion-fps", "8", "--motion-clip-frames", "8", "--device", "cpu", "--threads", "1"]
+    return [dataset, "--model", f"clip_frames={tiny_clip_dir(tmp_path)}", "--motion-size", "32",
+            "--motion-fps", "2", "--motion-clip-frames", "4", "--device", "cpu", "--threads", "1"]
 
 
 def test_cli_help_documents_the_options():

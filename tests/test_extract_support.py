@@ -23,9 +23,9 @@ def tiny_clip_dir(root: Path) -> str:
 
 
 def tiny_config(root: Path, modalities=("clip_frames", "clip_text", "audio", "motion"), **kw) -> ExtractConfig:
-    """All modalities with tiny models / inputs: tiny CLIP, 64 px SlowFast clips of 8 frames."""
+    """All modalities with tiny models / inputs: tiny CLIP, SlowFast on 32 px clips of 4 frames at 2 fps."""
     clip = tiny_clip_dir(root)
-    options = {"motion": {"size": 64, "fps": 8.0, "clip_frames": 8}}
+    options = {"motion": {"size": 32, "fps": 2.0, "clip_frames": 4}}
     return ExtractConfig(modalities=tuple(modalities), models={"clip_frames": clip}, options=options,
                          device="cpu", **kw)
 
