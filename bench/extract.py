@@ -5,7 +5,8 @@
 On generated synthetic-av videos (data.synthetic, cached in ``--videos``), for each modality alone
 and for all of them together, it measures side by side in one run:
 
-- model-only: the same extractors fed pre-decoded, pre-batched tensors (forward passes only);
+- model-only: the same extractors fed videos decoded beforehand (input preparation such as the
+  log-mel, batching and forward passes; no file access);
 - end-to-end: ``extractors.run.extract_shard`` on the whole set into a fresh store (open, decode
   once per video in a background thread, batch, encode, write the Parquet shard);
 
@@ -29,10 +30,9 @@ import torch
 from data import synthetic
 from data.prepare import prepare
 from data.settings import Settings, get_settings
-from extractors.base import Extractor
-from extractors.decode import DecodeRequest, decode_video
+from extractors.decode import decode_video
 from extractors.registry import MODALITIES
-from extractors.run import ExtractConfig, extract_shard, iter_decoded, load_manifest, plan_shards
+from extractors.run import ExtractConfig, extract_shard, iter_decoded, load_manifest, merged_request, plan_shards
 
 
 @dataclass
@@ -46,20 +46,16 @@ class Timing:
                 f"({self.seconds:.2f} s)")
 
 
-def model_only(extractors: list[Extractor], items: list) -> Timing:
-    """Forward passes only, on units prepared before the clock starts."""
-    batches = []
-    units_total = 0
-    for e in extractors:
-        units = [u for u in (e.units(it) for it in items if e.decode_error(it) is None) if len(u)]
-        units_total += sum(len(u) for u in units)
-        flat = e.collate(units)
-        batches += [(e, flat[i:i + e.batch_size]) for i in range(0, len(flat), e.batch_size)]
+def model_only(config: ExtractConfig, items: list, units: int) -> Timing:
+    """The extractors' own path (input preparation, batching, forward passes) on pre-decoded videos."""
+    extractors = config.build()
     start = time.perf_counter()
-    with torch.inference_mode():
-        for e, batch in batches:
-            e.forward(batch)
-    return Timing(time.perf_counter() - start, len(items), units_total)
+    for item in items:
+        for e in extractors:
+            e.push(item)
+    for e in extractors:
+        e.flush()
+    return Timing(time.perf_counter() - start, len(items), units)
 
 
 def end_to_end(dataset: str, config: ExtractConfig, ids: list[str], units: int, home: Settings,
@@ -115,16 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         for k, mods in enumerate(groups):
             cfg = config(mods)
             extractors = cfg.build()
-            request = DecodeRequest()
-            for e in extractors:
-                request = request.merge(e.request)
-            jobs = [(r, request) for r in manifest.records()]
+            jobs = [(r, merged_request(extractors)) for r in manifest.records()]
             items = list(iter_decoded(jobs, manifest.video_root))
             units = sum(len(e.units(it)) for e in extractors for it in items if e.decode_error(it) is None)
-            model_only(extractors, items[:2])  # warm-up
+            model_only(cfg, items[:2], 0)  # warm-up
             models, e2e = [], []
             for r in range(args.repeats):  # interleaved, so both see the same machine load
-                models.append(model_only(extractors, items))
+                models.append(model_only(cfg, items, units))
                 e2e.append(end_to_end("bench", cfg, ids, units, home, tmp / f"store-{k}-{r}"))
             best_model = min(models, key=lambda t: t.seconds)
             best_e2e = min(e2e, key=lambda t: t.seconds)
@@ -136,9 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _decode_only(manifest, extractors) -> float:
-    request = DecodeRequest()
-    for e in extractors:
-        request = request.merge(e.request)
+    request = merged_request(extractors)
     start = time.perf_counter()
     for r in manifest.records():
         decode_video(manifest.abs_path(r.path), request)

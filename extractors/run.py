@@ -144,6 +144,14 @@ def write_rows(fs: FeatureSet, rows: list[FeatureRow]) -> None:
         (fs.folder / f"part-{index:05d}.claim").unlink(missing_ok=True)
 
 
+def merged_request(extractors: Iterable[Extractor]) -> DecodeRequest:
+    """One decode request covering what every extractor needs."""
+    request = DecodeRequest()
+    for e in extractors:
+        request = request.merge(e.request)
+    return request
+
+
 def iter_decoded(jobs: Iterable[tuple[VideoRecord, DecodeRequest]], video_root, *, workers: int = 1,
                  prefetch: int = 4) -> Iterator[VideoItem]:
     """Decode each job once in ``workers`` background threads, up to ``prefetch`` videos ahead.
@@ -197,10 +205,7 @@ def extract_shard(dataset: str, video_ids: list[str], config: ExtractConfig | di
     for vid in video_ids:
         wanted = [e for e in extractors if vid in todo[e.modality]]
         if wanted:
-            request = DecodeRequest()
-            for e in wanted:
-                request = request.merge(e.request)
-            jobs.append((records[vid], request))
+            jobs.append((records[vid], merged_request(wanted)))
     rows: dict[str, list[FeatureRow]] = {e.modality: [] for e in extractors}
     start, last_report = time.time(), time.time()
     for n, item in enumerate(iter_decoded(jobs, manifest.video_root, workers=config.decode_workers,
