@@ -237,7 +237,7 @@ def _decode_open(container, where: str, request: DecodeRequest, threads: int) ->
     v_start = float(vstream.start_time * vstream.time_base) if vstream is not None and vstream.start_time is not None else 0.0
     last_t, n_video = 0.0, 0
     try:
-        for packet in container.demux(*streams):
+        for packet in container.demux(*streams) if streams else ():
             for frame in packet.decode():
                 if packet.stream.type == "video":
                     t = _seconds(frame.time, v_start)

@@ -162,10 +162,13 @@ def iter_decoded(jobs: Iterable[tuple[VideoRecord, DecodeRequest]], video_root, 
     def work(record: VideoRecord, request: DecodeRequest) -> VideoItem:
         if request.empty:
             return VideoItem(record)
+        path = video_root / record.path
         try:
-            return VideoItem(record, decode_video(video_root / record.path, request))
+            return VideoItem(record, decode_video(path, request))
         except DecodeError as exc:
             return VideoItem(record, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - an unforeseen decoder failure is still one video's failure
+            return VideoItem(record, error=f"{path}: decoding failed ({exc.__class__.__name__}: {exc})")
 
     jobs = iter(jobs)
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:

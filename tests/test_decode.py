@@ -107,6 +107,8 @@ def test_audio_only_file_reports_missing_video_and_keeps_audio():
     d = decode_video(FIXTURES / "media" / "Front_Center.wav", ALL)
     assert d.video_error and "no video stream (audio-only file)" in d.video_error
     assert d.has_audio and abs(len(d.audio) / 16000 - 1.43) < 0.05
+    frames_only = decode_video(FIXTURES / "media" / "Front_Center.wav", DecodeRequest(frame_fps=1.0, frame_size=32))
+    assert "no video stream" in frames_only.video_error and len(frames_only.frames) == 0
 
 
 @pytest.mark.parametrize("kind, message", [
