@@ -117,9 +117,8 @@ def plan_shards(dataset: str, config: ExtractConfig, *, shard_size: int | None =
     for ext in config.build():
         fs = ext.feature_set(settings, dataset)
         fs.prepare()
-        for claim in fs.folder.glob("part-*.claim"):
-            if not claim.with_suffix(".done").is_file():
-                claim.unlink(missing_ok=True)
+        for claim in fs.folder.glob("part-*.claim"):  # shard numbers reserved by killed writers
+            claim.unlink(missing_ok=True)
     return [ids[i:i + size] for i in range(0, len(ids), size)]
 
 
@@ -192,7 +191,8 @@ def extract_shard(dataset: str, video_ids: list[str], config: ExtractConfig | di
     settings = settings or get_settings()
     say = progress or log.info
     manifest = load_manifest(dataset, settings)
-    records = {r.video_id: r for r in manifest.records() if r.video_id in set(video_ids)}
+    wanted_ids = set(video_ids)
+    records = {r.video_id: r for r in manifest.records() if r.video_id in wanted_ids}
     missing = [v for v in video_ids if v not in records]
     if missing:
         raise KeyError(f"dataset {dataset!r}: videos not in the manifest: {missing[:5]}")

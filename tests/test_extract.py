@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from conftest import FIXTURES, PROJECT, requires_fixtures
@@ -41,9 +42,13 @@ def test_all_modalities_one_decode_per_video_and_resume(tiny_synthetic, tvr_home
     ann = _annotations(tiny_synthetic)
     config = tiny_config(tmp_path)
     decode.OPENS.clear()
+    opened = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
     counts = extract_dataset("synthetic", config, shard_size=8)
     # each video opened and decoded exactly once, although four modalities used it
     assert sorted(decode.OPENS.values()) == [1] * len(ann)
+    assert sorted(opened) == sorted(decode.OPENS) and len(set(opened)) == len(ann)
     for m in MODALITIES:
         c = counts[m]
         assert c.failed == 0 and c.done + c.empty == len(ann) and c.random_weights
@@ -83,7 +88,7 @@ def test_all_modalities_one_decode_per_video_and_resume(tiny_synthetic, tvr_home
     for cls in (ClipFramesExtractor, ClipTextExtractor, AudioExtractor, MotionExtractor):
         monkeypatch.setattr(cls, "forward", boom)
     again = extract_dataset("synthetic", config, shard_size=8)
-    assert sorted(decode.OPENS.values()) == [1] * len(ann)
+    assert sorted(decode.OPENS.values()) == [1] * len(ann) and len(opened) == len(ann)
     assert all(again[m].skipped == len(ann) and again[m].done == again[m].failed == 0 for m in MODALITIES)
 
 
@@ -137,6 +142,14 @@ def test_bad_files_are_recorded_and_the_rest_extracted(tvr_home, tmp_path):
     has_audio = dict(zip(audio.video_ids, audio.column("has_audio")))
     assert has_audio["good"] and has_audio["audioonly"] and has_audio["noaudio"] is False
     assert set(tables["clip_text"].status) == {"ok"} and len(tables["clip_text"]) == len(EXPECTED)
+
+
+def test_text_only_run_opens_no_video(tvr_home, tmp_path):
+    ann = _bad_dataset(tmp_path / "bad")
+    prepare("folder", ann, tmp_path / "bad" / "videos", name="bad")
+    decode.OPENS.clear()
+    counts = extract_dataset("bad", tiny_config(tmp_path, modalities=("clip_text",)))
+    assert counts["clip_text"].done == len(EXPECTED) and not decode.OPENS
 
 
 @requires_fixtures
