@@ -25,6 +25,7 @@ from extractors.base import Extractor, VideoItem, Weights, seeded_build
 from extractors.decode import DecodeRequest
 
 _CLIP_CACHE: dict[tuple, torch.nn.Module] = {}
+_TOKENIZERS: dict[str, object] = {}
 
 
 def load_clip(model_name: str, weights: Weights, device: torch.device, precision: str) -> torch.nn.Module:
@@ -125,7 +126,9 @@ class ClipTextExtractor(_ClipBase):
             if getattr(self.model, name, None) is None:
                 raise ValueError(f"open_clip model {model_name!r} has no CLIP text tower ({name} missing); "
                                  f"clip_text supports CLIP-style models only")
-        self.tokenizer = open_clip.get_tokenizer(model_name)
+        if model_name not in _TOKENIZERS:  # building one reads the BPE vocabulary: once per process
+            _TOKENIZERS[model_name] = open_clip.get_tokenizer(model_name)
+        self.tokenizer = _TOKENIZERS[model_name]
         self.context_length = int(self.model.positional_embedding.shape[0])
 
     def extra_params(self) -> dict:

@@ -50,6 +50,7 @@ def test_text_tower_on_real_length_matches_full_context(tiny_clip):
 def test_random_weights_are_rebuilt_from_the_recorded_seed(tiny_clip):
     first = build_extractor("clip_text", tiny_clip, "random", seed=3, device="cpu")
     stored = first.encode(CAPTIONS)
+    assert build_extractor("clip_frames", tiny_clip, "random", seed=3, device="cpu").model is first.model  # loaded once
     info = first.spec.describe()
     assert info["random_weights"] and info["params"]["seed"] == 3 and "WARNING" in info
     clip._CLIP_CACHE.clear()  # a fresh process: nothing cached
