@@ -1,0 +1,117 @@
+"""SlowFast R50 motion features (``motion`` modality), pytorchvideo's ``create_slowfast``.
+
+Input: the decoder's dense stream, ``dense_fps`` (default 15) frames per second, shortest side
+resized to ``size`` (default 128) and centre-cropped to ``size`` x ``size`` (a cheap size for 2 CPU
+cores; the Kinetics recipe uses 224 — pass ``--motion-size 224`` with pretrained weights).
+Clips: consecutive non-overlapping runs of ``clip_frames`` (default 32, i.e. 2.13 s at 15 fps)
+dense frames for the fast pathway; the slow pathway takes ``clip_frames / alpha`` (alpha = 4)
+evenly spaced frames of the same clip. A last partial clip is kept when it holds at least half a
+clip (and a video always gives at least one clip), padded by repeating its last frame.
+Normalisation: [0, 1] then mean 0.45 / std 0.225 per channel (pytorchvideo's Kinetics values;
+``pytorchvideo.transforms`` does not import on this torchvision, so it is done here).
+
+Output: the head's projection is replaced by Identity, so the model returns the 2304-d
+(slow 2048 + fast 256) globally pooled features, ``[N_clips, 2304]``; timestamps are clip centres
+(mean of the first and last real frame times of each clip). The head's pooling kernel follows the
+input size: ``(T_slow, size/32, size/32)`` and ``(T_fast, size/32, size/32)``.
+
+Weights file: a pytorchvideo / SlowFast state dict (``SLOWFAST_8x8_R50.pyth``-style, optionally
+under ``model_state``), loaded with ``weights_only=True``; the classification projection
+(``blocks.6.proj.*``) is dropped.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from data.store import FeatureRow
+from extractors.base import Extractor, VideoItem, Weights, apply_state_dict, load_state_dict_file, seeded_build
+from extractors.decode import DecodeRequest
+
+ALPHA = 4
+MEAN, STD = 0.45, 0.225
+_SLOWFAST_CACHE: dict[tuple, torch.nn.Module] = {}
+
+
+def clip_spans(n_frames: int, clip_frames: int) -> list[tuple[int, int]]:
+    """``[(start, end)]`` frame ranges of the clips of a dense stream of ``n_frames`` frames."""
+    spans = [(s, min(s + clip_frames, n_frames)) for s in range(0, n_frames, clip_frames)]
+    if len(spans) > 1 and spans[-1][1] - spans[-1][0] < clip_frames / 2:
+        spans.pop()
+    return spans
+
+
+def load_slowfast(weights: Weights, size: int, clip_frames: int, device: torch.device, precision: str):
+    """SlowFast R50 returning ``[B, 2304]`` pooled features (cached per process)."""
+    weights.check_file()  # every time: a changed file must not hide behind the cache
+    key = (weights, size, clip_frames, str(device), precision)
+    if key not in _SLOWFAST_CACHE:
+        from pytorchvideo.models.slowfast import create_slowfast
+
+        if size % 32:
+            raise ValueError(f"motion size {size}: must be a multiple of 32")
+        s = size // 32
+        pools = ((clip_frames // ALPHA, s, s), (clip_frames, s, s))
+        model = seeded_build(weights, lambda: create_slowfast(model_num_class=400, head_pool_kernel_sizes=pools))
+        if weights.is_file:
+            state = load_state_dict_file(weights.source)
+            state = state.get("model_state", state)
+            model.blocks[-1].proj = torch.nn.Identity()
+            apply_state_dict(model, {k: v for k, v in state.items() if not k.startswith("blocks.6.proj.")},
+                             weights.source)
+        elif not weights.is_random:
+            raise ValueError(f"motion weights {weights.source!r}: give 'random' or a local file")
+        model.blocks[-1].proj = torch.nn.Identity()
+        model = model.eval().to(device, torch.float16 if precision == "fp16" else torch.float32)
+        _SLOWFAST_CACHE[key] = model
+    return _SLOWFAST_CACHE[key]
+
+
+class MotionExtractor(Extractor):
+    """``motion``: ``[N_clips, 2304]`` SlowFast R50 features per ~2 s clip."""
+
+    modality = "motion"
+    code_version = "motion/1"
+
+    def __init__(self, model_name: str, weights: Weights, device: torch.device, precision: str,
+                 batch_size: int | None = None, fps: float = 15.0, size: int = 128, clip_frames: int = 32):
+        if model_name != "slowfast_r50":
+            raise ValueError(f"motion model {model_name!r}: only 'slowfast_r50' is implemented")
+        super().__init__(model_name, weights, device, precision, batch_size or 4)
+        self.fps, self.size, self.clip_frames = float(fps), int(size), int(clip_frames)
+        if self.clip_frames % ALPHA:
+            raise ValueError(f"motion clip_frames {clip_frames}: must be a multiple of {ALPHA}")
+        self.model = load_slowfast(weights, self.size, self.clip_frames, device, precision)
+        self.slow_index = torch.linspace(0, self.clip_frames - 1, self.clip_frames // ALPHA).long().to(device)
+
+    @property
+    def dim(self) -> int:
+        return 2304
+
+    @property
+    def request(self) -> DecodeRequest:
+        return DecodeRequest(dense_fps=self.fps, dense_size=self.size)
+
+    def extra_params(self) -> dict:
+        return {"fps": self.fps, "size": self.size, "clip_frames": self.clip_frames, "alpha": ALPHA,
+                "resize": "short side + centre crop, BILINEAR", "mean": MEAN, "std": STD}
+
+    def units(self, item: VideoItem) -> torch.Tensor:
+        """``[N_clips, clip_frames, S, S, 3]`` uint8 clips (last one padded by repetition)."""
+        dense = item.decoded.dense
+        clips = []
+        for start, end in clip_spans(len(dense), self.clip_frames):
+            idx = np.minimum(np.arange(start, start + self.clip_frames), end - 1)
+            clips.append(torch.from_numpy(dense[idx]))
+        return torch.stack(clips) if clips else torch.zeros(0, self.clip_frames, self.size, self.size, 3, dtype=torch.uint8)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """``[B, T, S, S, 3]`` uint8 -> ``[B, 2304]`` float32 (CPU)."""
+        fast = batch.to(self.device).permute(0, 4, 1, 2, 3).float().div_(255).sub_(MEAN).div_(STD).to(self.dtype)
+        slow = fast.index_select(2, self.slow_index)
+        return self.model([slow, fast]).float().cpu()  # a fresh list: the model mutates it
+
+    def to_rows(self, item: VideoItem, outputs: list) -> list[FeatureRow]:
+        times = item.decoded.dense_times
+        centres = [(times[s] + times[e - 1]) / 2 for s, e in clip_spans(len(times), self.clip_frames)]
+        return [FeatureRow(item.video_id, torch.stack(outputs).numpy(), np.asarray(centres))]

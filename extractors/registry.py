@@ -1,0 +1,61 @@
+"""One place that turns (modality, model name, weights) into an extractor (like open_clip's factory).
+
+Models are cached per process by their loaders, so building an extractor for every shard costs
+nothing after the first: a worker process loads each model once.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from extractors.audio import AudioExtractor
+from extractors.base import Extractor, Weights, resolve_device, resolve_precision
+from extractors.clip import ClipFramesExtractor, ClipTextExtractor
+from extractors.motion import MotionExtractor
+
+EXTRACTORS: dict[str, type[Extractor]] = {
+    "clip_frames": ClipFramesExtractor,
+    "clip_text": ClipTextExtractor,
+    "audio": AudioExtractor,
+    "motion": MotionExtractor,
+}
+MODALITIES = tuple(EXTRACTORS)
+DEFAULT_MODELS = {"clip_frames": "ViT-B-32", "clip_text": "ViT-B-32", "audio": "vggish", "motion": "slowfast_r50"}
+
+
+def build_extractor(modality: str, model: str | None = None, weights: str | Weights | None = "random", *,
+                    seed: int = 0, device: str = "auto", precision: str = "auto",
+                    batch_size: int | None = None, **options: Any) -> Extractor:
+    """An extractor for ``modality``.
+
+    ``weights``: ``random`` (initialised from ``seed``), a local file, or a pretrained tag (CLIP).
+    ``options``: modality parameters (clip_frames: ``fps``; motion: ``fps``, ``size``, ``clip_frames``).
+    """
+    if modality not in EXTRACTORS:
+        raise ValueError(f"unknown modality {modality!r}; known: {', '.join(MODALITIES)}")
+    if not isinstance(weights, Weights):
+        weights = Weights.parse(weights, seed)
+    dev = resolve_device(device)
+    return EXTRACTORS[modality](model or DEFAULT_MODELS[modality], weights, dev, resolve_precision(precision, dev),
+                                batch_size, **options)
+
+
+def build_text_encoder(info: dict, device: str = "auto") -> ClipTextExtractor:
+    """The ``clip_text`` encoder described by a stored ``_extractor.json`` dict (``FeatureSet.info``).
+
+    Random weights are re-created from the recorded seed, a weights file is checked against its
+    recorded sha256. The result's ``.encode(captions)`` returns ``[(values [L_valid, D], eot_index)]``
+    computed exactly as extraction did. The recorded precision is kept on CUDA; on CPU fp32 is used.
+    """
+    if info.get("modality") != "clip_text":
+        raise ValueError(f"build_text_encoder needs a clip_text extractor description, got {info.get('modality')!r}")
+    params = info["params"]
+    weights = Weights(params["weights"], params.get("weights_sha256"), params.get("seed"))
+    dev = resolve_device(device)
+    precision = params.get("precision", "fp32") if dev.type == "cuda" else "fp32"
+    encoder = ClipTextExtractor(params["model"], weights, dev, precision)
+    rebuilt = encoder.spec.params
+    for key in ("model", "weights", "weights_sha256", "seed", "context_length", "code_version"):
+        if rebuilt.get(key) != params.get(key):
+            raise ValueError(f"rebuilt text encoder differs from the stored one in {key!r}: "
+                             f"{rebuilt.get(key)!r} vs {params.get(key)!r}")
+    return encoder

@@ -1,0 +1,352 @@
+"""Extraction of a whole dataset as plain Python: plan shards, extract each shard, summarise.
+
+``plan_shards`` splits the manifest into shards of videos and prepares each modality's feature
+folder; ``extract_shard`` does one shard: it finds, per modality, the videos not yet done for the
+same extractor-id, decodes each such video ONCE in background threads (running ahead of the
+models) with the union of what the modalities still need, feeds every modality from that decode,
+and writes one store shard per modality. ``extract_dataset`` runs all shards in order.
+Both are plain functions on picklable arguments, so a Prefect task (flows/extract.py) or a Dask
+worker can call ``extract_shard`` directly; models load once per process.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Iterator
+
+from data.manifest import Manifest, VideoRecord, read_manifest
+from data.settings import Settings, get_settings
+from data.store import RANDOM_WARNING, FeatureRow, FeatureSet
+from extractors.base import Extractor, VideoItem
+from extractors.decode import DecodeError, DecodeRequest, decode_video
+from extractors.registry import DEFAULT_MODELS, MODALITIES, build_extractor
+
+log = logging.getLogger("tvr.extract")
+Log = Callable[[str], None]
+
+
+@dataclass
+class ExtractConfig:
+    """What to extract and how; plain values only, so it travels to tasks and workers.
+
+    ``weights`` / ``models`` / ``batch_sizes``: per modality (``clip_text`` defaults to the
+    ``clip_frames`` model and weights). ``options``: per-modality parameters, e.g.
+    ``{"motion": {"size": 128, "fps": 15}, "clip_frames": {"fps": 1}}``.
+    """
+
+    modalities: tuple[str, ...] = MODALITIES
+    weights: dict[str, str] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+    batch_sizes: dict[str, int] = field(default_factory=dict)
+    options: dict[str, dict] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    decode_workers: int = 1
+    prefetch: int = 4
+
+    def __post_init__(self):
+        self.modalities = tuple(self.modalities)
+        unknown = [m for m in self.modalities if m not in MODALITIES]
+        if unknown or not self.modalities:
+            raise ValueError(f"modalities {unknown or '[]'}: choose from {', '.join(MODALITIES)}")
+
+    def model_for(self, modality: str) -> str:
+        if modality == "clip_text" and modality not in self.models:
+            return self.models.get("clip_frames", DEFAULT_MODELS[modality])
+        return self.models.get(modality, DEFAULT_MODELS[modality])
+
+    def weights_for(self, modality: str) -> str:
+        if modality == "clip_text" and modality not in self.weights:
+            return self.weights.get("clip_frames", "random")
+        return self.weights.get(modality, "random")
+
+    def build(self) -> list[Extractor]:
+        """Fresh extractors (the models behind them are cached per process)."""
+        return [build_extractor(m, self.model_for(m), self.weights_for(m), seed=self.seed, device=self.device,
+                                precision=self.precision, batch_size=self.batch_sizes.get(m),
+                                **self.options.get(m, {}))
+                for m in self.modalities]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ModalityCounts:
+    """Per-modality outcome (videos; ``clip_text`` counts videos too, not captions)."""
+
+    modality: str
+    extractor_id: str
+    random_weights: bool
+    done: int = 0       # encoded in this run, status ok
+    empty: int = 0      # encoded in this run, nothing to encode (e.g. no audio stream)
+    failed: int = 0     # recorded as failed in this run
+    skipped: int = 0    # already done before this run
+    errors: list[str] = field(default_factory=list)  # first few error texts
+
+    def add(self, other: "ModalityCounts") -> None:
+        self.done += other.done
+        self.empty += other.empty
+        self.failed += other.failed
+        self.skipped += other.skipped
+        self.errors = (self.errors + other.errors)[:5]
+
+
+def load_manifest(dataset: str, settings: Settings) -> Manifest:
+    return read_manifest(settings.manifest_path(dataset))
+
+
+def plan_shards(dataset: str, config: ExtractConfig, *, shard_size: int | None = None,
+                settings: Settings | None = None) -> list[list[str]]:
+    """Video ids of each shard, in manifest order; prepares every modality's feature folder.
+
+    Preparing removes debris of killed writers (partial shards, temporary files), so call it once
+    per run before any ``extract_shard`` of that run.
+    """
+    settings = settings or get_settings()
+    ids = load_manifest(dataset, settings).video_ids
+    size = shard_size or settings.shard_size
+    if size < 1:
+        raise ValueError(f"shard size {size}: must be at least 1")
+    for ext in config.build():
+        fs = ext.feature_set(settings, dataset)
+        fs.prepare()
+        for claim in fs.folder.glob("part-*.claim"):  # shard numbers reserved by killed writers
+            claim.unlink(missing_ok=True)
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+def _claim_shard_index(fs: FeatureSet) -> int:
+    """Reserve the next free shard number (safe against concurrent writers of the same folder)."""
+    while True:
+        index = fs.next_shard_index()
+        try:
+            fd = os.open(fs.folder / f"part-{index:05d}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return index
+
+
+def write_rows(fs: FeatureSet, rows: list[FeatureRow]) -> None:
+    """Write one shard of ``rows`` under a reserved number (temporary name, rename, marker)."""
+    index = _claim_shard_index(fs)
+    try:
+        fs.write_shard(rows, index=index)
+    finally:
+        (fs.folder / f"part-{index:05d}.claim").unlink(missing_ok=True)
+
+
+def merged_request(extractors: Iterable[Extractor]) -> DecodeRequest:
+    """One decode request covering what every extractor needs."""
+    request = DecodeRequest()
+    for e in extractors:
+        request = request.merge(e.request)
+    return request
+
+
+def iter_decoded(jobs: Iterable[tuple[VideoRecord, DecodeRequest]], video_root, *, workers: int = 1,
+                 prefetch: int = 4) -> Iterator[VideoItem]:
+    """Decode each job once in ``workers`` background threads, up to ``prefetch`` videos ahead.
+
+    Yields :class:`VideoItem` in job order; a :class:`DecodeError` becomes ``item.error``.
+    Jobs with an empty request are not opened at all.
+    """
+    def work(record: VideoRecord, request: DecodeRequest) -> VideoItem:
+        if request.empty:
+            return VideoItem(record)
+        path = video_root / record.path
+        try:
+            return VideoItem(record, decode_video(path, request))
+        except DecodeError as exc:
+            return VideoItem(record, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - an unforeseen decoder failure is still one video's failure
+            return VideoItem(record, error=f"{path}: decoding failed ({exc.__class__.__name__}: {exc})")
+
+    jobs = iter(jobs)
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
+        ahead: deque = deque()
+        for job in jobs:
+            ahead.append(pool.submit(work, *job))
+            if len(ahead) > prefetch:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
+
+
+def extract_shard(dataset: str, video_ids: list[str], config: ExtractConfig | dict, *,
+                  settings: Settings | None = None, progress: Log | None = None) -> dict[str, ModalityCounts]:
+    """Extract every requested modality for ``video_ids`` (one decode per video); write the shards.
+
+    Videos already ``ok`` / ``empty`` for the same extractor-id are skipped; a video that fails is
+    recorded as ``failed`` with its error and the others go on. Returns counts per modality.
+    """
+    config = ExtractConfig(**config) if isinstance(config, dict) else config
+    settings = settings or get_settings()
+    say = progress or log.info
+    manifest = load_manifest(dataset, settings)
+    wanted_ids = set(video_ids)
+    records = {r.video_id: r for r in manifest.records() if r.video_id in wanted_ids}
+    missing = [v for v in video_ids if v not in records]
+    if missing:
+        raise KeyError(f"dataset {dataset!r}: videos not in the manifest: {missing[:5]}")
+    extractors = config.build()
+    sets = {e.modality: e.feature_set(settings, dataset) for e in extractors}
+    counts = {e.modality: ModalityCounts(e.modality, e.extractor_id, e.spec.random_weights) for e in extractors}
+    todo: dict[str, set[str]] = {}
+    for e in extractors:
+        done = sets[e.modality].done_ids()
+        todo[e.modality] = {v for v in video_ids if v not in done}
+        counts[e.modality].skipped = len(video_ids) - len(todo[e.modality])
+    jobs = []
+    for vid in video_ids:
+        wanted = [e for e in extractors if vid in todo[e.modality]]
+        if wanted:
+            jobs.append((records[vid], merged_request(wanted)))
+    rows: dict[str, list[FeatureRow]] = {e.modality: [] for e in extractors}
+    start, last_report = time.time(), time.time()
+    for n, item in enumerate(iter_decoded(jobs, manifest.video_root, workers=config.decode_workers,
+                                          prefetch=config.prefetch), 1):
+        for e in extractors:
+            if item.video_id in todo[e.modality]:
+                rows[e.modality] += e.push(item)
+        if time.time() - last_report > 10 or n == len(jobs):
+            say(f"{dataset}: {n}/{len(jobs)} videos of this shard decoded and queued "
+                f"({time.time() - start:.1f} s)")
+            last_report = time.time()
+    for e in extractors:
+        rows[e.modality] += e.flush()
+        if rows[e.modality]:
+            write_rows(sets[e.modality], rows[e.modality])
+        _count(counts[e.modality], rows[e.modality])
+    return counts
+
+
+def _count(c: ModalityCounts, rows: list[FeatureRow]) -> None:
+    """Per-video outcome of ``rows`` (a video fails if any of its rows failed)."""
+    status: dict[str, str] = {}
+    for r in rows:
+        if status.get(r.video_id) != "failed":
+            status[r.video_id] = r.status
+        if r.status == "failed" and len(c.errors) < 5:
+            c.errors.append(r.error)
+    values = list(status.values())
+    c.done += values.count("ok")
+    c.empty += values.count("empty")
+    c.failed += values.count("failed")
+
+
+def extract_dataset(dataset: str, config: ExtractConfig | None = None, *, shard_size: int | None = None,
+                    settings: Settings | None = None, progress: Log | None = None) -> dict[str, ModalityCounts]:
+    """Plan and extract every shard in this process; returns the summed counts per modality."""
+    config = config or ExtractConfig()
+    settings = settings or get_settings()
+    say = progress or log.info
+    shards = plan_shards(dataset, config, shard_size=shard_size, settings=settings)
+    total: dict[str, ModalityCounts] = {}
+    for k, ids in enumerate(shards, 1):
+        result = extract_shard(dataset, ids, config, settings=settings, progress=say)
+        merge_counts(total, result)
+        say(f"{dataset}: shard {k}/{len(shards)} finished: " + "; ".join(
+            f"{m} {c.done} ok, {c.empty} empty, {c.failed} failed, {c.skipped} skipped" for m, c in result.items()))
+    return total
+
+
+def merge_counts(total: dict[str, ModalityCounts], part: dict[str, ModalityCounts]) -> None:
+    for m, c in part.items():
+        if m not in total:
+            total[m] = ModalityCounts(m, c.extractor_id, c.random_weights)
+        total[m].add(c)
+
+
+def summary_lines(dataset: str, counts: dict[str, ModalityCounts]) -> list[str]:
+    """Human summary; a loud RANDOM WEIGHTS line when any modality used random weights."""
+    lines = [f"extraction of {dataset!r}:"]
+    for m, c in counts.items():
+        flag = "  [RANDOM WEIGHTS]" if c.random_weights else ""
+        lines.append(f"  {m:<12} {c.extractor_id}  done {c.done}, empty {c.empty}, failed {c.failed}, "
+                     f"skipped {c.skipped}{flag}")
+        lines += [f"      error: {e}" for e in c.errors]
+    randoms = [m for m, c in counts.items() if c.random_weights]
+    if randoms:
+        lines.append(f"!!! {RANDOM_WARNING} ({', '.join(randoms)}) !!!")
+    return lines
+
+
+def summary_markdown(dataset: str, counts: dict[str, ModalityCounts]) -> str:
+    out = [f"# Extraction summary: `{dataset}`", ""]
+    randoms = [m for m, c in counts.items() if c.random_weights]
+    if randoms:
+        out += [f"**{RANDOM_WARNING}** (modalities: {', '.join(randoms)})", ""]
+    out += ["| modality | extractor-id | weights | done | empty | failed | skipped |", "|---|---|---|---|---|---|---|"]
+    for m, c in counts.items():
+        weights = "**RANDOM**" if c.random_weights else "pretrained"
+        out.append(f"| {m} | `{c.extractor_id}` | {weights} | {c.done} | {c.empty} | {c.failed} | {c.skipped} |")
+    errors = [(m, e) for m, c in counts.items() for e in c.errors]
+    if errors:
+        out += ["", "First errors:", ""] + [f"- {m}: {e}" for m, e in errors]
+    return "\n".join(out) + "\n"
+
+
+# ---- command line --------------------------------------------------------------------------------
+def _pairs(text: str, what: str, cast=str) -> dict:
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in part:
+            raise argparse.ArgumentTypeError(f"{what}: expected MODALITY=VALUE, got {part!r}")
+        key, value = part.split("=", 1)
+        if key not in MODALITIES:
+            raise argparse.ArgumentTypeError(f"{what}: unknown modality {key!r}")
+        out[key] = cast(value)
+    return out
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description="Extract features of a dataset (one decode per video feeds every modality).",
+        epilog="Example: %(prog)s synthetic --modalities clip_frames,clip_text,audio "
+               "--weights clip_frames=random,audio=/models/vggish.pth")
+    p.add_argument("dataset", help="dataset name (its manifest: $TVR_HOME/datasets/<name>/manifest.parquet)")
+    p.add_argument("--modalities", default=",".join(MODALITIES),
+                   help=f"comma-separated subset of {','.join(MODALITIES)} (default: all)")
+    p.add_argument("--weights", default="", type=lambda s: _pairs(s, "--weights"),
+                   help="MODALITY=random|FILE|TAG, comma-separated (default random; clip_text follows clip_frames)")
+    p.add_argument("--model", default="", type=lambda s: _pairs(s, "--model"),
+                   help=f"MODALITY=NAME (defaults: {', '.join(f'{k}={v}' for k, v in DEFAULT_MODELS.items())})")
+    p.add_argument("--batch-size", default="", type=lambda s: _pairs(s, "--batch-size", int),
+                   help="MODALITY=N units per forward pass (frames, captions, windows, clips)")
+    p.add_argument("--frame-fps", type=float, default=None, help="clip_frames sampling rate (default 1)")
+    p.add_argument("--motion-fps", type=float, default=None, help="motion dense frame rate (default 15)")
+    p.add_argument("--motion-size", type=int, default=None, help="motion crop side, multiple of 32 (default 128)")
+    p.add_argument("--motion-clip-frames", type=int, default=None,
+                   help="motion fast-pathway frames per clip, multiple of 4 (default 32)")
+    p.add_argument("--seed", type=int, default=None, help="torch seed of random weights (default $TVR_SEED or 0)")
+    p.add_argument("--device", default=None, help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp16", "fp32"],
+                   help="auto = fp16 on CUDA, fp32 on CPU")
+    p.add_argument("--shard-size", type=int, default=None, help="videos per shard (default $TVR_SHARD_SIZE or 64)")
+    p.add_argument("--decode-workers", type=int, default=1, help="background decode threads (default 1)")
+    p.add_argument("--prefetch", type=int, default=4, help="videos decoded ahead of the models (default 4)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace, settings: Settings) -> ExtractConfig:
+    options: dict[str, dict] = {}
+    if args.frame_fps is not None:
+        options["clip_frames"] = {"fps": args.frame_fps}
+    motion = {k: v for k, v in (("fps", args.motion_fps), ("size", args.motion_size),
+                                ("clip_frames", args.motion_clip_frames)) if v is not None}
+    if motion:
+        options["motion"] = motion
+    return ExtractConfig(
+        modalities=tuple(m.strip() for m in args.modalities.split(",") if m.strip()),
+        weights=args.weights, models=args.model, batch_sizes=args.batch_size, options=options,
+        seed=settings.seed if args.seed is None else args.seed, device=args.device or settings.device,
+        precision=args.precision, decode_workers=args.decode_workers, prefetch=args.prefetch)
