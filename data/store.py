@@ -195,7 +195,9 @@ class FeatureSet:
         inner = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
         values = pa.ListArray.from_arrays(pa.array(offsets), inner)
         ts_flat = np.concatenate([np.asarray(r.timestamps_s, np.float64) for r in rows])
-        timestamps = pa.ListArray.from_arrays(pa.array(offsets), pa.array(ts_flat, pa.float64()))
+        ts_lengths = np.array([len(r.timestamps_s) for r in rows], dtype=np.int64)
+        ts_offsets = np.concatenate([[0], np.cumsum(ts_lengths)]).astype(np.int32)
+        timestamps = pa.ListArray.from_arrays(pa.array(ts_offsets), pa.array(ts_flat, pa.float64()))
         columns = {
             "video_id": pa.array([r.video_id for r in rows], pa.string()),
             "values": values,
