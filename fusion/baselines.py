@@ -35,4 +35,4 @@ class MeanPooling(RetrievalModel):
     def loss(self, text, video, positives, pair_video, *, epoch, second_view=None):
         logits = self.score(self.encode_text(text), self.encode_video(video)) * self.scale()
         loss = info_nce(logits, positives)
-        return loss, {"loss": float(loss)}
+        return loss, {"loss": loss.item()}

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fusion.layers import safe_mask
+
 METHODS = ("dpc-knn", "learned-query", "contiguous")
 
 
@@ -93,11 +95,12 @@ class Clustering(nn.Module):
         counts = counts.clamp(min=1, max=self.m)
         if self.method == "dpc-knn":
             assign, cmask = dpc_knn_assign(x, mask, counts, self.knn)
+            cmask = nn.functional.pad(cmask, (0, self.m - cmask.shape[1]))
             weights = torch.exp(self.importance(x).squeeze(-1).clamp(max=20)) * mask
             return merge_clusters(x, assign, weights, self.m), cmask
         if self.method == "learned-query":
             q = self.queries[None].expand(len(x), -1, -1)
-            out, _ = self.attn(q, x, x, key_padding_mask=~mask, need_weights=False)
+            out, _ = self.attn(q, x, x, key_padding_mask=~safe_mask(mask), need_weights=False)
             cmask = torch.arange(self.m, device=x.device)[None] < counts[:, None]
             return out + q, cmask
         n_real = mask.sum(1)

@@ -146,14 +146,14 @@ class HCMI(RetrievalModel):
         total = 0.0
         for name, s in zip(LEVELS, levels):
             loss_l = info_nce(s * scale, targets)
-            parts[f"loss_{name}"] = float(loss_l)
+            parts[f"loss_{name}"] = loss_l.item()
             total = total + loss_l / len(LEVELS)
         if self.config["hard_samples"]:
             fused = torch.einsum("l,lqv->qv", self.level_weights, levels)
             loss_h = hardest_negative_triplet(fused, targets, pair_video, self.config["margin"])
-            parts["loss_hard"] = float(loss_h)
+            parts["loss_hard"] = loss_h.item()
             total = total + self.config["hard_weight"] * loss_h
-        parts["loss"] = float(total)
+        parts["loss"] = total.item()
         return total, parts
 
     @torch.no_grad()

@@ -13,11 +13,11 @@ def _multi_positive_ce(logits: torch.Tensor, positives: torch.Tensor, rows: torc
                        cols: torch.Tensor) -> torch.Tensor:
     """Mean over valid rows of ``-log(sum_pos exp S / sum_valid exp S)``; ``logits`` ``[R, C]``."""
     neg_inf = torch.finfo(logits.dtype).min
-    logits = logits.masked_fill(~cols[None, :], neg_inf)
     positives = positives & cols[None, :]
     rows = rows & positives.any(1)
     if not rows.any():
-        return logits.sum() * 0.0
+        return (logits * 0.0).sum()   # nothing to learn from; keeps the graph connected
+    logits = logits.masked_fill(~cols[None, :], neg_inf)
     denom = torch.logsumexp(logits, 1)
     numer = torch.logsumexp(logits.masked_fill(~positives, neg_inf), 1)
     return (denom - numer)[rows].mean()

@@ -73,7 +73,7 @@ class EarlyFusion(nn.Module):
         super().__init__()
         self.proj = nn.Linear(source_dim, width)
         self.norm = nn.LayerNorm(width)
-        self.type = nn.Parameter(torch.zeros(width))
+        self.type_emb = nn.Parameter(torch.zeros(width))
         self.pos = nn.Parameter(torch.randn(max_len, width) * 0.01)
         self.blocks = nn.ModuleList(CrossBlock(width, heads, dropout) for _ in range(layers))
 
@@ -81,7 +81,7 @@ class EarlyFusion(nn.Module):
                 available: torch.Tensor) -> torch.Tensor:
         weights = interval_weights(video.frame_t, video.frame_mask, source_t, source_mask)   # [B, N, S]
         aligned = weights @ self.norm(self.proj(source))
-        aligned = aligned + self.type + self.pos[: aligned.shape[1]]
+        aligned = aligned + self.type_emb + self.pos[: aligned.shape[1]]
         key_mask = safe_mask((weights.sum(-1) > 0) & available[:, None])
         gate = available.to(aligned.dtype)[:, None, None]
         x = video.frames
@@ -196,7 +196,7 @@ class M2HF(RetrievalModel):
         for k, b in enumerate(self.branches):
             has = avail[k] > 0.5
             loss_b = info_nce(cos[k] * scale, positives, has[pair_video], has)
-            parts[f"loss_{b}"] = float(loss_b)
+            parts[f"loss_{b}"] = loss_b.item()
             branch_losses.append(loss_b)
         losses = torch.stack(branch_losses)
         if self.ensemble:
@@ -206,9 +206,9 @@ class M2HF(RetrievalModel):
             total = self.balance(losses, cos, t["lambda"], avail, pair_video)
             if self.config["fused_loss"]:
                 loss_f = info_nce(fused * scale, positives)
-                parts["loss_fused"] = float(loss_f)
+                parts["loss_fused"] = loss_f.item()
                 total = total + loss_f
-        parts["loss"] = float(total)
+        parts["loss"] = total.item()
         return total, parts
 
     def balance(self, losses, cos, lam, avail, pair_video) -> torch.Tensor:
