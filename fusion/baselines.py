@@ -6,12 +6,13 @@ from torch import nn
 
 from fusion.base import Encoding, RetrievalModel
 from fusion.data import TextBatch, VideoBatch
-from fusion.layers import Scale, TemporalTransformer, identity_linear, l2norm, masked_mean
+from fusion.layers import QueryTower, Scale, TemporalTransformer, identity_linear, l2norm, masked_mean
 from fusion.losses import info_nce
 
 
 class MeanPooling(RetrievalModel):
-    """Text = EOT embedding (optionally through an identity-initialised adapter); video =
+    """Text = EOT embedding (optionally after ``text_layers`` residual transformer layers over the
+    tokens, and an identity-initialised adapter); video =
     ``l2norm(masked_mean(l2norm(T(frames))))`` where T is the seqTransf transformer (0 layers: meanP).
 
     zero-shot is this with no adapter and no transformer: nothing to train, CLIP's own space.
@@ -20,13 +21,14 @@ class MeanPooling(RetrievalModel):
     def __init__(self, width: int, config: dict):
         super().__init__()
         layers = config["frame_layers"] if config["model"] == "seqTransf" else 0
+        self.query = QueryTower(width, config["text_layers"], config["heads"], config["dropout"])
         self.text_adapter = identity_linear(width) if config.get("text_adapter") else nn.Identity()
         self.frame_adapter = identity_linear(width) if config.get("frame_adapter") else nn.Identity()
         self.temporal = TemporalTransformer(width, layers, config["heads"], config["dropout"])
         self.scale = Scale(config["temperature"], config["learn_temperature"])
 
     def encode_text(self, text: TextBatch) -> Encoding:
-        return {"vector": l2norm(self.text_adapter(text.sentence()))}
+        return {"vector": l2norm(self.text_adapter(self.query(text)))}
 
     def encode_video(self, video: VideoBatch) -> Encoding:
         frames = self.temporal(self.frame_adapter(video.frames), video.frame_mask)

@@ -3,7 +3,7 @@
 Video: frames -> seqTransf -> frame tokens ``f`` ``[V, N, D]`` -> 1 self-attention block ->
 clustering into M clips -> FFN -> clip tokens ``c`` ``[V, M, D]`` -> attention pooling with one
 learned query + the masked frame mean (zero-initialised, so training starts at meanP) -> ``v``.
-Text: words ``w`` ``[Q, L, D]`` -> the same block + clustering into ceil(L_valid / 4) phrases ->
+Text: words ``w`` ``[Q, L, D]`` (after ``text_layers`` residual transformer layers) -> the same block + clustering into ceil(L_valid / 4) phrases ->
 ``p`` -> sentence ``s`` = EOT + attention of the EOT over the phrases (zero-initialised).
 Level scores: video-sentence cosine; clip-phrase and frame-word token-wise max-mean
 ``1/2 [mean_p max_k cos + mean_k max_p cos]`` with padding masked. Test score = weighted mean of
@@ -19,7 +19,7 @@ from torch import nn
 from fusion.base import Encoding, RetrievalModel
 from fusion.clustering import Clustering
 from fusion.data import TextBatch, VideoBatch
-from fusion.layers import Scale, TemporalTransformer, encoder, identity_linear, l2norm, masked_mean, safe_mask
+from fusion.layers import QueryTower, Scale, TemporalTransformer, encoder, identity_linear, l2norm, masked_mean, safe_mask
 from fusion.losses import hardest_negative_triplet, info_nce
 
 LEVELS = ("video-sentence", "clip-phrase", "frame-word")
@@ -88,6 +88,7 @@ class HCMI(RetrievalModel):
         self.clip_level = Hierarchy(width, config, n_clips)
         self.video_query = nn.Parameter(torch.randn(1, 1, width) * 0.02)
         self.video_pool = AttentionPool(width, config["heads"])
+        self.query = QueryTower(width, config["text_layers"], config["heads"], config["dropout"])
         self.word_adapter = identity_linear(width) if config.get("text_adapter") else nn.Identity()
         self.phrase_level = Hierarchy(width, config, n_phrases)
         self.sentence_pool = AttentionPool(width, config["heads"])
@@ -113,7 +114,7 @@ class HCMI(RetrievalModel):
 
     def encode_text(self, text: TextBatch) -> Encoding:
         mask = text.token_mask
-        words = self.word_adapter(text.tokens) * mask[..., None]
+        words = self.word_adapter(self.query.tokens(text)) * mask[..., None]
         counts = torch.ceil(mask.sum(1) / self.words_per_phrase).long()
         phrases, phrase_mask = self.phrase_level(words, mask, counts)
         eot = words[torch.arange(len(words), device=words.device), text.eot]

@@ -69,6 +69,25 @@ def safe_mask(mask: torch.Tensor) -> torch.Tensor:
     return mask
 
 
+class QueryTower(nn.Module):
+    """Caption tokens ``[Q, L, D]`` -> optional residual transformer (``T(x) + x``) -> EOT read-out ``[Q, D]``."""
+
+    def __init__(self, width: int, layers: int, heads: int, dropout: float):
+        super().__init__()
+        self.transformer = encoder(width, layers, heads, dropout) if layers else None
+
+    def tokens(self, text) -> torch.Tensor:
+        """Contextualised tokens ``[Q, L, D]`` (padding zeroed)."""
+        tokens = text.tokens
+        if self.transformer is not None:
+            tokens = self.transformer(tokens, src_key_padding_mask=~safe_mask(text.token_mask)) + tokens
+        return tokens * text.token_mask[..., None]
+
+    def forward(self, text) -> torch.Tensor:
+        tokens = self.tokens(text)
+        return tokens[torch.arange(len(text.eot), device=tokens.device), text.eot]
+
+
 class Scale(nn.Module):
     """``1 / tau``: fixed, or learnable as ``exp(s)`` clamped to at most 100 (CLIP)."""
 

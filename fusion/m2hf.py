@@ -21,28 +21,14 @@ from torch import nn
 
 from fusion.base import Encoding, RetrievalModel
 from fusion.data import AUDIO, MOTION, TextBatch, VideoBatch
-from fusion.layers import (Scale, TemporalTransformer, safe_mask, encoder, identity_linear, interval_weights,
-                           l2norm, masked_mean)
+from fusion.layers import (QueryTower, Scale, TemporalTransformer, identity_linear, interval_weights, l2norm,
+                           masked_mean, safe_mask)
 from fusion.losses import info_nce
 
 BRANCHES = ("V", "AV", "MV")
 SOURCE = {"AV": ("audio", 128), "MV": ("motion", 2304)}
 BALANCES = ("uncertainty", "loss-ratio", "contribution", "none")
 FUSIONS = ("end-to-end", "ensemble")
-
-
-class QueryTower(nn.Module):
-    """Caption tokens ``[Q, L, D]`` -> optional residual transformer -> EOT read-out ``[Q, D]``."""
-
-    def __init__(self, width: int, layers: int, heads: int, dropout: float):
-        super().__init__()
-        self.transformer = encoder(width, layers, heads, dropout) if layers else None
-
-    def forward(self, text: TextBatch) -> torch.Tensor:
-        tokens = text.tokens
-        if self.transformer is not None:
-            tokens = self.transformer(tokens, src_key_padding_mask=~text.token_mask) + tokens
-        return tokens[torch.arange(len(text.eot), device=tokens.device), text.eot]
 
 
 class CrossBlock(nn.Module):

@@ -12,6 +12,15 @@ from fusion.hcmi import max_mean
 from fusion.losses import hardest_negative_triplet, info_nce
 
 D = 32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread is fastest, and the machine's cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 SMALL = {"frame_layers": 1, "heads": 4, "text_layers": 1}
 
 
