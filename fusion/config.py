@@ -47,6 +47,11 @@ def parse_override(item: str) -> dict:
         raise ValueError(f"override {item!r}: expected key=value")
     key, raw = item.split("=", 1)
     value: Any = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            value = float(value)  # YAML 1.1 reads "5e-4" as a string
+        except ValueError:
+            pass
     for part in reversed(key.strip().split(".")):
         value = {part: value}
     return value

@@ -5,9 +5,12 @@
 With ``attributes`` (one dict per video, e.g. from :mod:`data.synthetic`), values are *structured*:
 frames carry the visual attributes (and the motion as a drift over time), audio windows the sound,
 motion clips the motion, and caption tokens one embedding per attribute word, each plus noise, so
-a model that uses a modality can be told apart from one that cannot.
+a model that uses a modality can be told apart from one that cannot. Text and video use unrelated
+embeddings (like two random towers), so zero-shot is at chance and every mapping must be learned.
 """
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +39,7 @@ class _Embedder:
 
     def __call__(self, key: str, dim: int) -> np.ndarray:
         if (key, dim) not in self.cache:
-            h = int.from_bytes(key.encode(), "little") % (2 ** 32)
+            h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "little")
             v = np.random.default_rng([self.seed, h, dim]).normal(size=dim).astype(np.float32)
             self.cache[(key, dim)] = v / np.linalg.norm(v)
         return self.cache[(key, dim)]
@@ -46,41 +49,42 @@ def write_fake_dataset(settings: Settings, dataset: str, n_videos: int, *, seed:
                        frames: tuple[int, int] = (8, 16), captions_per_video: int = 3,
                        tokens: tuple[int, int] = (8, 14), no_audio_every: int = 4, dims: dict | None = None,
                        attributes: list[dict] | None = None, splits: tuple[float, float] = (0.6, 0.2),
-                       noise: float = 1.0, shard_size: int = 64) -> dict[str, str]:
+                       split_names: list[str] | None = None, captions: list[list[str]] | None = None,
+                       has_audio: list[bool] | None = None, video_ids: list[str] | None = None, noise: float = 1.0, shard_size: int = 64) -> dict[str, str]:
     """Write manifest + features for ``n_videos`` videos; returns modality -> extractor-id.
 
-    Every ``no_audio_every``-th video has no audio (``empty`` row, ``has_audio=False``).
-    ``splits`` = (train, val) fractions; the rest is test.
+    Every ``no_audio_every``-th video has no audio (``empty`` row, ``has_audio=False``) unless
+    ``has_audio`` is given. ``splits`` = (train, val) fractions (rest test) unless ``split_names``
+    is given; ``captions`` replaces the generated captions.
     """
     dims = {**DIMS, **(dims or {})}
     rng = np.random.default_rng(seed)
     emb = _Embedder(seed)
     n_train, n_val = int(splits[0] * n_videos), int(splits[1] * n_videos)
-    split_of = ["train"] * n_train + ["val"] * n_val + ["test"] * (n_videos - n_train - n_val)
+    split_of = split_names or ["train"] * n_train + ["val"] * n_val + ["test"] * (n_videos - n_train - n_val)
     records, rows = [], {m: [] for m in dims}
     for i in range(n_videos):
         for modality in dims:
             rows[modality].append([])   # rows of video i (a video's rows stay in one shard)
-        vid = f"vid{i:05d}"
+        vid = video_ids[i] if video_ids else f"vid{i:05d}"
         attrs = attributes[i] if attributes else None
         n_f = int(rng.integers(frames[0], frames[1] + 1))
         t_frames = np.arange(n_f, dtype=np.float64) + 0.5
         duration = float(n_f)
-        caps = [f"caption {c} of {vid}" if attrs is None else " ".join(str(attrs[k]) for k in attrs)
-                for c in range(captions_per_video)]
+        caps = captions[i] if captions else [f"caption {c} of {vid}" for c in range(captions_per_video)]
         records.append(VideoRecord(vid, f"videos/{vid}.mp4", split_of[i], caps, duration))
         frame_vals = rng.normal(size=dims["clip_frames"]).astype(np.float32) + rng.normal(size=(n_f, dims["clip_frames"])).astype(np.float32) * noise
         if attrs is not None:
-            look = sum(emb(f"{k}={attrs[k]}", dims["clip_frames"]) for k in VISUAL if k in attrs)
-            drift = emb(f"drift={attrs.get('motion')}", dims["clip_frames"])
+            look = sum(emb(f"frame:{k}={attrs[k]}", dims["clip_frames"]) for k in VISUAL if k in attrs)
+            drift = emb(f"frame:drift={attrs.get('motion')}", dims["clip_frames"])
             frame_vals = frame_vals * 0.3 + 3 * look + np.linspace(-2, 2, n_f)[:, None] * drift * (attrs.get("motion") != "still")
         rows["clip_frames"][-1].append(FeatureRow(vid, frame_vals.astype(np.float32), t_frames))
-        has_audio = not (no_audio_every and i % no_audio_every == no_audio_every - 1)
+        audio_ok = has_audio[i] if has_audio else not (no_audio_every and i % no_audio_every == no_audio_every - 1)
         n_a = int(duration / 0.96)
-        if has_audio:
+        if audio_ok:
             a = rng.normal(size=(n_a, dims["audio"])).astype(np.float32) * noise
             if attrs is not None:
-                a = a * 0.3 + 3 * emb(f"sound={attrs.get('sound')}", dims["audio"])
+                a = a * 0.3 + 3 * emb(f"audio:sound={attrs.get('sound')}", dims["audio"])
             rows["audio"][-1].append(FeatureRow(vid, a.astype(np.float32), np.arange(n_a) * 0.96, extra={"has_audio": True}))
         else:
             rows["audio"][-1].append(FeatureRow(vid, np.zeros((0, dims["audio"]), np.float32), np.zeros(0), "empty",
@@ -88,13 +92,13 @@ def write_fake_dataset(settings: Settings, dataset: str, n_videos: int, *, seed:
         n_m = max(1, n_f // 2)
         m = rng.normal(size=(n_m, dims["motion"])).astype(np.float32) * noise
         if attrs is not None:
-            m = m * 0.3 + 3 * emb(f"motion={attrs.get('motion')}", dims["motion"])
+            m = m * 0.3 + 3 * emb(f"motion:motion={attrs.get('motion')}", dims["motion"])
         rows["motion"][-1].append(FeatureRow(vid, m.astype(np.float32), np.arange(n_m) * 2.0 + 1.0))
         for c, cap in enumerate(caps):
             n_t = int(rng.integers(tokens[0], tokens[1] + 1))
             tok = rng.normal(size=(n_t, dims["clip_text"])).astype(np.float32) * noise
             if attrs is not None:
-                words = [emb(f"{k}={attrs[k]}", dims["clip_text"]) for k in attrs]
+                words = [emb(f"text:{k}={attrs[k]}", dims["clip_text"]) for k in attrs]
                 tok = tok * 0.3
                 for j, w in enumerate(words):
                     tok[1 + j % (n_t - 2)] += 3 * w
@@ -113,3 +117,28 @@ def write_fake_dataset(settings: Settings, dataset: str, n_videos: int, *, seed:
             fs.write_shard([r for video_rows in per_video[start: start + shard_size] for r in video_rows])
         ids[modality] = fs.spec.extractor_id
     return ids
+
+
+def write_structured_synthetic(settings: Settings, dataset: str = "synthetic", n: int = 300, seed: int = 0,
+                               noise: float = 1.0) -> dict[str, str]:
+    """Structured fake features for the synthetic-av *plan* (same ids, splits, captions, attributes,
+    audio presence) without rendering videos; also writes ``annotations.jsonl`` and ``oracle.json``
+    into the dataset folder, as the real generator does. For developing the ablation before real
+    extracted features exist; every output is labelled random weights."""
+    import json
+
+    from data import synthetic
+    from data.atomic import write_json_atomic, write_text_atomic
+
+    specs = synthetic.plan_dataset(n, seed)
+    folder = settings.dataset_dir(dataset)
+    lines = [json.dumps({"video_id": s.video_id, "video": s.filename, "captions": synthetic.captions_for(s),
+                         "split": s.split, "has_audio": s.has_audio, "attributes": s.attributes}) for s in specs]
+    write_text_atomic(folder / "annotations.jsonl", "\n".join(lines) + "\n")
+    test = [s.attributes for s in specs if s.split == "test"]
+    write_json_atomic(folder / "oracle.json", {"n_test": len(test), "t2v": synthetic.oracle_ceilings(test)})
+    return write_fake_dataset(settings, dataset, len(specs), seed=seed, frames=(2, 6),
+                              attributes=[s.attributes for s in specs], split_names=[s.split for s in specs],
+                              captions=[synthetic.captions_for(s) for s in specs],
+                              has_audio=[s.has_audio for s in specs], noise=noise,
+                              video_ids=[s.video_id for s in specs])

@@ -87,6 +87,32 @@ def evaluate(model, feats: DatasetFeatures, split: str, config: dict, device, ca
     return out
 
 
+def assemble_batch(feats: DatasetFeatures, caps: np.ndarray, config: dict, second_view: bool,
+                   gen: torch.Generator, device) -> dict:
+    """One training batch: B captions, their V distinct videos, positives ``[B, V]``, ``pair_video`` ``[B]``."""
+    videos, pair_video = torch.unique(feats.caption_video[caps], return_inverse=True)
+    sampling = config["frame_sampling"]
+    out = {"text": feats.text_batch(caps, config["max_words"]).to(device),
+           "video": feats.video_batch(videos, config["max_frames"], sampling, gen).to(device),
+           "positives": (pair_video[:, None] == torch.arange(len(videos))[None]).to(device),
+           "pair_video": pair_video.to(device), "second_view": None}
+    if second_view:
+        out["second_view"] = feats.video_batch(videos, config["max_frames"], sampling, gen).to(device)
+    return out
+
+
+def train_step(model, optimizer, scheduler, inputs: dict, epoch: int, grad_clip: float) -> dict[str, float]:
+    """Forward, backward, clip, step; returns the loss parts."""
+    loss, parts = model.loss(inputs["text"], inputs["video"], inputs["positives"], inputs["pair_video"],
+                             epoch=epoch, second_view=inputs["second_view"])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return parts
+
+
 class Run:
     """A run folder and its resumable state."""
 
@@ -174,7 +200,6 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
                         "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
                         "history": json.dumps(history), "best": json.dumps(best), "sums": json.dumps(sums)})
 
-    sampling = config["frame_sampling"]
     while epoch < tc["epochs"]:
         order = epoch_order(len(train_caps), seed, epoch)
         model.train()
@@ -183,18 +208,8 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
             torch.manual_seed(_step_seed(seed, epoch, step))
             gen = torch.Generator().manual_seed(_step_seed(seed, epoch, step) + 1)
             caps = train_caps[order[step * batch:(step + 1) * batch].numpy()]
-            videos, pair_video = torch.unique(feats.caption_video[caps], return_inverse=True)
-            positives = (pair_video[:, None] == torch.arange(len(videos))[None]).to(device)
-            vb = feats.video_batch(videos, config["max_frames"], sampling, gen).to(device)
-            second = (feats.video_batch(videos, config["max_frames"], sampling, gen).to(device)
-                      if model.wants_second_view(epoch) else None)
-            tb = feats.text_batch(caps, config["max_words"]).to(device)
-            loss, parts = model.loss(tb, vb, positives, pair_video.to(device), epoch=epoch, second_view=second)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, tc["grad_clip"])
-            optimizer.step()
-            scheduler.step()
+            inputs = assemble_batch(feats, caps, config, model.wants_second_view(epoch), gen, device)
+            parts = train_step(model, optimizer, scheduler, inputs, epoch, tc["grad_clip"])
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             step += 1
@@ -224,6 +239,7 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
         model.load_state_dict(torch.load(run.folder / "best.pt", map_location=device, weights_only=True)["model"])
     else:  # nothing to train (zero-shot): the initial model is the model
         run.save_weights("best.pt", model, -1, {"random_weights": feats.random_weights})
+        write_text_atomic(run.folder / "log.jsonl", "")
     val = evaluate(model, feats, "val", config, device, fit=True)
     test = evaluate(model, feats, "test", config, device)
     metrics = {"run_id": run_id, "model": model_name, "dataset": dataset, "seed": seed, "best_epoch": best["epoch"],

@@ -235,3 +235,18 @@ def test_config_rejects_unknown_keys_and_models():
     with pytest.raises(ValueError, match="unknown option"):
         load_config("m2hf", overrides=["branchez=[V]"])
     assert load_config("m2hf", overrides=["train.epochs=2"])["train"]["epochs"] == 2
+
+
+def test_projected_width_keeps_the_model_contract():
+    model = make_model("m2hf", width=16)
+    video = video_batch(n_videos=3, has_audio=torch.tensor([True, False, True]))
+    with torch.no_grad():
+        model.eval()
+        t, v = model.encode_text(text_batch()), model.encode_video(video)
+        torch.testing.assert_close(model.text_vectors(t) @ model.video_vectors(v).t(), model.score(t, v),
+                                   atol=1e-5, rtol=1e-5)
+    assert model.text_vectors(t).shape[1] == 3 * 16 + 2 * 16 + 2 * 16 + 16   # 8 pattern blocks of width 16
+    model.train()
+    loss, _ = model.loss(text_batch(n=3, lengths=(6, 9, 4)), video, torch.eye(3, dtype=torch.bool), torch.arange(3), epoch=0)
+    loss.backward()
+    assert "projection" not in dict(model.named_parameters())          # a fixed buffer, not trained

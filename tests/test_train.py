@@ -193,3 +193,25 @@ def test_api_zero_shot_and_queries(home, monkeypatch):
     assert seen["info"]["modality"] == "clip_text"
     enc = encode_split(loaded, "fake", "test", settings=home)
     np.testing.assert_allclose(vectors, enc.text_vectors[:3], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_ablation_writes_the_table(tmp_path):
+    from fusion.ablation import run_ablation
+    from fusion.fakes import write_structured_synthetic
+
+    settings = get_settings(tmp_path / "abl")
+    write_structured_synthetic(settings, "synthetic", n=40, seed=0)
+    rows = tmp_path / "rows.yaml"
+    rows.write_text("common: {width: 16, frame_layers: 1, heads: 2, train: {epochs: 1, batch_size: 16}}\n"
+                    "rows:\n  - {name: zero-shot, model: zero-shot}\n"
+                    "  - {name: M2HF V+AV, model: m2hf, set: {branches: [V, AV]}}\n")
+    out = run_ablation("synthetic", [0, 1], rows, workers=1, settings=settings)
+    summary = json.loads((out / "ablation.json").read_text())
+    assert [r["name"] for r in summary["rows"]] == ["zero-shot", "M2HF V+AV"]
+    assert summary["random_weights"] and summary["oracle"]["t2v"]
+    stats = summary["rows"][1]["stats"]
+    assert {"t2v R@1", "v2t R@10", "match colour", "match sound", "match motion"} <= set(stats)
+    assert all(0 <= stats[k][0] <= 100 for k in stats)
+    text = (out / "ablation.md").read_text()
+    assert "RANDOM WEIGHTS" in text and "Oracle ceilings" in text and "| M2HF V+AV |" in text
