@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fusion.config import load_config  # noqa: E402
 from fusion.data import DatasetFeatures, Ragged  # noqa: E402
-from fusion.factory import build_model  # noqa: E402
+from fusion.factory import build_model, modalities_for  # noqa: E402
 from fusion.train import assemble_batch, lr_factor, make_optimizer, train_step  # noqa: E402
 
 
@@ -58,8 +59,11 @@ def random_features(n_videos: int, frames: int, captions: int, seed: int = 0) ->
                            motion_r, torch.ones(n_videos, dtype=torch.bool))
 
 
-def bench_model(name: str, feats: DatasetFeatures, steps: int, batch: int, warmup: int) -> dict:
+def bench_model(name: str, all_feats: DatasetFeatures, steps: int, batch: int, warmup: int) -> dict:
     config = load_config(name, overrides=[{"train": {"batch_size": batch}}])
+    needed = modalities_for(config)        # as in training, only the modalities the model reads
+    feats = replace(all_feats, audio=all_feats.audio if "audio" in needed else None,
+                    motion=all_feats.motion if "motion" in needed else None)
     torch.manual_seed(0)
     model = build_model(config, 512)
     optimizer = make_optimizer(model, config["train"])

@@ -1,7 +1,6 @@
 """CLIP4Clip baselines on frozen features (METHODS.md section 2): zero-shot, meanP, seqTransf."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from fusion.base import Encoding, RetrievalModel

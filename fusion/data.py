@@ -318,7 +318,8 @@ def load_features(dataset: str, modalities: list[str] | tuple[str, ...], *, extr
 
 
 def _audio_centre(info: dict) -> float:
-    return float(info.get("params", {}).get("window_s", AUDIO_WINDOW_S)) / 2
+    """Half the audio example length: the extractor records it as ``example_s`` (0.96 s)."""
+    return float(info.get("params", {}).get("example_s", AUDIO_WINDOW_S)) / 2
 
 
 def _reorder(table: FeatureTable, rows: list[int]) -> Ragged:

@@ -215,3 +215,19 @@ def test_ablation_writes_the_table(tmp_path):
     assert all(0 <= stats[k][0] <= 100 for k in stats)
     text = (out / "ablation.md").read_text()
     assert "RANDOM WEIGHTS" in text and "Oracle ceilings" in text and "| M2HF V+AV |" in text
+
+
+def test_bench_runs_on_tiny_sizes(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_train", PROJECT / "bench" / "train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--videos", "24", "--captions", "2", "--steps", "1", "--warmup", "0", "--batch", "8",
+                       "--models", "meanP", "hcmi", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "RANDOM features" in printed and "| hcmi |" in printed
+    results = json.loads(out.read_text())["results"]
+    assert [r["model"] for r in results] == ["meanP", "hcmi"]
+    assert all(r["samples_per_s"] > 0 and 0 <= r["data_share_pct"] <= 100 for r in results)
