@@ -1,0 +1,132 @@
+"""The model API used by retrieval/ and flows/ (contract B in the project notes).
+
+``load_model`` rebuilds a trained run (or the zero-shot model), ``encode_split`` encodes a split's
+captions and videos into FAISS vectors (plus exact scoring for fine-grained models), and
+``encode_queries`` encodes free text with the same frozen text tower as the stored captions.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.settings import Settings, get_settings
+from fusion.base import Encoding, take
+from fusion.config import load_config
+from fusion.data import FRAMES, TEXT, AUDIO, MOTION, Ragged, load_features, pick_extractor, truncate_tokens
+from fusion.encoding import encode_texts, encode_videos, score_matrix
+from fusion.factory import build_model, modalities_for
+
+
+@dataclass
+class LoadedModel:
+    model: "torch.nn.Module"
+    name: str
+    config: dict
+    run_dir: Path | None
+    dataset: str
+    extractor_ids: dict[str, str]
+    random_weights: bool
+    fine_grained: bool
+
+
+def load_model(run: str | Path, *, dataset: str | None = None, settings: Settings | None = None) -> LoadedModel:
+    """A run folder, a run id under ``settings.runs_dir``, or ``"zero-shot"`` (needs ``dataset``)."""
+    settings = settings or get_settings()
+    if str(run) == "zero-shot":
+        if not dataset:
+            raise ValueError("load_model('zero-shot') needs dataset=...: it uses that dataset's stored clip extractors")
+        infos = {m: pick_extractor(settings, dataset, m) for m in (FRAMES, TEXT)}
+        config = load_config("zero-shot")
+        model = build_model(config, int(infos[FRAMES]["dim"])).eval()
+        return LoadedModel(model, "zero-shot", config, None, dataset, {m: i["extractor_id"] for m, i in infos.items()},
+                           any(i.get("random_weights", False) for i in infos.values()), False)
+    folder = Path(run)
+    if not folder.is_dir():
+        folder = settings.runs_dir / str(run)
+    meta_path = folder / "config.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{run!r}: no run folder with config.json (looked at {Path(run)} and {folder})")
+    best = folder / "best.pt"
+    if not best.is_file():
+        raise FileNotFoundError(f"{folder}: no best.pt; the run has not finished an epoch yet")
+    meta = json.loads(meta_path.read_text())
+    try:
+        config, width = meta["config"], int(meta["width"])
+        model = build_model(config, width)
+        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
+    except (KeyError, RuntimeError) as exc:
+        raise ValueError(f"{folder}: cannot rebuild the model ({exc})") from exc
+    model.eval()
+    return LoadedModel(model, meta["model"], config, folder, meta["dataset"], dict(meta["extractor_ids"]),
+                       bool(meta["random_weights"]), model.fine_grained)
+
+
+@dataclass
+class EncodedSplit:
+    text_vectors: np.ndarray
+    query_video_ids: list[str]
+    captions: list[str]
+    video_vectors: np.ndarray
+    video_ids: list[str]
+    fine_grained: bool
+    _model: torch.nn.Module | None = field(default=None, repr=False)
+    _text: Encoding | None = field(default=None, repr=False)
+    _video: Encoding | None = field(default=None, repr=False)
+
+    def score(self, q_idx: np.ndarray, v_idx: np.ndarray) -> np.ndarray:
+        """Exact full scores ``[len(q_idx), len(v_idx)]``."""
+        q, v = np.asarray(q_idx, np.int64), np.asarray(v_idx, np.int64)
+        if not self.fine_grained:
+            return self.text_vectors[q] @ self.video_vectors[v].T
+        return score_matrix(self._model, take(self._text, torch.as_tensor(q)), take(self._video, torch.as_tensor(v)))
+
+    def similarity(self, chunk: int = 1024) -> np.ndarray:
+        """``[Q, V]`` exact scores, computed ``chunk`` queries at a time."""
+        all_v = np.arange(len(self.video_ids))
+        rows = [self.score(np.arange(s, min(s + chunk, len(self.captions))), all_v)
+                for s in range(0, len(self.captions), chunk)]
+        return np.concatenate(rows) if rows else np.zeros((0, len(self.video_ids)), np.float32)
+
+
+def _features(loaded: LoadedModel, dataset: str, settings: Settings):
+    wanted = modalities_for(loaded.config)
+    ids = {m: loaded.extractor_ids[m] for m in (FRAMES, TEXT, AUDIO, MOTION) if m in loaded.extractor_ids}
+    return load_features(dataset, wanted, extractors=ids, settings=settings,
+                         val_holdout=loaded.config.get("val_holdout", 0.1))
+
+
+def encode_split(loaded: LoadedModel, dataset: str, split: str, *, settings: Settings | None = None,
+                 captions: str = "all") -> EncodedSplit:
+    """Encode every video of ``split`` and its captions (``all``, or each video's ``first``)."""
+    settings = settings or get_settings()
+    feats = _features(loaded, dataset, settings)
+    videos = feats.split_videos(split)
+    caps = feats.split_captions(split, captions)
+    device = next(loaded.model.parameters(), torch.zeros(0)).device
+    v_enc = encode_videos(loaded.model, feats, videos, loaded.config, device)
+    t_enc = encode_texts(loaded.model, feats, caps, loaded.config, device)
+    with torch.no_grad():
+        tv = loaded.model.text_vectors(t_enc).numpy().astype(np.float32)
+        vv = loaded.model.video_vectors(v_enc).numpy().astype(np.float32)
+    return EncodedSplit(tv, [feats.video_ids[int(v)] for v in feats.caption_video[caps]],
+                        [feats.captions[int(q)] for q in caps], vv, [feats.video_ids[int(v)] for v in videos],
+                        loaded.fine_grained, loaded.model, t_enc, v_enc)
+
+
+def encode_queries(loaded: LoadedModel, texts: list[str], *, settings: Settings | None = None) -> np.ndarray:
+    """FAISS query vectors ``[Q, E]`` of free texts, via the stored clip_text extractor's own tower."""
+    from extractors.registry import build_text_encoder  # the one fusion -> extractors arrow, kept lazy
+
+    settings = settings or get_settings()
+    info = pick_extractor(settings, loaded.dataset, TEXT, loaded.extractor_ids.get(TEXT))
+    encoded = build_text_encoder(info).encode(list(texts))
+    text = Ragged.from_arrays([np.asarray(tokens, np.float32) for tokens, _ in encoded])
+    eot = torch.tensor([int(e) for _, e in encoded], dtype=torch.int64)
+    batch = truncate_tokens(text, torch.arange(len(encoded)), eot, loaded.config["max_words"])
+    with torch.no_grad():
+        loaded.model.eval()
+        return loaded.model.text_vectors(loaded.model.encode_text(batch)).numpy().astype(np.float32)

@@ -1,0 +1,376 @@
+"""The one feature loader shared by training, indexing and evaluation.
+
+Reads the contract-A feature store (``data.store``) for one dataset into ragged tensors (one flat
+``[sum T, D]`` tensor plus row offsets per modality, loaded once), and assembles padded batches
+with masks by a single vectorised gather per batch:
+
+- :class:`VideoBatch`: frames ``[B, N, D]`` + mask + times (s), audio ``[B, Na, 128]``, motion
+  ``[B, Nm, 2304]`` (each + mask + times), ``has_audio`` / ``has_motion`` ``[B]``;
+- :class:`TextBatch`: caption tokens ``[Q, L, D]`` + mask + ``eot`` index ``[Q]``.
+
+Frames are subsampled to ``max_frames`` uniformly (``linspace(0, n-1, N)``, METHODS.md section 1)
+or, for HCMI training, by two-view sampling (split into N segments, one random frame per segment).
+Splits come from the manifest; when it has no ``val`` split, a fixed fraction of ``train`` is
+held out (seed 0, the same for every model) so model selection never sees the test split.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+import numpy as np
+import torch
+
+from data.manifest import read_manifest
+from data.settings import Settings, get_settings
+from data.store import FeatureSet, FeatureTable, list_extractors
+
+FRAMES, TEXT, AUDIO, MOTION = "clip_frames", "clip_text", "audio", "motion"
+AUDIO_WINDOW_S = 0.96  # VGGish window; audio timestamps are window starts, centres are used
+
+
+def pick_extractor(settings: Settings, dataset: str, modality: str, explicit: str | None = None) -> dict:
+    """The ``_extractor.json`` of the extractor to use for ``dataset`` / ``modality``.
+
+    Default: the single one stored. Raises FileNotFoundError when none is stored and ValueError
+    listing the choices when there are several (or when ``explicit`` is not among them).
+    """
+    choices = list_extractors(settings.features_dir, dataset, modality)
+    where = settings.features_dir / dataset / modality
+    if not choices:
+        raise FileNotFoundError(f"no {modality!r} features for dataset {dataset!r} under {where}; "
+                                f"run the extraction first")
+    if explicit:
+        for info in choices:
+            if info["extractor_id"] == explicit:
+                return info
+        raise ValueError(f"extractor-id {explicit!r} not stored for {dataset}/{modality}; stored: "
+                         f"{_describe(choices)}")
+    if len(choices) > 1:
+        raise ValueError(f"{len(choices)} extractors stored for {dataset}/{modality} ({_describe(choices)}); "
+                         f"choose one with extractors: {{{modality}: ID}} in the config")
+    return choices[0]
+
+
+def _describe(choices: list[dict]) -> str:
+    parts = []
+    for c in choices:
+        p = c.get("params", {})
+        parts.append(f"{c['extractor_id']} (model={p.get('model')}, weights={p.get('weights')})")
+    return ", ".join(parts)
+
+
+@dataclass
+class Ragged:
+    """Variable-length rows: ``flat`` ``[S, D]``, ``offsets`` ``[R + 1]``, ``times`` ``[S]`` seconds."""
+
+    flat: torch.Tensor
+    offsets: torch.Tensor
+    times: torch.Tensor
+
+    @classmethod
+    def from_table(cls, table: FeatureTable, time_offset_s: float = 0.0) -> "Ragged":
+        flat = np.asarray(table.flat, np.float32)
+        flat = torch.from_numpy(flat if flat.flags.writeable else flat.copy())
+        offsets = torch.from_numpy(np.asarray(table.offsets, np.int64).copy())
+        col = table.table.column("timestamps_s").combine_chunks()
+        ts_offsets = col.offsets.to_numpy()
+        ts = col.values.to_numpy(zero_copy_only=False)[ts_offsets[0]: ts_offsets[-1]]
+        if len(ts) == len(flat) and np.array_equal(np.diff(ts_offsets), np.diff(table.offsets)):
+            times = torch.from_numpy(ts.astype(np.float32) + np.float32(time_offset_s))
+        else:  # rows without timestamps (text): position index
+            starts = np.repeat(table.offsets[:-1], np.diff(table.offsets))
+            times = torch.from_numpy((np.arange(len(flat)) - starts).astype(np.float32))
+        return cls(flat, offsets, times)
+
+    @classmethod
+    def from_arrays(cls, rows: list[np.ndarray], times: list[np.ndarray] | None = None) -> "Ragged":
+        """From per-row ``[T_i, D]`` arrays (tests and the benchmark)."""
+        lengths = [len(r) for r in rows]
+        offsets = torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int64)
+        flat = torch.from_numpy(np.concatenate(rows).astype(np.float32))
+        if times is None:
+            times = [np.arange(n, dtype=np.float32) for n in lengths]
+        return cls(flat, offsets, torch.from_numpy(np.concatenate(times).astype(np.float32)))
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def gather(self, rows: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Values ``[B, T, D]`` and times ``[B, T]`` at within-row ``positions`` ``[B, T]`` (zeros where ~mask)."""
+        idx = self.offsets[rows][:, None] + positions
+        idx = torch.where(mask, idx, torch.zeros_like(idx))
+        values = self.flat[idx] * mask[..., None]
+        return values, self.times[idx] * mask
+
+    def pad(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Whole rows, padded to the longest: values ``[B, T, D]``, mask ``[B, T]``, times ``[B, T]``."""
+        lengths = self.lengths[rows]
+        t = max(int(lengths.max()) if len(rows) else 0, 1)
+        positions = torch.arange(t)[None].expand(len(rows), t)
+        mask = positions < lengths[:, None]
+        values, times = self.gather(rows, positions, mask)
+        return values, mask, times
+
+
+@dataclass
+class VideoBatch:
+    """Padded video inputs. Masks are True on real steps; times in seconds from the video start."""
+
+    frames: torch.Tensor                 # [B, N, D]
+    frame_mask: torch.Tensor             # [B, N] bool
+    frame_t: torch.Tensor                # [B, N]
+    audio: torch.Tensor | None = None    # [B, Na, 128]
+    audio_mask: torch.Tensor | None = None
+    audio_t: torch.Tensor | None = None
+    has_audio: torch.Tensor | None = None  # [B] bool
+    motion: torch.Tensor | None = None   # [B, Nm, 2304]
+    motion_mask: torch.Tensor | None = None
+    motion_t: torch.Tensor | None = None
+    has_motion: torch.Tensor | None = None  # [B] bool
+
+    def to(self, device) -> "VideoBatch":
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
+                                if getattr(self, f.name) is not None})
+
+
+@dataclass
+class TextBatch:
+    """Padded caption tokens ``[Q, L, D]``, mask ``[Q, L]`` and end-of-text index ``[Q]``."""
+
+    tokens: torch.Tensor
+    token_mask: torch.Tensor
+    eot: torch.Tensor
+
+    def to(self, device) -> "TextBatch":
+        return TextBatch(self.tokens.to(device), self.token_mask.to(device), self.eot.to(device))
+
+    def sentence(self) -> torch.Tensor:
+        """The EOT token embedding ``[Q, D]`` (CLIP's sentence embedding)."""
+        return self.tokens[torch.arange(len(self.eot), device=self.eot.device), self.eot]
+
+
+def uniform_positions(lengths: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``round(linspace(0, len-1, n))`` per row (all steps when shorter): positions, mask ``[R, n]``."""
+    lengths = lengths.to(torch.float64)
+    frac = torch.linspace(0, 1, n, dtype=torch.float64)[None]
+    short = lengths[:, None] <= n
+    spread = torch.round(frac * (lengths[:, None] - 1).clamp(min=0)).long()
+    ordinal = torch.arange(n)[None].expand_as(spread)
+    positions = torch.where(short, ordinal, spread)
+    mask = torch.where(short, ordinal < lengths[:, None], torch.ones_like(short))
+    return positions, mask
+
+
+def segment_positions(lengths: torch.Tensor, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """HCMI view sampling: split each row into ``min(n, len)`` segments, one random step in each."""
+    lengths = lengths.to(torch.float64)
+    segments = torch.minimum(lengths, torch.full_like(lengths, n)).clamp(min=1)
+    k = torch.arange(n, dtype=torch.float64)[None]
+    lo = torch.floor(k * lengths[:, None] / segments[:, None])
+    hi = torch.floor((k + 1) * lengths[:, None] / segments[:, None])
+    u = torch.rand(lo.shape, generator=generator, dtype=torch.float64)
+    positions = (lo + torch.floor(u * (hi - lo).clamp(min=1))).long()
+    mask = k < torch.minimum(segments, lengths)[:, None]
+    return torch.where(mask, positions, torch.zeros_like(positions)), mask
+
+
+@dataclass
+class DatasetFeatures:
+    """Every stored feature a model needs for one dataset, ragged and ready to batch.
+
+    Videos are the manifest videos whose frames are ``ok``; ``captions`` are the ``ok`` text rows
+    of those videos (``caption_video[q]`` = index of the video caption ``q`` describes).
+    """
+
+    dataset: str
+    extractor_ids: dict[str, str]
+    infos: dict[str, dict]
+    video_ids: list[str]
+    splits: dict[str, np.ndarray]      # split name -> video indices
+    frames: Ragged
+    text: Ragged
+    eot: torch.Tensor                  # [Q]
+    caption_video: torch.Tensor        # [Q] video index
+    captions: list[str]
+    caption_index: list[int]           # index in the manifest's caption list
+    audio: Ragged | None = None
+    has_audio: torch.Tensor | None = None
+    motion: Ragged | None = None
+    has_motion: torch.Tensor | None = None
+    notes: list[str] | None = None     # what was dropped while loading (failed rows ...)
+
+    def __post_init__(self):
+        self._uniform: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._captions_of: dict[int, list[int]] | None = None
+
+    @property
+    def random_weights(self) -> bool:
+        return any(info.get("random_weights", False) for info in self.infos.values())
+
+    # ---- selection ---------------------------------------------------------------------------
+    def split_videos(self, split: str) -> np.ndarray:
+        if split not in self.splits:
+            raise ValueError(f"dataset {self.dataset!r} has no split {split!r}; splits: {sorted(self.splits)}")
+        return self.splits[split]
+
+    def split_captions(self, split: str, which: str = "all") -> np.ndarray:
+        """Caption indices of a split's videos: every caption (``all``) or each video's first (``first``)."""
+        if which not in ("all", "first"):
+            raise ValueError(f"captions={which!r}: expected 'all' or 'first'")
+        if self._captions_of is None:
+            self._captions_of = {}
+            for q, v in enumerate(self.caption_video.tolist()):
+                self._captions_of.setdefault(v, []).append(q)
+        out = []
+        for v in self.split_videos(split).tolist():
+            caps = self._captions_of.get(v, [])
+            out.extend(caps if which == "all" else caps[:1])
+        return np.asarray(out, np.int64)
+
+    # ---- batches -----------------------------------------------------------------------------
+    def video_batch(self, videos: torch.Tensor | np.ndarray, max_frames: int, sampling: str = "uniform",
+                    generator: torch.Generator | None = None) -> VideoBatch:
+        """Padded inputs of ``videos`` (indices); ``sampling`` = ``uniform`` or ``two-view`` (random)."""
+        rows = torch.as_tensor(videos, dtype=torch.int64)
+        if sampling == "uniform":
+            if max_frames not in self._uniform:
+                self._uniform[max_frames] = uniform_positions(self.frames.lengths, max_frames)
+            positions, mask = (t[rows] for t in self._uniform[max_frames])
+        elif sampling == "two-view":
+            if generator is None:
+                raise ValueError("two-view sampling needs a torch.Generator")
+            positions, mask = segment_positions(self.frames.lengths[rows], max_frames, generator)
+        else:
+            raise ValueError(f"frame sampling {sampling!r}: expected 'uniform' or 'two-view'")
+        frames, frame_t = self.frames.gather(rows, positions, mask)
+        batch = VideoBatch(frames, mask, frame_t)
+        if self.audio is not None:
+            batch.audio, batch.audio_mask, batch.audio_t = self.audio.pad(rows)
+            batch.has_audio = self.has_audio[rows]
+        if self.motion is not None:
+            batch.motion, batch.motion_mask, batch.motion_t = self.motion.pad(rows)
+            batch.has_motion = self.has_motion[rows]
+        return batch
+
+    def text_batch(self, queries: torch.Tensor | np.ndarray, max_words: int) -> TextBatch:
+        """Tokens of ``queries`` (caption indices); longer captions keep their first L-1 tokens + EOT."""
+        rows = torch.as_tensor(queries, dtype=torch.int64)
+        return truncate_tokens(self.text, rows, self.eot[rows], max_words)
+
+
+def truncate_tokens(text: Ragged, rows: torch.Tensor, eot: torch.Tensor, max_words: int) -> TextBatch:
+    """Padded tokens of ``rows``; captions over ``max_words`` keep tokens ``0..L-2`` and their EOT."""
+    lengths = text.lengths[rows]
+    width = max(1, min(max_words, int(lengths.max()) if len(rows) else 1))
+    positions = torch.arange(width)[None].repeat(len(rows), 1)
+    long = lengths > width
+    positions[long, width - 1] = eot[long]
+    mask = positions < lengths[:, None]
+    tokens, _ = text.gather(rows, positions, mask)
+    return TextBatch(tokens, mask, torch.clamp(eot, max=width - 1))
+
+
+def load_features(dataset: str, modalities: list[str] | tuple[str, ...], *, extractors: dict | None = None,
+                  settings: Settings | None = None, val_holdout: float = 0.1) -> DatasetFeatures:
+    """Load ``clip_frames`` + ``clip_text`` and the extra ``modalities`` (``audio``, ``motion``).
+
+    ``extractors`` maps modality -> extractor-id (default: the single one stored).
+    """
+    settings = settings or get_settings()
+    extractors = dict(extractors or {})
+    manifest = read_manifest(settings.manifest_path(dataset))
+    wanted = [FRAMES, TEXT] + [m for m in (AUDIO, MOTION) if m in modalities]
+    infos = {m: pick_extractor(settings, dataset, m, extractors.get(m)) for m in wanted}
+    tables = {m: FeatureSet(settings.feature_dir(dataset, m, infos[m]["extractor_id"])).read() for m in wanted}
+    notes: list[str] = []
+
+    frames_t = tables[FRAMES]
+    status = np.asarray(frames_t.status)
+    pos_in_table = {v: i for i, v in enumerate(frames_t.video_ids) if status[i] == "ok"}
+    manifest_ids = manifest.video_ids
+    video_ids = [v for v in manifest_ids if v in pos_in_table and len(frames_t.row(pos_in_table[v])) > 0]
+    if len(video_ids) < len(manifest_ids):
+        notes.append(f"{len(manifest_ids) - len(video_ids)} manifest videos without ok frames were left out")
+    if not video_ids:
+        raise ValueError(f"dataset {dataset!r}: no video has ok {FRAMES} features")
+    index = {v: i for i, v in enumerate(video_ids)}
+    frames = _reorder(frames_t, [pos_in_table[v] for v in video_ids])
+
+    text_t = tables[TEXT]
+    tstatus = np.asarray(text_t.status)
+    text_rows = [i for i, v in enumerate(text_t.video_ids) if v in index and tstatus[i] == "ok"]
+    text = _reorder(text_t, text_rows)
+    eot = torch.tensor(np.asarray(text_t.column("eot_index"), np.int64)[text_rows])
+    caption_video = torch.tensor([index[v] for v in np.asarray(text_t.video_ids, object)[text_rows]], dtype=torch.int64)
+    captions = [text_t.column("caption")[i] for i in text_rows] if text_rows else []
+    cap_index = [int(c) for c in np.asarray(text_t.column("caption_index"))[text_rows]] if text_rows else []
+
+    out = DatasetFeatures(dataset, {m: infos[m]["extractor_id"] for m in wanted}, infos, video_ids,
+                          _splits(manifest, index, val_holdout), frames, text, eot, caption_video,
+                          captions, cap_index, notes=notes)
+    if AUDIO in wanted:
+        out.audio, out.has_audio = _optional_modality(tables[AUDIO], video_ids, AUDIO, notes,
+                                                      _audio_centre(infos[AUDIO]), "has_audio")
+    if MOTION in wanted:
+        out.motion, out.has_motion = _optional_modality(tables[MOTION], video_ids, MOTION, notes, 0.0, None)
+    return out
+
+
+def _audio_centre(info: dict) -> float:
+    """Half the audio example length: the extractor records it as ``example_s`` (0.96 s)."""
+    return float(info.get("params", {}).get("example_s", AUDIO_WINDOW_S)) / 2
+
+
+def _reorder(table: FeatureTable, rows: list[int]) -> Ragged:
+    """A :class:`Ragged` of ``table``'s rows in the order ``rows``."""
+    full = Ragged.from_table(table)
+    return full if rows == list(range(len(table))) else _select(full, torch.tensor(rows, dtype=torch.int64))
+
+
+def _select(full: Ragged, rows: torch.Tensor) -> Ragged:
+    """Rows ``rows`` of ``full`` as a new contiguous :class:`Ragged`; row ``-1`` becomes empty."""
+    if len(full.lengths) == 0:
+        empty = torch.zeros(len(rows) + 1, dtype=torch.int64)
+        return Ragged(full.flat[:0], empty, full.times[:0])
+    lengths = torch.where(rows >= 0, full.lengths[rows.clamp(min=0)], torch.zeros_like(rows))
+    starts = torch.where(rows >= 0, full.offsets[:-1][rows.clamp(min=0)], torch.zeros_like(rows))
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
+    idx = torch.repeat_interleave(starts - offsets[:-1], lengths) + torch.arange(int(offsets[-1]))
+    return Ragged(full.flat[idx], offsets, full.times[idx])
+
+
+def _optional_modality(table: FeatureTable, video_ids: list[str], name: str, notes: list[str],
+                       time_offset_s: float, flag_column: str | None) -> tuple[Ragged, torch.Tensor]:
+    """Rows aligned with ``video_ids``; missing / empty / failed rows become length 0 and flag False."""
+    status = np.asarray(table.status)
+    flags = np.asarray(table.column(flag_column), bool) if flag_column and len(table) else None
+    pos = {v: i for i, v in enumerate(table.video_ids)}
+    full = Ragged.from_table(table, time_offset_s)
+    rows, present = [], []
+    for v in video_ids:
+        i = pos.get(v)
+        ok = i is not None and status[i] == "ok" and int(full.lengths[i]) > 0 and (flags is None or flags[i])
+        rows.append(i if ok else -1)
+        present.append(ok)
+    missing = len(video_ids) - sum(present)
+    if missing:
+        notes.append(f"{missing} videos have no usable {name} (absent, empty or failed): branch masked")
+    return _select(full, torch.tensor(rows, dtype=torch.int64)), torch.tensor(present)
+
+
+def _splits(manifest, index: dict[str, int], val_holdout: float) -> dict[str, np.ndarray]:
+    splits: dict[str, list[int]] = {}
+    for vid, split in zip(manifest.video_ids, manifest.table.column("split").to_pylist()):
+        if vid in index:
+            splits.setdefault("val" if split == "validation" else split, []).append(index[vid])
+    out = {k: np.asarray(v, np.int64) for k, v in splits.items()}
+    if "val" not in out and "train" in out:
+        train = out["train"]
+        n_val = int(round(val_holdout * len(train))) if val_holdout < 1 else int(val_holdout)
+        n_val = min(max(n_val, 1), len(train) - 1)
+        perm = np.random.default_rng(0).permutation(len(train))
+        out["val"] = np.sort(train[perm[:n_val]])
+        out["train"] = np.sort(train[perm[n_val:]])
+    return out
+

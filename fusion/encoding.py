@@ -1,0 +1,42 @@
+"""Encode a split in chunks and score it exactly; shared by training (validation / test) and the API."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fusion.base import Encoding, RetrievalModel, cat_encodings, take
+from fusion.data import DatasetFeatures
+
+
+@torch.no_grad()
+def encode_videos(model: RetrievalModel, feats: DatasetFeatures, videos: np.ndarray, config: dict,
+                  device: torch.device, batch: int = 256) -> Encoding:
+    """Encodings of ``videos`` (indices) with uniform frame sampling, on the CPU."""
+    model.eval()
+    parts = []
+    for start in range(0, len(videos), batch):
+        vb = feats.video_batch(videos[start: start + batch], config["max_frames"]).to(device)
+        parts.append({k: v.cpu() for k, v in model.encode_video(vb).items()})
+    return cat_encodings(parts)
+
+
+@torch.no_grad()
+def encode_texts(model: RetrievalModel, feats: DatasetFeatures, captions: np.ndarray, config: dict,
+                 device: torch.device, batch: int = 256) -> Encoding:
+    model.eval()
+    parts = []
+    for start in range(0, len(captions), batch):
+        tb = feats.text_batch(captions[start: start + batch], config["max_words"]).to(device)
+        parts.append({k: v.cpu() for k, v in model.encode_text(tb).items()})
+    return cat_encodings(parts)
+
+
+@torch.no_grad()
+def score_matrix(model: RetrievalModel, text: Encoding, video: Encoding, chunk: int = 256) -> np.ndarray:
+    """Exact scores ``[Q, V]`` float32; single-vector models use the FAISS vectors' inner product."""
+    model.eval()
+    n = len(next(iter(text.values())))
+    if not model.fine_grained:
+        return (model.text_vectors(text) @ model.video_vectors(video).t()).numpy().astype(np.float32)
+    rows = [model.score(take(text, torch.arange(s, min(s + chunk, n))), video) for s in range(0, n, chunk)]
+    return torch.cat(rows).numpy().astype(np.float32)
