@@ -79,6 +79,8 @@ class MotionExtractor(Extractor):
             raise ValueError(f"motion model {model_name!r}: only 'slowfast_r50' is implemented")
         super().__init__(model_name, weights, device, precision, batch_size or 4)
         self.fps, self.size, self.clip_frames = float(fps), int(size), int(clip_frames)
+        if precision == "fp16" and device.type != "cuda":
+            raise ValueError("motion: fp16 needs CUDA (avg_pool3d has no half-precision CPU kernel); use fp32")
         if self.clip_frames % ALPHA:
             raise ValueError(f"motion clip_frames {clip_frames}: must be a multiple of {ALPHA}")
         self.model = load_slowfast(weights, self.size, self.clip_frames, device, precision)

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from conftest import FIXTURES, PROJECT, requires_fixtures
 from test_extract_support import ffmpeg, make_video, prepare_synthetic, tiny_clip_dir, tiny_config
 
 from data.prepare import prepare
 from data.settings import get_settings
-from data.store import FeatureSet
 from extractors import decode
 from extractors.audio import AudioExtractor
 from extractors.clip import ClipFramesExtractor, ClipTextExtractor
@@ -217,7 +217,6 @@ def test_kill_9_mid_run_then_rerun_gives_one_row_per_video(tiny_synthetic, tvr_h
         leftovers = [p.name for p in fs.folder.iterdir()
                      if p.suffix in (".tmp", ".claim") or (p.suffix == ".parquet" and not p.with_suffix(".done").is_file())]
         assert leftovers == [], leftovers
-        import pyarrow.parquet as pq
         keys = []
         for shard in fs.completed_shards():
             t = pq.read_table(shard)

@@ -214,3 +214,23 @@ def test_batches_span_videos_and_a_bad_video_fails_alone():
     big = _run(_Sum(batch_size=100), [v for v in videos if v[0] != "c"])
     for vid in "abe":
         np.testing.assert_array_equal(big[vid].values, rows[vid].values)
+
+
+def test_half_precision_code_path(tiny_clip):
+    """fp16 (the CUDA default) runs and stays close to fp32; recorded in the extractor-id."""
+    frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    full = build_extractor("clip_frames", tiny_clip, "random", device=device, precision="fp32")
+    half = build_extractor("clip_frames", tiny_clip, "random", device=device, precision="fp16")
+    assert half.extractor_id != full.extractor_id and half.spec.params["precision"] == "fp16"
+    with torch.inference_mode():
+        a, b = full.forward(frames), half.forward(frames)
+    assert b.dtype == torch.float32
+    torch.testing.assert_close(a, b, atol=0.02, rtol=0.02)
+    text = build_extractor("clip_text", tiny_clip, "random", device=device, precision="fp16").encode(CAPTIONS[:2])
+    ref = build_extractor("clip_text", tiny_clip, "random", device=device, precision="fp32").encode(CAPTIONS[:2])
+    for (v16, e16), (v32, e32) in zip(text, ref):
+        assert e16 == e32 and np.allclose(v16, v32, atol=0.02)
+    if device == "cpu":
+        with pytest.raises(ValueError, match="fp16 needs CUDA"):
+            build_extractor("motion", "slowfast_r50", "random", device="cpu", precision="fp16", size=32)
