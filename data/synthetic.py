@@ -29,6 +29,7 @@ import argparse
 import io
 import itertools
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -377,7 +378,8 @@ def generate(out_dir: str | Path, n: int = 300, seed: int = 0, workers: int | No
     todo = [s for s in specs if not (out_dir / s.filename).is_file()]
     workers = workers or os.cpu_count() or 1
     start = time.time()
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # spawn, not fork: forking a process that already runs torch's thread pools can deadlock the child
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         for done, _ in enumerate(pool.map(render_video, todo, itertools.repeat(out_dir), chunksize=4), 1):
             if progress and (done % 25 == 0 or done == len(todo)):
                 print(f"  rendered {done}/{len(todo)} videos ({time.time() - start:.1f} s)", file=sys.stderr)

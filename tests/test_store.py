@@ -103,7 +103,7 @@ def _write_then_die(folder, kill_at):
 @pytest.mark.parametrize("kill_at", ["mid-parquet", "before-marker"])
 def test_killed_writer_leaves_no_readable_partial_shard(tmp_path, kill_at):
     folder = tmp_path / "f"
-    proc = mp.get_context("fork").Process(target=_write_then_die, args=(folder, kill_at))
+    proc = mp.get_context("spawn").Process(target=_write_then_die, args=(folder, kill_at))
     proc.start()
     proc.join(30)
     assert proc.exitcode == -signal.SIGKILL
