@@ -81,9 +81,10 @@ class LocalPrefect:
         except OSError:
             return False
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def run(self, *args: str, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
+        """``prefect <args>`` against this server (output captured)."""
         return subprocess.run(_prefect() + list(args), env=self.env, cwd=PROJECT, check=check,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, timeout=timeout)
 
     def start_server(self, timeout_s: float = 90) -> None:
         if self.healthy():

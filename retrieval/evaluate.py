@@ -204,6 +204,21 @@ def write_outputs(result: dict, label: str, dataset: str | None, what: str,
     return text
 
 
+def evaluate_run(run: str, dataset: str, split: str = "test", *, v2t_protocol: str = "group-best",
+                 settings: Settings | None = None) -> tuple[dict, Path, str]:
+    """Evaluate ``run`` (a run folder / id, or ``zero-shot``) with the CLI's defaults and write
+    ``evaluation.json`` / ``evaluation.md`` into the run folder (``runs/zero-shot-<dataset>/`` for
+    the zero-shot model). Returns (result, JSON path, printable table)."""
+    settings = settings or get_settings()
+    loaded = load(run, dataset, settings)
+    result = evaluate_model(loaded, dataset, split, v2t_protocols=(v2t_protocol,), settings=settings)
+    out = loaded.run_dir or settings.runs_dir / f"zero-shot-{dataset}"
+    out.mkdir(parents=True, exist_ok=True)
+    text = write_outputs(result, loaded.name, dataset, f"{loaded.name} on {dataset}/{split}",
+                         out / "evaluation.json", out / "evaluation.md")
+    return result, out / "evaluation.json", text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m retrieval.evaluate",
