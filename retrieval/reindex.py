@@ -275,8 +275,16 @@ def extract_videos(dataset: str, video_ids: list[str], stale: list[str], loaded,
     the rows of ``stale`` videos (a subset whose file changed) as superseded. Returns
     ``extractors.run.ModalityCounts`` per modality."""
     from extractors.base import VideoItem
-    from extractors.run import extract_shard, merge_counts, plan_shards, write_rows
+    from extractors.run import ModalityCounts, extract_shard, merge_counts, plan_shards, write_rows
 
+    stale_set = set(stale)
+    folders = {m: settings.feature_dir(dataset, m, i) for m, i in loaded.extractor_ids.items()}
+    sets = {m: FeatureSet(f) for m, f in folders.items() if (f / "_extractor.json").is_file()}
+    if not stale_set and len(sets) == len(folders) and all(
+            set(video_ids) <= fs.done_ids() for fs in sets.values()):
+        say(f"{dataset}: the {len(video_ids)} videos are already extracted; no extractor is loaded")
+        return {m: ModalityCounts(m, fs.spec.extractor_id, fs.spec.random_weights, skipped=len(video_ids))
+                for m, fs in sets.items()}
     configs = extract_configs(dataset, loaded, settings, device)
     for config in configs:
         rebuilt = {e.modality: e.extractor_id for e in config.build()}
@@ -285,7 +293,6 @@ def extract_videos(dataset: str, video_ids: list[str], stale: list[str], loaded,
             shown = "; ".join(f"{m}: rebuilt {a}, stored {b}" for m, (a, b) in wrong.items())
             raise ReindexError(f"{dataset}: the stored extractors cannot be re-created here ({shown}); extract "
                                f"the new videos with python -m flows.extract {dataset} using the same settings")
-    stale_set = set(stale)
     records = {r.video_id: r for r in read_manifest(settings.manifest_path(dataset)).records()
                if r.video_id in stale_set}
     total: dict = {}

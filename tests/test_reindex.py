@@ -191,6 +191,29 @@ def test_dataset_without_manifest_or_features_ends_cleanly(tvr_home, tiny_synthe
     assert not (tvr_home / "indexes" / "fresh").exists()
 
 
+def test_index_built_without_state_is_fully_encoded_once(home):
+    from retrieval.index import build_from_model
+
+    build_from_model(DS, use_gpu=False)                  # python -m retrieval.index: no per-video state
+    assert open_build(DS, "zero-shot").video_state() is None
+    result = rx.reindex(DS)
+    assert (result.status, result.encoded, result.reused, result.added) == ("rebuilt", 10, 0, 0)
+    assert "no per-video state" in result.vector_reuse and result.extraction["clip_frames"]["skipped"] == 10
+    assert rx.reindex(DS).status == "up-to-date"
+
+
+def test_busy_lock_and_partial_build_debris(home):
+    root = home.root / "indexes" / DS / "zero-shot"
+    (root / ".tmp-20260101T000000000000Z-dead").mkdir()   # left by a writer killed mid-write
+    with rx._exclusive(root) as held:
+        assert held
+        busy = rx.reindex(DS)
+        assert busy.status == "busy" and "another reindex" in busy.message
+        assert (root / ".tmp-20260101T000000000000Z-dead").is_dir()
+    assert rx.reindex(DS).status == "up-to-date"
+    assert not (root / ".tmp-20260101T000000000000Z-dead").exists()
+
+
 def test_help(capsys):
     with pytest.raises(SystemExit) as done:
         rx.main(["--help"])
