@@ -36,9 +36,10 @@ MODALITIES = ("clip_frames", "clip_text")
 
 
 @pytest.fixture
-def home(tiny_synthetic, tvr_home, tmp_path, monkeypatch):
+def home(tiny_synthetic, tvr_home, tmp_path):
     """A private copy of the 16 tiny synthetic videos, a manifest of the first 10, their features
     (tiny random CLIP) and a first reindex. Returns a helper namespace."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     folder = tmp_path / "media"
     shutil.copytree(tiny_synthetic / "videos", folder / "videos")
@@ -62,7 +63,8 @@ def home(tiny_synthetic, tvr_home, tmp_path, monkeypatch):
     first = rx.reindex(DS, shard_size=8)
     assert first.status == "rebuilt" and first.n_indexed == 10 and first.added == 10
     Home.first = first
-    return Home
+    yield Home
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -257,12 +259,14 @@ def test_killed_rebuild_leaves_the_old_index_answering(home, tmp_path, stage, ch
     marker = tmp_path / "paused"
     env = {**os.environ, "TVR_HOME": str(home.root), rx.PAUSE_ENV: f"{stage}:{marker}",
            "PYTHONPATH": str(PROJECT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "retrieval.reindex", DS, "--threads", "1"], cwd=PROJECT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log_file = tmp_path / "reindex.log"
+    with open(log_file, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "retrieval.reindex", DS, "--threads", "1"], cwd=PROJECT,
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 240
         while not marker.exists():
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert proc.poll() is None, log_file.read_text()[-3000:]
             assert time.time() < deadline, "the reindex subprocess never reached its pause point"
             time.sleep(0.2)
         # mid-rebuild: the old build is current and answers queries
