@@ -130,3 +130,23 @@ def encode_queries(loaded: LoadedModel, texts: list[str], *, settings: Settings 
     with torch.no_grad():
         loaded.model.eval()
         return loaded.model.text_vectors(loaded.model.encode_text(batch)).numpy().astype(np.float32)
+
+
+def encode_video_ids(loaded: LoadedModel, dataset: str, video_ids: list[str], *,
+                     settings: Settings | None = None) -> tuple[np.ndarray, list[str]]:
+    """FAISS video vectors ``[V, E]`` float32 of just ``video_ids`` (any split), and their ids.
+
+    Videos without ``ok`` frame features are left out, so the ids returned are the subset of
+    ``video_ids`` that has a vector, in the given order. Used to re-index only new or changed videos.
+    """
+    settings = settings or get_settings()
+    feats = _features(loaded, dataset, settings)
+    position = {v: i for i, v in enumerate(feats.video_ids)}
+    found = [v for v in video_ids if v in position]
+    if not found:
+        return np.zeros((0, 0), np.float32), []
+    device = next(loaded.model.parameters(), torch.zeros(0)).device
+    rows = np.asarray([position[v] for v in found], np.int64)
+    encoded = encode_videos(loaded.model, feats, rows, loaded.config, device)
+    with torch.no_grad():
+        return loaded.model.video_vectors(encoded).numpy().astype(np.float32), found

@@ -8,10 +8,15 @@ Layout::
         manifest.parquet   snapshot of the dataset manifest the index covers
         info.json          extractor_ids, manifest_fingerprint, dim, index_type, params,
                            random_weights, model, run, dataset, splits, n_vectors, build_id, ...
+        vectors.npy        optional: the vectors [N, D] float32, rows as ids.json (for reuse)
+        videos.parquet     optional: per-video state of the build (written by retrieval.reindex)
     indexes/<dataset>/<run>/current   the live build-id (replaced atomically after a build)
 
-A build is written into a hidden temporary folder and renamed into place, then ``current`` is
-swapped with :func:`data.atomic.write_text_atomic`, so a reader never sees a half-built index.
+A build is written into a hidden temporary folder and renamed into place (:func:`stage_build`),
+then ``current`` is swapped with :func:`data.atomic.write_text_atomic` (:func:`publish_build`), so
+a reader never sees a half-built index. Writers of one ``indexes/<dataset>/<run>`` folder hold an
+exclusive ``flock`` on its ``.lock`` file while they write, so :func:`remove_partial_builds` can
+tell a killed writer's ``.tmp-*`` debris from a build in progress.
 
 Index type by scale (or named): ``flat`` (exact ``IndexFlatIP``) up to :data:`EXACT_UP_TO`
 vectors, ``hnsw`` above; ``ivf`` on request. Parameters come from N (:func:`default_params`).
@@ -23,6 +28,7 @@ Build with ``python -m retrieval.index --dataset D [--run R]``.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -30,14 +36,17 @@ import shutil
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import faiss
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from data.atomic import write_json_atomic, write_text_atomic
 from data.manifest import Manifest, manifest_fingerprint, read_manifest
@@ -45,14 +54,14 @@ from data.settings import Settings, get_settings
 from retrieval.runs import ZERO_SHOT, fusion_api, load, run_name
 
 INDEX_TYPES = ("flat", "ivf", "hnsw")
+VECTORS_FILE = "vectors.npy"
+VIDEO_STATE_FILE = "videos.parquet"
 EXACT_UP_TO = 200_000
 RANDOM_WARNING = "RANDOM WEIGHTS: embeddings come from randomly initialised feature extractors"
 
 
 class IndexFolderError(ValueError):
     """An index folder is missing, stale, or does not fit the model / dataset it is used with."""
-
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,15 +182,63 @@ class IndexBuild:
         rel = self.paths.get(video_id)
         return {"path": rel, "abs_path": None if rel is None else str(self.manifest.abs_path(rel))}
 
+    def stored_vectors(self) -> np.ndarray | None:
+        """The indexed vectors ``[N, D]`` float32 (memory-mapped, rows as :attr:`ids`) when the build
+        kept them (``store_vectors=True``), else None."""
+        path = self.folder / VECTORS_FILE
+        if not path.is_file():
+            return None
+        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+        if vectors.shape != (len(self.ids), self.index.d):
+            raise IndexFolderError(f"{path}: shape {vectors.shape}, expected ({len(self.ids)}, {self.index.d})")
+        return vectors
+
+    def video_state(self) -> pa.Table | None:
+        """The per-video state table the build was written with (``video_state=``), else None."""
+        path = self.folder / VIDEO_STATE_FILE
+        return pq.read_table(path) if path.is_file() else None
+
 
 def write_build(dataset: str, run: str, vectors: np.ndarray, video_ids: Sequence[str], *,
                 info: dict, index_type: str = "auto", params: dict | None = None,
-                settings: Settings | None = None, use_gpu: bool | None = None, keep: int = 3) -> Path:
+                settings: Settings | None = None, use_gpu: bool | None = None, keep: int = 3,
+                manifest: Manifest | None = None, video_state: pa.Table | None = None,
+                store_vectors: bool = False) -> Path:
     """Build the FAISS index, write the build folder atomically and make it ``current``; keep the
-    newest ``keep`` builds.
+    newest ``keep`` builds. :func:`stage_build` then :func:`publish_build`; see there.
+    Returns the build folder."""
+    settings = settings or get_settings()
+    folder = stage_build(dataset, run, vectors, video_ids, info=info, index_type=index_type, params=params,
+                         settings=settings, use_gpu=use_gpu, manifest=manifest, video_state=video_state,
+                         store_vectors=store_vectors)
+    publish_build(folder, keep)
+    return folder
+
+
+@contextmanager
+def _write_lock(root: Path) -> Iterator[None]:
+    """Exclusive ``flock`` on ``root/.lock`` (released by the kernel when the holder dies)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def stage_build(dataset: str, run: str, vectors: np.ndarray, video_ids: Sequence[str], *,
+                info: dict, index_type: str = "auto", params: dict | None = None,
+                settings: Settings | None = None, use_gpu: bool | None = None,
+                manifest: Manifest | None = None, video_state: pa.Table | None = None,
+                store_vectors: bool = False) -> Path:
+    """Build the FAISS index and write a complete build folder beside the others, NOT yet current.
 
     ``info`` must hold ``extractor_ids``, ``random_weights`` and ``model``; the manifest snapshot,
-    its fingerprint, dim, index type and params are added here. Returns the build folder.
+    its fingerprint, dim, index type and params are added here. ``manifest``: the manifest the
+    vectors were computed for (default: the dataset's manifest file as it is now).
+    ``video_state``: a table saved as ``videos.parquet``; ``store_vectors``: also save the vectors
+    ``[N, D]`` as ``vectors.npy`` (so a later build can reuse them). Returns the build folder.
     """
     settings = settings or get_settings()
     missing = [key for key in ("extractor_ids", "random_weights", "model") if key not in info]
@@ -192,7 +249,7 @@ def write_build(dataset: str, run: str, vectors: np.ndarray, video_ids: Sequence
     if len(set(video_ids)) != len(video_ids):
         raise IndexFolderError("duplicate video ids among the vectors to index")
     manifest_path = settings.manifest_path(dataset)
-    manifest = read_manifest(manifest_path)
+    manifest = manifest or read_manifest(manifest_path)
     unknown = sorted(set(video_ids) - set(manifest.video_ids))
     if unknown:
         raise IndexFolderError(f"{len(unknown)} video ids are not in {manifest_path} (first: {unknown[:3]})")
@@ -202,32 +259,56 @@ def write_build(dataset: str, run: str, vectors: np.ndarray, video_ids: Sequence
     root = index_root(dataset, run, settings)
     build_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:4]
     tmp = root / f".tmp-{build_id}"
-    tmp.mkdir(parents=True)
-    try:
-        faiss.write_index(index, str(tmp / "index.faiss"))
-        write_json_atomic(tmp / "ids.json", list(video_ids))
-        shutil.copyfile(manifest_path, tmp / "manifest.parquet")
-        full_info = {
-            **info,
-            "dataset": dataset, "run": run, "build_id": build_id,
-            "manifest_fingerprint": manifest_fingerprint(manifest),
-            "dim": int(index.d), "n_vectors": int(index.ntotal),
-            "index_type": index_type, "params": params,
-            "gpu_used": bool((gpu_available() if use_gpu is None else use_gpu) and index_type != "hnsw"),
-            "build_seconds": round(build_seconds, 3),
-            "faiss_version": faiss.__version__,
-            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        if full_info["random_weights"]:
-            full_info["WARNING"] = RANDOM_WARNING
-        write_json_atomic(tmp / "info.json", full_info)
-        os.replace(tmp, root / build_id)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    write_text_atomic(root / "current", build_id + "\n")
-    prune_builds(root, keep)
+    with _write_lock(root):
+        tmp.mkdir(parents=True)
+        try:
+            faiss.write_index(index, str(tmp / "index.faiss"))
+            write_json_atomic(tmp / "ids.json", list(video_ids))
+            pq.write_table(manifest.table, tmp / "manifest.parquet")
+            if store_vectors:
+                np.save(tmp / VECTORS_FILE, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
+            if video_state is not None:
+                pq.write_table(video_state, tmp / VIDEO_STATE_FILE)
+            full_info = {
+                **info,
+                "dataset": dataset, "run": run, "build_id": build_id,
+                "manifest_fingerprint": manifest_fingerprint(manifest),
+                "dim": int(index.d), "n_vectors": int(index.ntotal),
+                "index_type": index_type, "params": params,
+                "gpu_used": bool((gpu_available() if use_gpu is None else use_gpu) and index_type != "hnsw"),
+                "build_seconds": round(build_seconds, 3),
+                "faiss_version": faiss.__version__,
+                "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            if full_info["random_weights"]:
+                full_info["WARNING"] = RANDOM_WARNING
+            write_json_atomic(tmp / "info.json", full_info)
+            os.replace(tmp, root / build_id)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
     return root / build_id
+
+
+def publish_build(folder: Path, keep: int = 3) -> None:
+    """Make the staged build ``folder`` current (atomic pointer swap); keep the newest ``keep``."""
+    root = folder.parent
+    with _write_lock(root):
+        write_text_atomic(root / "current", folder.name + "\n")
+        prune_builds(root, keep)
+
+
+def remove_partial_builds(dataset: str, run: str, settings: Settings | None = None) -> list[str]:
+    """Remove the ``.tmp-*`` folders of killed writers (taken under the write lock, so a build in
+    progress is never touched). Returns the removed folder names."""
+    root = index_root(dataset, run, settings)
+    if not root.is_dir():
+        return []
+    with _write_lock(root):
+        debris = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(".tmp-")]
+        for p in debris:
+            shutil.rmtree(p, ignore_errors=True)
+    return [p.name for p in debris]
 
 
 def prune_builds(root: Path, keep: int) -> list[str]:

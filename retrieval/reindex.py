@@ -1,0 +1,487 @@
+"""Scheduled re-indexing: bring ``indexes/<dataset>/<run>`` up to date with the dataset's manifest.
+
+``reindex(dataset, run)`` compares the manifest with the per-video state of the ``current`` index
+build (``videos.parquet``: video_id, path, file size, mtime in ns, indexed or not) and
+
+- extracts (``extractors.run.extract_shard``) only the videos that are new or whose file changed
+  (other path, size or mtime: a replaced file). A changed video's old store rows are first
+  superseded by ``failed`` rows saying they are stale, so the extractor redoes it and the store's
+  newest-row-wins rule keeps only the new features;
+- encodes (``fusion.api.encode_video_ids``) only those videos, drops removed ones and reuses the
+  stored vectors (``vectors.npy``) of every unchanged video;
+- writes the new build beside the old one and then swaps ``current`` atomically
+  (``retrieval.index.stage_build`` / ``publish_build``). Searches keep answering from the old build
+  until the swap; a failed or killed run leaves the old build current, and the next run redoes it.
+
+Nothing new -> no new build, no extraction, no model forward pass. Vectors are reused only when the
+old build was made with the same extractor ids and the same model (a hash of its weights and
+config); otherwise every video is encoded again (extraction still skips what the store holds).
+A video whose extraction failed is not retried until its file changes (the store's retry still
+happens when its frames become ``ok`` by other means, e.g. ``python -m flows.extract``).
+
+``python -m retrieval.reindex <dataset> [--run R]`` runs it as plain Python; the Prefect flow
+``flows/reindex.py`` wraps the same function for the daily schedule.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from data.manifest import Manifest, ManifestError, manifest_fingerprint, read_manifest
+from data.settings import Settings, get_settings
+from data.store import FeatureSet, StoreError, list_extractors
+from retrieval.index import (RANDOM_WARNING, IndexBuild, IndexFolderError, index_root, model_info,
+                             open_build, publish_build, remove_partial_builds, stage_build)
+from retrieval.runs import ZERO_SHOT, RunNotFound, fusion_api, load, run_name
+
+log = logging.getLogger("tvr.reindex")
+Log = Callable[[str], None]
+
+FRAMES = "clip_frames"
+STATE_SCHEMA = pa.schema([
+    pa.field("video_id", pa.string(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("size", pa.int64(), nullable=False),        # bytes; -1 = file missing
+    pa.field("mtime_ns", pa.int64(), nullable=False),    # ns since the epoch; -1 = file missing
+    pa.field("indexed", pa.bool_(), nullable=False),     # has a vector in the build
+])
+# Extractor options that ExtractConfig takes per modality (the rest of _extractor.json follows
+# from the model); the rebuilt extractor-id is checked against the stored one anyway.
+OPTION_KEYS = {"clip_frames": ("fps",), "motion": ("fps", "size", "clip_frames")}
+# Tests only: "<stage>:<marker file>" makes the run write the marker and sleep at that stage
+# ("extracted", "staged": new build written but not yet current), so a test can kill it there.
+PAUSE_ENV = "TVR_REINDEX_TEST_PAUSE"
+
+
+class ReindexError(RuntimeError):
+    """Re-indexing cannot go on; the message names the dataset, the run and the problem."""
+
+
+FileState = tuple[str, int, int]   # (path, size in bytes, mtime in ns)
+
+
+@dataclass
+class Plan:
+    """What changed between the previous build's per-video state and the manifest now."""
+
+    added: list[str]            # in the manifest, not covered by the previous build
+    changed: list[str]          # covered, but the file's path, size or mtime differs
+    removed: list[str]          # covered, no longer in the manifest
+    reused: list[str]           # unchanged and indexed: the old vector is kept
+    retry: list[str]            # unchanged, not indexed then, frames ok in the store now
+    unindexable: list[str]      # unchanged, not indexed then, still no ok frames: skipped
+
+    @property
+    def to_encode(self) -> list[str]:
+        return self.added + self.changed + self.retry
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.changed or self.removed or self.retry)
+
+
+@dataclass
+class ReindexResult:
+    """The outcome; ``status``: ``rebuilt``, ``up-to-date``, ``nothing-to-index`` (no manifest),
+    ``not-extracted`` (zero-shot without stored CLIP features) or ``busy`` (another run holds the lock)."""
+
+    dataset: str
+    run: str
+    status: str
+    message: str = ""
+    build_id: str | None = None
+    previous_build_id: str | None = None
+    n_indexed: int = 0
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    reused: int = 0
+    encoded: int = 0
+    without_features: int = 0
+    vector_reuse: str = ""                  # why vectors were or were not reused
+    extraction: dict[str, dict] = field(default_factory=dict)   # modality -> ModalityCounts fields
+    random_weights: bool = False
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        if self.random_weights:
+            out["WARNING"] = RANDOM_WARNING
+        return out
+
+    def lines(self) -> list[str]:
+        head = f"reindex {self.dataset} / {self.run}: {self.status}"
+        if self.status not in ("rebuilt", "up-to-date"):
+            return [f"{head}: {self.message}"]
+        out = [f"{head}, current build {self.build_id} ({self.n_indexed} videos indexed; "
+               f"previous {self.previous_build_id or 'none'}) in {self.seconds:.1f} s",
+               f"  added {self.added}, changed {self.changed}, removed {self.removed}, reused {self.reused}, "
+               f"encoded {self.encoded}, without features {self.without_features}",
+               f"  vectors: {self.vector_reuse}"]
+        if self.extraction:
+            from extractors.run import ModalityCounts, summary_lines
+
+            counts = {m: ModalityCounts(**c) for m, c in self.extraction.items()}
+            out += ["  " + line for line in summary_lines(self.dataset, counts) if not line.startswith("!!!")]
+        if self.random_weights:
+            out.append(f"!!! {RANDOM_WARNING} !!!")
+        return out
+
+    def markdown(self) -> str:
+        """The summary as Markdown (the flow publishes it as an artifact)."""
+        out = [f"# Re-indexing `{self.dataset}` / `{self.run}`: {self.status}", ""]
+        if self.random_weights:
+            out += [f"**{RANDOM_WARNING}**", ""]
+        if self.status not in ("rebuilt", "up-to-date"):
+            return "\n".join(out + [self.message]) + "\n"
+        out += ["| current build | previous | indexed | added | changed | removed | reused | encoded | "
+                "without features |", "|---|---|---|---|---|---|---|---|---|",
+                f"| `{self.build_id}` | `{self.previous_build_id}` | {self.n_indexed} | {self.added} | "
+                f"{self.changed} | {self.removed} | {self.reused} | {self.encoded} | {self.without_features} |",
+                "", f"Vectors: {self.vector_reuse}."]
+        for m, c in self.extraction.items():
+            out.append(f"- extraction {m} (`{c['extractor_id']}`): {c['done']} done, {c['empty']} empty, "
+                       f"{c['failed']} failed, {c['skipped']} skipped")
+        return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# What changed
+# ---------------------------------------------------------------------------------------------
+def file_states(manifest: Manifest) -> dict[str, FileState]:
+    """``video_id -> (path, size, mtime_ns)`` of every manifest video; ``-1, -1`` for a missing file."""
+    out = {}
+    for vid, rel in zip(manifest.video_ids, manifest.table.column("path").to_pylist()):
+        try:
+            st = os.stat(manifest.abs_path(rel))
+            out[vid] = (rel, int(st.st_size), int(st.st_mtime_ns))
+        except FileNotFoundError:
+            out[vid] = (rel, -1, -1)
+    return out
+
+
+def read_state(table: pa.Table) -> dict[str, tuple[FileState, bool]]:
+    """``video_id -> ((path, size, mtime_ns), indexed)`` from a build's ``videos.parquet``."""
+    cols = [table.column(n).to_pylist() for n in STATE_SCHEMA.names]
+    return {vid: ((path, size, mtime), bool(indexed)) for vid, path, size, mtime, indexed in zip(*cols)}
+
+
+def state_table(states: dict[str, FileState], indexed: set[str]) -> pa.Table:
+    """The ``videos.parquet`` of a new build: every manifest video, in manifest order."""
+    ids = list(states)
+    return pa.table({"video_id": ids, "path": [states[v][0] for v in ids],
+                     "size": [states[v][1] for v in ids], "mtime_ns": [states[v][2] for v in ids],
+                     "indexed": [v in indexed for v in ids]}, schema=STATE_SCHEMA)
+
+
+def make_plan(now: dict[str, FileState], before: dict[str, tuple[FileState, bool]],
+              frames_ok: Callable[[list[str]], set[str]]) -> Plan:
+    """Compare the manifest's file states with a previous build's; ``frames_ok(ids)`` says which
+    of ``ids`` have ``ok`` frame features in the store now (asked only for never-indexed videos)."""
+    added = [v for v in now if v not in before]
+    changed = [v for v in now if v in before and before[v][0] != now[v]]
+    same = [v for v in now if v in before and before[v][0] == now[v]]
+    reused = [v for v in same if before[v][1]]
+    waiting = [v for v in same if not before[v][1]]
+    ok = frames_ok(waiting) if waiting else set()
+    return Plan(added, changed, [v for v in before if v not in now], reused,
+                [v for v in waiting if v in ok], [v for v in waiting if v not in ok])
+
+
+def model_signature(loaded) -> str:
+    """Hash of the model's name, config and weights: vectors can be reused only under the same one."""
+    h = hashlib.sha256(json.dumps([loaded.name, loaded.config], sort_keys=True, default=str).encode())
+    for name, tensor in sorted(loaded.model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _previous(dataset: str, run: str, loaded, signature: str, settings: Settings
+              ) -> tuple[IndexBuild | None, dict | None, np.ndarray | None, str]:
+    """The current build, its per-video state (when usable for this model's extractors), its
+    vectors (when reusable by this model), and a sentence saying which and why."""
+    try:
+        build = open_build(dataset, run, settings)
+    except IndexFolderError:
+        return None, None, None, "no previous build: every video is encoded"
+    table = build.video_state()
+    if table is None:
+        return build, None, None, (f"build {build.info['build_id']} has no per-video state "
+                                   f"(made by python -m retrieval.index): every video is encoded")
+    if build.info.get("extractor_ids") != dict(loaded.extractor_ids):
+        return build, None, None, (f"build {build.info['build_id']} used other extractors "
+                                   f"{build.info.get('extractor_ids')}: every video is encoded")
+    state = read_state(table)
+    vectors = build.stored_vectors()
+    if build.info.get("model_signature") != signature or vectors is None:
+        return build, state, None, (f"build {build.info['build_id']} was made by another model version "
+                                    f"or without stored vectors: every video is encoded")
+    return build, state, vectors, f"unchanged videos reuse the vectors of build {build.info['build_id']}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Extraction of just some videos
+# ---------------------------------------------------------------------------------------------
+def _extractor_info(dataset: str, modality: str, extractor_id: str, loaded, settings: Settings) -> dict:
+    for ds in dict.fromkeys([dataset, loaded.dataset]):
+        try:
+            return FeatureSet(settings.feature_dir(ds, modality, extractor_id)).info
+        except StoreError:
+            continue
+    raise ReindexError(f"{dataset}: no _extractor.json for {modality} extractor {extractor_id} under "
+                       f"{settings.features_dir}; cannot tell how to extract new videos for it")
+
+
+def extract_configs(dataset: str, loaded, settings: Settings, device: str | None = None) -> list:
+    """``extractors.run.ExtractConfig`` s that re-create the model's extractors from their stored
+    ``_extractor.json`` (one config per random-weight seed and precision; usually one)."""
+    from extractors.run import ExtractConfig  # retrieval -> extractors only here, kept lazy (like fusion.api)
+
+    groups: dict[tuple, dict] = {}
+    for modality, extractor_id in loaded.extractor_ids.items():
+        params = _extractor_info(dataset, modality, extractor_id, loaded, settings)["params"]
+        key = (params.get("seed"), params.get("precision", "auto"))
+        group = groups.setdefault(key, {"modalities": [], "models": {}, "weights": {}, "options": {}})
+        group["modalities"].append(modality)
+        group["models"][modality] = params["model"]
+        group["weights"][modality] = params["weights"]
+        options = {k: params[k] for k in OPTION_KEYS.get(modality, ()) if k in params}
+        if options:
+            group["options"][modality] = options
+    return [ExtractConfig(modalities=tuple(g["modalities"]), weights=g["weights"], models=g["models"],
+                          options=g["options"], seed=seed or 0, precision=precision,
+                          device=device or settings.device)
+            for (seed, precision), g in groups.items()]
+
+
+def extract_videos(dataset: str, video_ids: list[str], stale: list[str], loaded, *, settings: Settings,
+                   shard_size: int | None = None, device: str | None = None, say: Log = log.info) -> dict:
+    """Extract the model's modalities for ``video_ids`` (already-done ones are skipped), after marking
+    the rows of ``stale`` videos (a subset whose file changed) as superseded. Returns
+    ``extractors.run.ModalityCounts`` per modality."""
+    from extractors.base import VideoItem
+    from extractors.run import ModalityCounts, extract_shard, merge_counts, plan_shards, write_rows
+
+    stale_set = set(stale)
+    folders = {m: settings.feature_dir(dataset, m, i) for m, i in loaded.extractor_ids.items()}
+    sets = {m: FeatureSet(f) for m, f in folders.items() if (f / "_extractor.json").is_file()}
+    if not stale_set and len(sets) == len(folders) and all(
+            set(video_ids) <= fs.done_ids() for fs in sets.values()):
+        say(f"{dataset}: the {len(video_ids)} videos are already extracted; no extractor is loaded")
+        return {m: ModalityCounts(m, fs.spec.extractor_id, fs.spec.random_weights, skipped=len(video_ids))
+                for m, fs in sets.items()}
+    configs = extract_configs(dataset, loaded, settings, device)
+    for config in configs:
+        rebuilt = {e.modality: e.extractor_id for e in config.build()}
+        wrong = {m: (i, loaded.extractor_ids[m]) for m, i in rebuilt.items() if i != loaded.extractor_ids[m]}
+        if wrong:
+            shown = "; ".join(f"{m}: rebuilt {a}, stored {b}" for m, (a, b) in wrong.items())
+            raise ReindexError(f"{dataset}: the stored extractors cannot be re-created here ({shown}); extract "
+                               f"the new videos with python -m flows.extract {dataset} using the same settings")
+    records = {r.video_id: r for r in read_manifest(settings.manifest_path(dataset)).records()
+               if r.video_id in stale_set}
+    total: dict = {}
+    size = shard_size or settings.shard_size
+    for config in configs:
+        plan_shards(dataset, config, shard_size=size, settings=settings)   # prepares folders, clears debris
+        for e in config.build() if stale else ():
+            rows = [row for vid in stale for row in e.failed_rows(
+                VideoItem(records[vid]), f"stale: {records[vid].path} changed after extraction; re-extracting")]
+            write_rows(e.feature_set(settings, dataset), rows)
+        for start in range(0, len(video_ids), size):
+            merge_counts(total, extract_shard(dataset, video_ids[start:start + size], config,
+                                              settings=settings, progress=say))
+    return total
+
+
+def _frames_ok(dataset: str, loaded, settings: Settings) -> Callable[[list[str]], set[str]]:
+    def ok(ids: list[str]) -> set[str]:
+        folder = settings.feature_dir(dataset, FRAMES, loaded.extractor_ids[FRAMES])
+        status = FeatureSet(folder).video_status() if (folder / "_extractor.json").is_file() else {}
+        return {v for v in ids if status.get(v) == "ok"}
+    return ok
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+@contextmanager
+def _exclusive(root: Path) -> Iterator[bool]:
+    """Non-blocking ``flock`` on ``root/.reindex.lock``: yields False when another run holds it."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".reindex.lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _pause_point(stage: str) -> None:
+    """Tests only (``TVR_REINDEX_TEST_PAUSE=<stage>:<marker>``): write the marker, then wait to be killed."""
+    spec = os.environ.get(PAUSE_ENV, "")
+    if spec.partition(":")[0] == stage:
+        Path(spec.partition(":")[2]).write_text(str(os.getpid()))
+        time.sleep(600)
+
+
+def reindex(dataset: str, run: str = ZERO_SHOT, *, index_type: str = "auto", shard_size: int | None = None,
+            device: str | None = None, settings: Settings | None = None, keep: int = 3,
+            progress: Log | None = None) -> ReindexResult:
+    """Bring the index of ``dataset`` for ``run`` up to date with the manifest; see the module doc."""
+    settings = settings or get_settings()
+    say = progress or log.info
+    manifest_path = settings.manifest_path(dataset)
+    if not manifest_path.is_file():
+        return ReindexResult(dataset, str(run), "nothing-to-index",
+                             f"no manifest at {manifest_path}: nothing to index (build it with "
+                             f"python -m data.prepare {dataset} ...)")
+    if str(run) == ZERO_SHOT and not list_extractors(settings.features_dir, dataset, FRAMES):
+        return ReindexResult(dataset, str(run), "not-extracted",
+                             f"no {FRAMES} features stored for {dataset!r}: nothing to index with the zero-shot "
+                             f"model yet (extract first: python -m flows.extract {dataset} "
+                             f"--modalities clip_frames,clip_text)")
+    loaded = load(run, dataset, settings)
+    name = run_name(loaded.run_dir)
+    with _exclusive(index_root(dataset, name, settings)) as held:
+        if not held:
+            return ReindexResult(dataset, name, "busy", "another reindex of this dataset and run is running; "
+                                 "this one did nothing", random_weights=bool(loaded.random_weights))
+        debris = remove_partial_builds(dataset, name, settings)
+        if debris:
+            say(f"removed {len(debris)} partial build folder(s) left by a killed run: {', '.join(debris)}")
+        return _reindex_locked(dataset, name, loaded, index_type=index_type, shard_size=shard_size,
+                               device=device, settings=settings, keep=keep, say=say)
+
+
+def _reindex_locked(dataset: str, run: str, loaded, *, index_type: str, shard_size: int | None,
+                    device: str | None, settings: Settings, keep: int, say: Log) -> ReindexResult:
+    start = time.perf_counter()
+    manifest = read_manifest(settings.manifest_path(dataset))
+    now = file_states(manifest)
+    signature = model_signature(loaded)
+    previous, before, old_vectors, reuse_note = _previous(dataset, run, loaded, signature, settings)
+    result = ReindexResult(dataset, run, "up-to-date", build_id=previous and previous.info["build_id"],
+                           previous_build_id=previous and previous.info["build_id"], vector_reuse=reuse_note,
+                           random_weights=bool(loaded.random_weights))
+    if before is None:
+        # nothing known about the files: extract what the store lacks, encode every video
+        covered = set(previous.ids) if previous is not None else set()
+        plan = Plan([v for v in now if v not in covered], [], [v for v in covered if v not in now], [], [], [])
+        extract, stale, encode = list(now), [], list(now)
+    else:
+        plan = make_plan(now, before, _frames_ok(dataset, loaded, settings))
+        extract, stale = plan.added + plan.changed, plan.changed
+        encode = plan.to_encode if old_vectors is not None else list(now)
+        if old_vectors is None:
+            plan.reused = []
+    result.added, result.changed, result.removed = len(plan.added), len(plan.changed), len(plan.removed)
+    result.reused = len(plan.reused)
+    if (old_vectors is not None and plan.empty
+            and previous.info.get("manifest_fingerprint") == manifest_fingerprint(manifest)):
+        result.n_indexed, result.without_features = len(previous.ids), len(plan.unindexable)
+        result.message = "nothing new: the current build covers the manifest"
+        result.seconds = time.perf_counter() - start
+        return result
+
+    if extract:
+        say(f"{dataset}: extracting {len(extract)} videos ({len(stale)} of them changed on disk)")
+        counts = extract_videos(dataset, extract, stale, loaded, settings=settings, shard_size=shard_size,
+                                device=device, say=say)
+        result.extraction = {m: asdict(c) for m, c in counts.items()}
+    _pause_point("extracted")
+    new, new_ids = np.zeros((0, 0), np.float32), []
+    if encode:
+        say(f"{dataset}: encoding {len(encode)} videos with {loaded.name}")
+        new, new_ids = fusion_api().encode_video_ids(loaded, dataset, encode, settings=settings)
+    result.encoded = len(new_ids)
+    vectors, ids = _assemble(list(now), plan.reused, previous, old_vectors, new, new_ids)
+    result.without_features = len(now) - len(ids)
+    if not ids:
+        raise ReindexError(f"{dataset}: no video has features to index (did every extraction fail? see the "
+                           f"extraction summary)")
+    info = {**model_info(loaded), "splits": sorted(set(manifest.table.column("split").to_pylist())),
+            "model_signature": signature,
+            "reindex": {k: getattr(result, k) for k in ("added", "changed", "removed", "reused", "encoded",
+                                                         "without_features", "previous_build_id")}}
+    folder = stage_build(dataset, run, vectors, ids, info=info, index_type=index_type, settings=settings,
+                         manifest=manifest, video_state=state_table(now, set(ids)), store_vectors=True)
+    _pause_point("staged")
+    publish_build(folder, keep)
+    result.status, result.build_id, result.n_indexed = "rebuilt", folder.name, len(ids)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _assemble(order: list[str], reused: list[str], previous: IndexBuild | None, old: np.ndarray | None,
+              new: np.ndarray, new_ids: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Vectors ``[N, E]`` and ids, in manifest ``order``: reused rows of ``old``, then ``new`` over them."""
+    source = {}
+    if reused:
+        row = {vid: i for i, vid in enumerate(previous.ids)}
+        source.update((vid, ("old", row[vid])) for vid in reused)
+    source.update((vid, ("new", j)) for j, vid in enumerate(new_ids))
+    ids = [vid for vid in order if vid in source]
+    dim = new.shape[1] if new_ids else (old.shape[1] if old is not None else 0)
+    out = np.empty((len(ids), dim), np.float32)
+    for name, array in (("old", old), ("new", new)):
+        at = [k for k, vid in enumerate(ids) if source[vid][0] == name]
+        if at:
+            out[at] = array[[source[ids[k]][1] for k in at]]
+    return out, ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m retrieval.reindex",
+        description="Bring a dataset's index up to date with its manifest: extract and encode only new or "
+                    "changed videos, drop removed ones, reuse the vectors of the rest, then swap the "
+                    "index's 'current' pointer atomically. Nothing new: no model work, no new build.")
+    parser.add_argument("dataset", help="dataset name under datasets/")
+    parser.add_argument("--run", default=ZERO_SHOT, help="run folder, run id, or 'zero-shot' (default)")
+    parser.add_argument("--index-type", default="auto", choices=("auto", "flat", "ivf", "hnsw"),
+                        help="FAISS index type of the new build (default auto: flat up to 200,000 videos)")
+    parser.add_argument("--shard-size", type=int, default=None,
+                        help="videos per extraction shard (default $TVR_SHARD_SIZE or 64)")
+    parser.add_argument("--device", default=None, help="extraction device: auto, cpu, cuda (default $TVR_DEVICE)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = reindex(args.dataset, args.run, index_type=args.index_type, shard_size=args.shard_size,
+                         device=args.device)
+    except (ReindexError, RunNotFound, IndexFolderError, ManifestError, StoreError, FileNotFoundError,
+            ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_dict(), indent=2) if args.json else "\n".join(result.lines()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

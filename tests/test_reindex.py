@@ -1,0 +1,295 @@
+"""Scheduled re-indexing (retrieval.reindex, flows/reindex.py) on a tiny synthetic dataset.
+
+Real extraction (tiny random CLIP, clip_frames + clip_text) and the real zero-shot model: videos
+added to the manifest are the only ones decoded and encoded, a removed video leaves the search
+results, a replaced file is re-extracted, nothing new means no model work at all, and a rebuild
+killed before its pointer swap leaves the old index answering.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_extract_support import tiny_config
+
+from data.prepare import prepare
+from data.settings import get_settings
+from data.store import FeatureSet
+from extractors import run as extract_run
+from extractors.run import extract_dataset
+from retrieval import reindex as rx
+from retrieval.index import open_build, search as index_search
+from retrieval.search import search_text
+
+DS = "syn"
+PROJECT = Path(__file__).resolve().parents[1]
+MODALITIES = ("clip_frames", "clip_text")
+
+
+@pytest.fixture
+def home(tiny_synthetic, tvr_home, tmp_path):
+    """A private copy of the 16 tiny synthetic videos, a manifest of the first 10, their features
+    (tiny random CLIP) and a first reindex. Returns a helper namespace."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    folder = tmp_path / "media"
+    shutil.copytree(tiny_synthetic / "videos", folder / "videos")
+    lines = [json.loads(line) for line in (tiny_synthetic / "annotations.jsonl").read_text().splitlines() if line]
+
+    class Home:
+        root = tvr_home
+        media = folder
+        records = lines
+        ids = [r["video_id"] for r in lines]
+
+        @staticmethod
+        def manifest(ids, extra=()):
+            ann = folder / "annotations.jsonl"
+            chosen = [r for r in lines if r["video_id"] in set(ids)] + list(extra)
+            ann.write_text("".join(json.dumps(r) + "\n" for r in chosen))
+            prepare("synthetic", ann, folder, name=DS)
+
+    Home.manifest(Home.ids[:10])
+    extract_dataset(DS, tiny_config(tmp_path, modalities=MODALITIES), shard_size=8)
+    first = rx.reindex(DS, shard_size=8)
+    assert first.status == "rebuilt" and first.n_indexed == 10 and first.added == 10
+    Home.first = first
+    yield Home
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def decoded(monkeypatch):
+    """Paths of the video files the extractors decode."""
+    seen: list[str] = []
+    real = extract_run.decode_video
+
+    def spy(path, request):
+        seen.append(Path(path).stem)
+        return real(path, request)
+
+    monkeypatch.setattr(extract_run, "decode_video", spy)
+    return seen
+
+
+def current_build_id() -> str:
+    return open_build(DS, "zero-shot").info["build_id"]
+
+
+def test_added_videos_are_the_only_ones_extracted_and_encoded(home, decoded, monkeypatch):
+    fusion_api = rx.fusion_api()
+    encoded: list[str] = []
+    real_encode = fusion_api.encode_video_ids
+
+    def spy(loaded, dataset, ids, **kw):
+        encoded.extend(ids)
+        return real_encode(loaded, dataset, ids, **kw)
+
+    monkeypatch.setattr(fusion_api, "encode_video_ids", spy)
+    old = open_build(DS, "zero-shot")
+    old_vectors = np.array(old.stored_vectors())
+    home.manifest(home.ids)                                   # 6 more videos
+    result = rx.reindex(DS, shard_size=8)
+    new = open_build(DS, "zero-shot")
+    added = home.ids[10:]
+    assert result.status == "rebuilt" and (result.added, result.reused, result.removed) == (6, 10, 0)
+    assert sorted(decoded) == sorted(added) and sorted(encoded) == sorted(added)
+    assert result.extraction["clip_frames"]["done"] == 6 and result.extraction["clip_frames"]["skipped"] == 0
+    assert new.ids == home.ids and new.index.ntotal == 16 and new.info["build_id"] != old.info["build_id"]
+    assert (old.folder / "index.faiss").is_file()                # the old build stays beside the new one
+    # reused rows are the old vectors; every vector equals the contract's whole-split encoding
+    vectors = np.array(new.stored_vectors())
+    np.testing.assert_array_equal(vectors[:10], old_vectors)
+    loaded = rx.load("zero-shot", DS)
+    scratch = {vid: vec for split in ("train", "val", "test")
+               for enc in [fusion_api.encode_split(loaded, DS, split, captions="first")]
+               for vid, vec in zip(enc.video_ids, enc.video_vectors)}
+    assert sorted(scratch) == sorted(home.ids)
+    np.testing.assert_allclose(vectors, np.stack([scratch[v] for v in home.ids]), atol=1e-5)
+    np.testing.assert_allclose(new.index.reconstruct_n(0, 16), vectors, atol=1e-6)
+    assert "RANDOM WEIGHTS" in "\n".join(result.lines()) and result.to_dict()["WARNING"]
+
+
+def test_removed_video_is_gone_from_search(home, decoded):
+    gone = home.ids[3]
+    caption = home.records[3]["captions"][0]
+    before = search_text(caption, DS, k=10)
+    assert gone in [r["video_id"] for r in before["results"]]      # 10 videos, k = 10: all of them
+    home.manifest([v for v in home.ids[:10] if v != gone])
+    result = rx.reindex(DS)
+    assert (result.status, result.removed, result.reused, result.encoded) == ("rebuilt", 1, 9, 0)
+    assert decoded == [] and result.extraction == {}
+    after = search_text(caption, DS, k=10)
+    assert len(after["results"]) == 9 and gone not in [r["video_id"] for r in after["results"]]
+    assert after["index"]["build_id"] == result.build_id and gone not in open_build(DS, "zero-shot").ids
+
+
+def test_replaced_file_is_re_extracted_and_re_encoded(home, decoded):
+    target, source = home.ids[2], home.ids[5]
+    replace_file(home, target, source)                                   # new content, same name
+    result = rx.reindex(DS)
+    assert (result.status, result.changed, result.added, result.reused) == ("rebuilt", 1, 0, 9)
+    assert decoded == [target] and result.encoded == 1
+    frames = FeatureSet(next((get_settings().features_dir / DS / "clip_frames").iterdir())).read()
+    rows = {vid: frames.row(i) for i, vid in enumerate(frames.video_ids)}
+    assert frames.video_ids.count(target) == 1                           # newest row wins
+    np.testing.assert_allclose(rows[target], rows[source], atol=1e-6)     # the copied content's features
+    build = open_build(DS, "zero-shot")
+    vectors = np.array(build.stored_vectors())
+    np.testing.assert_allclose(vectors[build.ids.index(target)], vectors[build.ids.index(source)], atol=1e-5)
+
+
+def test_nothing_new_does_no_model_work(home, monkeypatch):
+    # a video whose file is missing: its extraction fails once, then it is not retried every day
+    ghost = {**home.records[0], "video_id": "ghost", "video": "videos/ghost.mp4"}
+    home.manifest(home.ids[:10], extra=[ghost])
+    second = rx.reindex(DS)
+    assert (second.status, second.added, second.without_features, second.n_indexed) == ("rebuilt", 1, 1, 10)
+    assert second.extraction["clip_frames"]["failed"] == 1
+    build_id = current_build_id()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("model or decoder work during a reindex with nothing new")
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", forbidden)
+    monkeypatch.setattr(extract_run, "decode_video", forbidden)
+    monkeypatch.setattr(extract_run, "extract_shard", forbidden)
+    third = rx.reindex(DS)
+    assert (third.status, third.added, third.changed, third.removed, third.encoded) == ("up-to-date", 0, 0, 0, 0)
+    assert third.reused == 10 and third.without_features == 1 and third.build_id == build_id == current_build_id()
+    assert "nothing new" in third.message
+
+
+def test_flow_fn_and_cli(home, capsys):
+    from flows.reindex import reindex_flow
+
+    home.manifest(home.ids[:12])
+    summary = reindex_flow.fn(DS, shard_size=8)
+    assert summary["status"] == "rebuilt" and summary["added"] == 2 and summary["random_weights"]
+    assert summary["WARNING"].startswith("RANDOM WEIGHTS")
+    assert reindex_flow.fn(DS)["status"] == "up-to-date"
+    assert rx.main([DS, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "up-to-date"
+    assert rx.main([DS, "--run", "no-such-run"]) == 2
+    assert "no run 'no-such-run'" in capsys.readouterr().err
+
+
+def test_dataset_without_manifest_or_features_ends_cleanly(tvr_home, tiny_synthetic, capsys):
+    from flows.reindex import reindex_flow
+
+    summary = reindex_flow.fn("msrvtt")
+    assert summary["status"] == "nothing-to-index" and "nothing to index" in summary["message"]
+    assert rx.main(["msrvtt"]) == 0 and "nothing to index" in capsys.readouterr().out
+    prepare("synthetic", tiny_synthetic / "annotations.jsonl", tiny_synthetic, name="fresh")
+    fresh = rx.reindex("fresh")
+    assert fresh.status == "not-extracted" and "python -m flows.extract fresh" in fresh.message
+    assert not (tvr_home / "indexes" / "fresh").exists()
+
+
+def test_index_built_without_state_is_fully_encoded_once(home):
+    from retrieval.index import build_from_model
+
+    build_from_model(DS, use_gpu=False)                  # python -m retrieval.index: no per-video state
+    assert open_build(DS, "zero-shot").video_state() is None
+    result = rx.reindex(DS)
+    assert (result.status, result.encoded, result.reused, result.added) == ("rebuilt", 10, 0, 0)
+    assert "no per-video state" in result.vector_reuse and result.extraction["clip_frames"]["skipped"] == 10
+    assert rx.reindex(DS).status == "up-to-date"
+
+
+def test_busy_lock_and_partial_build_debris(home):
+    root = home.root / "indexes" / DS / "zero-shot"
+    (root / ".tmp-20260101T000000000000Z-dead").mkdir()   # left by a writer killed mid-write
+    with rx._exclusive(root) as held:
+        assert held
+        busy = rx.reindex(DS)
+        assert busy.status == "busy" and "another reindex" in busy.message
+        assert (root / ".tmp-20260101T000000000000Z-dead").is_dir()
+    assert rx.reindex(DS).status == "up-to-date"
+    assert not (root / ".tmp-20260101T000000000000Z-dead").exists()
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as done:
+        rx.main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "--run" in out and "--index-type" in out and "--shard-size" in out
+
+
+def test_make_plan_compares_path_size_and_mtime():
+    before = {"a": (("a.mp4", 10, 1), True), "b": (("b.mp4", 10, 1), True), "c": (("c.mp4", 10, 1), True),
+              "d": (("d.mp4", 10, 1), False), "e": (("e.mp4", -1, -1), False)}
+    now = {"a": ("a.mp4", 10, 1), "b": ("b.mp4", 11, 1), "c": ("c.mp4", 10, 2), "d": ("d.mp4", 10, 1),
+           "e": ("e.mp4", -1, -1), "f": ("f.mp4", 5, 5)}
+    plan = rx.make_plan(now, before, lambda ids: {"d"} & set(ids))
+    assert (plan.added, plan.changed, plan.removed) == (["f"], ["b", "c"], [])
+    assert (plan.reused, plan.retry, plan.unindexable) == (["a"], ["d"], ["e"])
+    assert plan.to_encode == ["f", "b", "c", "d"]
+    gone = rx.make_plan({"a": ("a.mp4", 10, 1)}, before, lambda ids: set())
+    assert gone.removed == ["b", "c", "d", "e"] and gone.empty is False
+
+
+def replace_file(home, target: str, source: str) -> None:
+    """Overwrite ``target``'s video file with ``source``'s content (same name, new size / mtime)."""
+    path = home.media / "videos" / f"{target}.mp4"
+    shutil.copyfile(home.media / "videos" / f"{source}.mp4", path)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))          # mtime moves even on coarse clocks
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage, change", [("extracted", "added"), ("staged", "replaced")])
+def test_killed_rebuild_leaves_the_old_index_answering(home, tmp_path, stage, change):
+    """Kill the rebuild after its extraction, or after its new build is written but before the swap."""
+    old_id = current_build_id()
+    caption = home.records[2]["captions"][0]
+    if change == "added":
+        home.manifest(home.ids[:13])                               # 3 new videos
+    else:
+        replace_file(home, home.ids[2], home.ids[5])                # manifest unchanged
+    marker = tmp_path / "paused"
+    env = {**os.environ, "TVR_HOME": str(home.root), rx.PAUSE_ENV: f"{stage}:{marker}",
+           "PYTHONPATH": str(PROJECT), "OMP_NUM_THREADS": "1"}
+    log_file = tmp_path / "reindex.log"
+    with open(log_file, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "retrieval.reindex", DS, "--threads", "1"], cwd=PROJECT,
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 240
+        while not marker.exists():
+            assert proc.poll() is None, log_file.read_text()[-3000:]
+            assert time.time() < deadline, "the reindex subprocess never reached its pause point"
+            time.sleep(0.2)
+        # mid-rebuild: the old build is current and answers queries
+        assert current_build_id() == old_id
+        old = open_build(DS, "zero-shot")
+        loaded = rx.load("zero-shot", DS)
+        scores, rows = index_search(old.index, rx.fusion_api().encode_queries(loaded, [caption]), 13)
+        assert sorted(old.ids[r] for r in rows[0]) == sorted(home.ids[:10])
+        if change == "replaced":                                    # the manifest did not move: search_text too
+            found = search_text(caption, DS, k=3)
+            assert found["index"]["build_id"] == old_id and len(found["results"]) == 3
+        if stage == "staged":                                       # the new build is complete, not current
+            assert len([p for p in old.folder.parent.iterdir() if p.is_dir() and not p.name.startswith(".")]) == 2
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert current_build_id() == old_id
+    again = rx.reindex(DS)
+    assert again.status == "rebuilt" and current_build_id() == again.build_id != old_id
+    expected = (3, 0, 10) if change == "added" else (0, 1, 9)
+    assert (again.added, again.changed, again.reused) == expected
+    found = search_text(caption, DS, k=13)
+    assert len(found["results"]) == (13 if change == "added" else 10)
+    assert found["index"]["build_id"] == again.build_id
+    root = home.root / "indexes" / DS / "zero-shot"
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
