@@ -346,8 +346,14 @@ def open_build(dataset: str, run: str, settings: Settings | None = None) -> Inde
     return IndexBuild(folder, info, ids, index, read_manifest(folder / "manifest.parquet"))
 
 
-def check_build(build: IndexBuild, *, extractor_ids: dict, manifest: Manifest | None, dim: int) -> None:
-    """Refuse an index built for other extractors, another manifest, or another dimension."""
+def check_build(build: IndexBuild, *, extractor_ids: dict, manifest: Manifest | None, dim: int,
+                stale_ok: bool = False) -> str | None:
+    """Refuse an index built for other extractors, another manifest, or another dimension.
+
+    With ``stale_ok`` (search), an index of the same collection whose manifest has since changed
+    (videos added or removed, not yet re-indexed) is accepted and a note saying so is returned; it
+    is still refused when fewer than half of its videos are in the manifest (another manifest).
+    """
     where = f"index {build.folder}"
     rebuild = (f"rebuild with: python -m retrieval.index --dataset {build.info.get('dataset')} "
                f"--run {build.info.get('run')}")
@@ -357,14 +363,25 @@ def check_build(build: IndexBuild, *, extractor_ids: dict, manifest: Manifest | 
                 if built.get(m) != extractor_ids.get(m)}
         shown = "; ".join(f"{m}: index {a}, model {b}" for m, (a, b) in diff.items())
         raise IndexFolderError(f"{where} was built with other extractor ids than the model uses now ({shown}); {rebuild}")
+    if int(dim) != build.index.d:
+        raise IndexFolderError(f"dimension mismatch: the model's query vectors have {dim} dimensions, "
+                               f"{where} holds {build.index.d}-dimensional vectors; {rebuild}")
+    note = None
     if manifest is not None:
         now = manifest_fingerprint(manifest)
         if build.info.get("manifest_fingerprint") != now:
-            raise IndexFolderError(f"{where} covers manifest {build.info.get('manifest_fingerprint')}, but the "
-                              f"dataset's manifest is now {now} (videos added, removed or moved); {rebuild}")
-    if int(dim) != build.index.d:
-        raise IndexFolderError(f"dimension mismatch: the model's query vectors have {dim} dimensions, "
-                          f"{where} holds {build.index.d}-dimensional vectors; {rebuild}")
+            current = set(manifest.video_ids)
+            shared = sum(1 for vid in build.ids if vid in current)
+            if not stale_ok:
+                raise IndexFolderError(f"{where} covers manifest {build.info.get('manifest_fingerprint')}, but the "
+                                       f"dataset's manifest is now {now} (videos added, removed or moved); {rebuild}")
+            if shared < len(build.ids) / 2:
+                raise IndexFolderError(f"{where} was built for another manifest: only {shared} of its "
+                                       f"{len(build.ids)} videos are in the dataset's manifest; {rebuild}")
+            note = (f"stale index: built for manifest {build.info.get('manifest_fingerprint')}, the dataset is now "
+                    f"{now}; {len(current) - shared} videos are not indexed yet and {len(build.ids) - shared} "
+                    f"removed videos are hidden; run python -m retrieval.reindex {build.info.get('dataset')}")
+    return note
 
 
 def rebuild_reason(dataset: str, run: str, *, extractor_ids: dict | None = None,

@@ -6,7 +6,10 @@ the top-k videos: rank, id, score (the model's own scale), path from the build's
 snapshot, and time spans (null: the models of ``fusion.api`` give none yet).
 
 Refuses, with a specific message: a missing run, a missing index, an index built with other
-extractor ids or for another manifest than the dataset's current one, a dimension mismatch.
+extractor ids or for another manifest (fewer than half of its videos in the dataset), a dimension
+mismatch. An index of the same collection whose manifest changed since it was built (videos
+added or removed, re-indexing pending or running) still answers, with a "stale index" note and
+removed videos hidden: a search during a rebuild answers from the old index.
 Fine-grained models are searched by their coarse vector only (free-text queries have no exact
 re-ranking through ``fusion.api``); the output says so.
 """
@@ -41,16 +44,21 @@ def search_text(text: str, dataset: str, run: str = ZERO_SHOT, k: int = 10,
     except RuntimeError as err:           # the text tower could not be rebuilt or run
         raise ValueError(f"cannot encode the query with the model of run {run_name(loaded.run_dir)!r} "
                          f"(text extractor {loaded.extractor_ids.get('clip_text')}): {str(err)[:300]}") from err
-    check_build(build, extractor_ids=loaded.extractor_ids, manifest=manifest, dim=queries.shape[1])
-    scores, rows = search(build.index, queries, k)
-    results = [{"rank": rank, "video_id": build.ids[row], "score": float(score),
-                **build.path_of(build.ids[row]), "spans": None}
-               for rank, (score, row) in enumerate(zip(scores[0], rows[0]), 1) if row >= 0]
+    stale = check_build(build, extractor_ids=loaded.extractor_ids, manifest=manifest, dim=queries.shape[1],
+                        stale_ok=True)
+    present = set(manifest.video_ids)
+    hidden = len(build.ids) - sum(1 for vid in build.ids if vid in present)
+    scores, rows = search(build.index, queries, k + hidden)
+    hits = [(float(score), build.ids[row]) for score, row in zip(scores[0], rows[0])
+            if row >= 0 and build.ids[row] in present][:k]
+    results = [{"rank": rank, "video_id": vid, "score": score, **build.path_of(vid), "spans": None}
+               for rank, (score, vid) in enumerate(hits, 1)]
     out = {"query": text, "dataset": dataset, "run": run_name(loaded.run_dir), "model": loaded.name,
            "index": {key: build.info.get(key) for key in ("build_id", "index_type", "params", "n_vectors")},
            "results": results, "random_weights": bool(loaded.random_weights)}
-    if loaded.fine_grained:
-        out["note"] = COARSE_NOTE
+    notes = [n for n in (COARSE_NOTE if loaded.fine_grained else None, stale) if n]
+    if notes:
+        out["note"] = "; ".join(notes)
     if loaded.random_weights:
         out["WARNING"] = "RANDOM WEIGHTS: rankings come from randomly initialised feature extractors"
     return out

@@ -68,7 +68,7 @@ def test_refuses_missing_run_and_missing_index(tvr_home, monkeypatch, capsys):
     assert "no index for dataset 'toy', run 'zero-shot'" in capsys.readouterr().err
 
 
-def test_refuses_other_extractor_manifest_or_dimension(indexed, monkeypatch, capsys):
+def test_refuses_other_extractor_another_manifest_or_dimension(indexed, monkeypatch, capsys):
     indexed.extractor_ids = {**indexed.extractor_ids, "clip_text": "other02"}
     assert search.main(["a clip of v1", "--dataset", "toy"]) == 2
     assert "other extractor ids than the model uses now (clip_text: index text01, model other02)" in capsys.readouterr().err
@@ -77,6 +77,20 @@ def test_refuses_other_extractor_manifest_or_dimension(indexed, monkeypatch, cap
     assert search.main(["a clip of v1", "--dataset", "toy"]) == 2
     assert "dimension mismatch: the model's query vectors have 8 dimensions" in capsys.readouterr().err
     indexed.query_dim = None
-    write_dataset("toy", 26)                               # one more video: the manifest moved on
+    write_dataset("toy", 5)                                # 5 of the index's 25 videos: another manifest
     assert search.main(["a clip of v1", "--dataset", "toy"]) == 2
-    assert "but the dataset's manifest is now" in capsys.readouterr().err
+    assert "was built for another manifest: only 5 of its 25 videos" in capsys.readouterr().err
+
+
+def test_stale_index_answers_and_hides_removed_videos(indexed, capsys):
+    """Videos added and removed since the build (re-indexing pending or running): the old build answers."""
+    write_dataset("toy", 20)                               # v20..v24 removed
+    assert search.main(["a clip of v22", "--dataset", "toy", "-k", "25", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    ids = [r["video_id"] for r in found["results"]]
+    assert len(ids) == 20 and not {"v20", "v21", "v22", "v23", "v24"} & set(ids)
+    assert "stale index" in found["note"] and "5 removed videos are hidden" in found["note"]
+    write_dataset("toy", 26)                               # one more video than indexed
+    assert search.main(["a clip of v1", "--dataset", "toy", "-k", "1", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["results"][0]["video_id"] == "v1" and "1 videos are not indexed yet" in found["note"]
