@@ -103,9 +103,8 @@ def markdown_report(dataset: str, rows: list[ReportRow], oracle: dict | None, qu
     lines = [f"# tvr pipeline report: {dataset}", ""]
     if random_weights:
         lines += [f"**{BANNER}**", ""]
-    lines += [f"Test split: {first.get('n_queries', '?')} caption queries over {first.get('n_videos', '?')} videos; "
-              f"ties: {protocol.get('ties', 'averaged')}; video-to-text protocol: "
-              f"{protocol.get('v2t', protocol.get('v2t_protocols', 'group-best'))}. Numbers are those of "
+    lines += [f"Test split: {protocol['n_queries_t2v']} caption queries over {protocol['n_videos']} videos; "
+              f"ties: {protocol['ties']}; video-to-text protocol: {protocol['v2t']}. Numbers are those of "
               f"`python -m retrieval.evaluate --run <run> --dataset {dataset}`.", "",
               "## Models", "", "| model | run | t2v " + " | t2v ".join(METRICS) + " | v2t " + " | v2t ".join(METRICS) + " |",
               "|" + "---|" * (2 + 2 * len(METRICS))]
