@@ -26,7 +26,7 @@ def encode_texts(model: RetrievalModel, feats: DatasetFeatures, captions: np.nda
     model.eval()
     parts = []
     for start in range(0, len(captions), batch):
-        tb = feats.text_batch(captions[start: start + batch], config["max_words"]).to(device)
+        tb = feats.text_batch(captions[start: start + batch], config["max_words"], not model.needs_tokens).to(device)
         parts.append({k: v.cpu() for k, v in model.encode_text(tb).items()})
     return cat_encodings(parts)
 
