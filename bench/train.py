@@ -75,8 +75,8 @@ def bench_model(name: str, all_feats: DatasetFeatures, steps: int, batch: int, w
     for step in range(warmup + steps):
         gen = torch.Generator().manual_seed(step)
         t0 = time.perf_counter()
-        inputs = assemble_batch(feats, caps[order[step * batch:(step + 1) * batch]], config,
-                                model.wants_second_view(1), gen, torch.device("cpu"))
+        inputs = assemble_batch(feats, caps[order[step * batch:(step + 1) * batch]], config, model, 1, gen,
+                                torch.device("cpu"))
         t1 = time.perf_counter()
         train_step(model, optimizer, scheduler, inputs, 1, config["train"]["grad_clip"])
         t2 = time.perf_counter()

@@ -17,7 +17,7 @@ from data.settings import Settings, get_settings
 from fusion.base import Encoding, take
 from fusion.config import load_config
 from fusion.data import FRAMES, TEXT, AUDIO, MOTION, Ragged, load_features, pick_extractor, truncate_tokens
-from fusion.encoding import encode_texts, encode_videos, score_matrix
+from fusion.encoding import encode_texts, encode_videos, model_device, score_matrix
 from fusion.factory import build_model, modalities_for
 
 
@@ -106,7 +106,7 @@ def encode_split(loaded: LoadedModel, dataset: str, split: str, *, settings: Set
     feats = _features(loaded, dataset, settings)
     videos = feats.split_videos(split)
     caps = feats.split_captions(split, captions)
-    device = next(loaded.model.parameters(), torch.zeros(0)).device
+    device = model_device(loaded.model)
     v_enc = encode_videos(loaded.model, feats, videos, loaded.config, device)
     t_enc = encode_texts(loaded.model, feats, caps, loaded.config, device)
     with torch.no_grad():

@@ -35,6 +35,7 @@ class RetrievalModel(nn.Module):
 
     modalities: tuple[str, ...] = ()   # extra feature modalities needed besides frames and text
     fine_grained = False               # True: FAISS holds coarse vectors, ``score`` re-ranks exactly
+    needs_tokens = True                # False: the text side reads only the EOT embedding
 
     def encode_text(self, text: TextBatch) -> Encoding:
         raise NotImplementedError

@@ -21,6 +21,7 @@ class MeanPooling(RetrievalModel):
         super().__init__()
         layers = config["frame_layers"] if config["model"] == "seqTransf" else 0
         self.query = QueryTower(width, config["text_layers"], config["heads"], config["dropout"])
+        self.needs_tokens = config["text_layers"] > 0
         self.text_adapter = identity_linear(width) if config.get("text_adapter") else nn.Identity()
         self.frame_adapter = identity_linear(width) if config.get("frame_adapter") else nn.Identity()
         self.temporal = TemporalTransformer(width, layers, config["heads"], config["dropout"])

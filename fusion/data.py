@@ -98,10 +98,10 @@ class Ragged:
     def gather(self, rows: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Values ``[B, T, D]`` and times ``[B, T]`` at within-row ``positions`` ``[B, T]`` (zeros where ~mask)."""
-        idx = self.offsets[rows][:, None] + positions
-        idx = torch.where(mask, idx, torch.zeros_like(idx))
-        values = self.flat[idx] * mask[..., None]
-        return values, self.times[idx] * mask
+        idx = torch.where(mask, self.offsets[rows][:, None] + positions, 0).reshape(-1)
+        values = torch.index_select(self.flat, 0, idx).view(*mask.shape, -1)
+        values.masked_fill_(~mask[..., None], 0.0)
+        return values, torch.index_select(self.times, 0, idx).view(mask.shape).masked_fill_(~mask, 0.0)
 
     def pad(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Whole rows, padded to the longest: values ``[B, T, D]``, mask ``[B, T]``, times ``[B, T]``."""
@@ -253,9 +253,17 @@ class DatasetFeatures:
             batch.has_motion = self.has_motion[rows]
         return batch
 
-    def text_batch(self, queries: torch.Tensor | np.ndarray, max_words: int) -> TextBatch:
-        """Tokens of ``queries`` (caption indices); longer captions keep their first L-1 tokens + EOT."""
+    def text_batch(self, queries: torch.Tensor | np.ndarray, max_words: int, eot_only: bool = False) -> TextBatch:
+        """Tokens of ``queries`` (caption indices); longer captions keep their first L-1 tokens + EOT.
+
+        ``eot_only``: just the EOT embedding as a one-token caption ``[Q, 1, D]`` (for models that
+        read nothing else; saves gathering every token).
+        """
         rows = torch.as_tensor(queries, dtype=torch.int64)
+        if eot_only:
+            ones = torch.ones(len(rows), 1, dtype=torch.bool)
+            tokens, _ = self.text.gather(rows, self.eot[rows][:, None], ones)
+            return TextBatch(tokens, ones, torch.zeros(len(rows), dtype=torch.int64))
         return truncate_tokens(self.text, rows, self.eot[rows], max_words)
 
 

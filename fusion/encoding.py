@@ -26,7 +26,7 @@ def encode_texts(model: RetrievalModel, feats: DatasetFeatures, captions: np.nda
     model.eval()
     parts = []
     for start in range(0, len(captions), batch):
-        tb = feats.text_batch(captions[start: start + batch], config["max_words"]).to(device)
+        tb = feats.text_batch(captions[start: start + batch], config["max_words"], not model.needs_tokens).to(device)
         parts.append({k: v.cpu() for k, v in model.encode_text(tb).items()})
     return cat_encodings(parts)
 
@@ -35,8 +35,21 @@ def encode_texts(model: RetrievalModel, feats: DatasetFeatures, captions: np.nda
 def score_matrix(model: RetrievalModel, text: Encoding, video: Encoding, chunk: int = 256) -> np.ndarray:
     """Exact scores ``[Q, V]`` float32; single-vector models use the FAISS vectors' inner product."""
     model.eval()
+    device = model_device(model)
+    video = {k: v.to(device) for k, v in video.items()}
     n = len(next(iter(text.values())))
     if not model.fine_grained:
-        return (model.text_vectors(text) @ model.video_vectors(video).t()).numpy().astype(np.float32)
-    rows = [model.score(take(text, torch.arange(s, min(s + chunk, n))), video) for s in range(0, n, chunk)]
+        text = {k: v.to(device) for k, v in text.items()}
+        return (model.text_vectors(text) @ model.video_vectors(video).t()).cpu().numpy().astype(np.float32)
+    rows = []
+    for s in range(0, n, chunk):
+        part = {k: v.to(device) for k, v in take(text, torch.arange(s, min(s + chunk, n))).items()}
+        rows.append(model.score(part, video).cpu())
     return torch.cat(rows).numpy().astype(np.float32)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's parameters (or buffers) live."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")

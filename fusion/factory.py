@@ -51,7 +51,7 @@ class Projected(RetrievalModel):
     def __init__(self, inner: RetrievalModel, dim_in: int, dim_out: int):
         super().__init__()
         self.inner = inner
-        self.modalities, self.fine_grained = inner.modalities, inner.fine_grained
+        self.modalities, self.fine_grained, self.needs_tokens = inner.modalities, inner.fine_grained, inner.needs_tokens
         g = torch.Generator().manual_seed(dim_in * 7919 + dim_out)
         self.register_buffer("projection", torch.randn(dim_in, dim_out, generator=g) / dim_out ** 0.5)
 

@@ -88,6 +88,7 @@ class M2HF(RetrievalModel):
         if config["balance"] not in BALANCES:
             raise ValueError(f"m2hf balance {config['balance']!r}: expected one of {BALANCES}")
         self.ensemble = config["fusion"] == "ensemble"
+        self.needs_tokens = config["text_layers"] > 0
         self.modalities = tuple(m for b, m in (("AV", AUDIO), ("MV", MOTION)) if b in self.branches)
         heads, dropout = config["heads"], config["dropout"]
         n_towers = len(self.branches) if self.ensemble else 1   # ensemble: branches share nothing

@@ -87,16 +87,16 @@ def evaluate(model, feats: DatasetFeatures, split: str, config: dict, device, ca
     return out
 
 
-def assemble_batch(feats: DatasetFeatures, caps: np.ndarray, config: dict, second_view: bool,
+def assemble_batch(feats: DatasetFeatures, caps: np.ndarray, config: dict, model, epoch: int,
                    gen: torch.Generator, device) -> dict:
     """One training batch: B captions, their V distinct videos, positives ``[B, V]``, ``pair_video`` ``[B]``."""
     videos, pair_video = torch.unique(feats.caption_video[caps], return_inverse=True)
     sampling = config["frame_sampling"]
-    out = {"text": feats.text_batch(caps, config["max_words"]).to(device),
+    out = {"text": feats.text_batch(caps, config["max_words"], eot_only=not model.needs_tokens).to(device),
            "video": feats.video_batch(videos, config["max_frames"], sampling, gen).to(device),
            "positives": (pair_video[:, None] == torch.arange(len(videos))[None]).to(device),
            "pair_video": pair_video.to(device), "second_view": None}
-    if second_view:
+    if model.wants_second_view(epoch):
         out["second_view"] = feats.video_batch(videos, config["max_frames"], sampling, gen).to(device)
     return out
 
@@ -208,7 +208,7 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
             torch.manual_seed(_step_seed(seed, epoch, step))
             gen = torch.Generator().manual_seed(_step_seed(seed, epoch, step) + 1)
             caps = train_caps[order[step * batch:(step + 1) * batch].numpy()]
-            inputs = assemble_batch(feats, caps, config, model.wants_second_view(epoch), gen, device)
+            inputs = assemble_batch(feats, caps, config, model, epoch, gen, device)
             parts = train_step(model, optimizer, scheduler, inputs, epoch, tc["grad_clip"])
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
