@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -137,7 +138,8 @@ def run_ablation(dataset: str, seeds: list[int], rows_file: Path = DEFAULT_ROWS,
             if not (settings.runs_dir / rid / "metrics.json").is_file():
                 jobs.append((dataset, row["model"], overrides, seed, rid, str(settings.root)))
     start = time.time()
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+    # spawn, not fork: forking a process that already runs torch's thread pools can deadlock the child
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=multiprocessing.get_context("spawn")) as pool:
         for done, folder in enumerate(pool.map(_train_one, jobs), 1):
             print(f"  [{done}/{len(jobs)}] {Path(folder).name} ({time.time() - start:.0f} s)", file=sys.stderr, flush=True)
     summary = summarise(dataset, [r for _, r in chosen], seeds, settings)

@@ -31,7 +31,7 @@ from fusion.config import load_config, model_names
 from fusion.data import DatasetFeatures, load_features
 from fusion.encoding import encode_texts, encode_videos, score_matrix
 from fusion.factory import build_model, modalities_for
-from fusion.metrics import retrieval_metrics
+from retrieval.metrics import evaluate_scores
 
 RANDOM_LABEL = "RANDOM WEIGHTS: features come from randomly initialised extractors; numbers say nothing about real retrieval"
 
@@ -79,9 +79,12 @@ def evaluate(model, feats: DatasetFeatures, split: str, config: dict, device, ca
     if fit:
         positives = torch.as_tensor(query_video)[:, None] == torch.arange(len(videos))[None]
         fitted = model.fit_on_validation(t_enc, v_enc, positives)
-    scores = score_matrix(model, t_enc, v_enc)
-    out = retrieval_metrics(scores, query_video)
-    out.update({"split": split, "n_videos": len(videos), "n_queries": len(caps)})
+    scores = np.asarray(score_matrix(model, t_enc, v_enc), np.float64)
+    ids = [str(i) for i in range(len(videos))]
+    result = evaluate_scores(scores, [ids[q] for q in query_video], ids)  # the one metric definition
+    out = {"t2v": result["t2v"], "v2t": result["v2t"], "ties": f"ties: {result['protocol']['ties']}",
+           "v2t_protocol": f"video-to-text protocol: {result['protocol']['v2t']}",
+           "split": split, "n_videos": len(videos), "n_queries": len(caps)}
     if fitted:
         out["fitted_on_validation"] = fitted
     return out
