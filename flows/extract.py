@@ -29,7 +29,7 @@ from extractors.base import resolve_device
 from extractors.registry import MODALITIES
 from extractors.run import (ExtractConfig, build_parser, config_from_args, extract_dataset, extract_shard,
                             merge_counts, plan_shards, summary_lines, summary_markdown)
-from flows.runners import describe, task_runner
+from flows.runners import describe, require_api_server, task_runner
 
 GPU_TAG = "gpu"  # limit with: prefect concurrency-limit create gpu <N>
 
@@ -54,8 +54,8 @@ def extract(dataset: str, modalities: list[str] = list(MODALITIES), weights: dic
     config = ExtractConfig(tuple(modalities), weights or {}, models or {}, batch_sizes or {}, options or {},
                            settings.seed if seed is None else seed, device, precision, decode_workers)
     shards = plan_shards(dataset, config, shard_size=shard_size, settings=settings)
-    on_gpu = resolve_device(config.device).type == "cuda"
-    shard_task = extract_shard_task.with_options(tags={GPU_TAG}) if on_gpu else extract_shard_task
+    shard_task = shard_task_for(config.device)
+    on_gpu = GPU_TAG in shard_task.tags
     logger.info(f"{dataset}: {sum(map(len, shards))} videos in {len(shards)} shards; modalities {list(modalities)}; "
                 f"tasks run in {describe(FlowRunContext.get().task_runner)}"
                 + (f", tagged '{GPU_TAG}'" if on_gpu else ""))
@@ -71,6 +71,12 @@ def extract(dataset: str, modalities: list[str] = list(MODALITIES), weights: dic
     create_markdown_artifact(summary_markdown(dataset, total), key=f"extract-{_artifact_key(dataset)}",
                              description=f"extraction summary of {dataset}")
     return {m: vars(c) for m, c in total.items()}
+
+
+def shard_task_for(device: str):
+    """The shard task, tagged ``gpu`` when ``device`` resolves to CUDA (for a tag concurrency limit)."""
+    on_gpu = resolve_device(device).type == "cuda"
+    return extract_shard_task.with_options(tags={GPU_TAG}) if on_gpu else extract_shard_task
 
 
 def _artifact_key(name: str) -> str:
@@ -100,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         address, workers = args.dask_address, args.dask_workers
         if address or workers is not None:
             address, workers = address or "", workers or 0
-        run = extract.with_options(task_runner=task_runner(address, workers, settings))
+        runner = task_runner(address, workers, settings)
+        require_api_server(runner)
+        run = extract.with_options(task_runner=runner)
         run(args.dataset, list(config.modalities), config.weights, config.models, args.shard_size, config.device,
             config.precision, config.seed, config.batch_sizes, config.options, config.decode_workers)
         return 0

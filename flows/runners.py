@@ -36,7 +36,7 @@ def task_runner(address: str | None = None, local_workers: int | None = None,
     if workers:
         return DaskTaskRunner(cluster_class="distributed.LocalCluster",
                               cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                                              "dashboard_address": None})
+                                              "dashboard_address": ":0"})
     return ThreadPoolTaskRunner(max_workers=1)
 
 
@@ -47,3 +47,12 @@ def describe(runner: TaskRunner) -> str:
             return f"Dask cluster at {runner.address}"
         return f"local Dask cluster of {runner.cluster_kwargs.get('n_workers')} worker processes"
     return "this process (shards one after another)"
+
+
+def require_api_server(runner: TaskRunner) -> None:
+    """Dask workers must report to a Prefect server they can reach: refuse the ephemeral in-process one."""
+    from prefect.settings import PREFECT_API_URL
+
+    if isinstance(runner, DaskTaskRunner) and not PREFECT_API_URL.value():
+        raise RuntimeError("the Dask task runner needs a running Prefect server (PREFECT_API_URL is not set); "
+                           "start one, e.g. `python -m flows.local up` and `eval \"$(python -m flows.local env)\"`")

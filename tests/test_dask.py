@@ -46,6 +46,14 @@ def test_runner_choice_from_settings(monkeypatch, tmp_path):
         get_settings(tmp_path)
 
 
+def test_shard_tasks_on_cuda_carry_the_gpu_tag():
+    from flows.extract import GPU_TAG, shard_task_for
+
+    assert GPU_TAG == "gpu"
+    assert shard_task_for("cuda").tags == {"gpu"} and shard_task_for("cuda:1").tags == {"gpu"}
+    assert shard_task_for("cpu").tags == set()
+
+
 def test_dask_options_need_prefect(capsys):
     from flows.extract import main
 
