@@ -28,6 +28,8 @@ class Settings:
     device: str = "auto"          # "auto" picks CUDA when present, else CPU
     shard_size: int = 64          # videos per feature shard
     seed: int = 0
+    dask_address: str | None = None   # scheduler of an existing Dask cluster (flows/runners.py)
+    dask_local_workers: int = 0       # > 0: a temporary local Dask cluster of that many worker processes
 
     @property
     def datasets_dir(self) -> Path:
@@ -59,7 +61,8 @@ def get_settings(root: str | os.PathLike | None = None) -> Settings:
     """Settings for ``root``, else ``$TVR_HOME``, else ``./tvr_home``.
 
     Environment overrides: ``TVR_HOME`` (root), ``TVR_DEVICE`` (auto/cpu/cuda),
-    ``TVR_SHARD_SIZE`` (videos per shard), ``TVR_SEED``.
+    ``TVR_SHARD_SIZE`` (videos per shard), ``TVR_SEED``, ``TVR_DASK_ADDRESS`` (e.g.
+    ``tcp://10.0.0.5:8786``), ``TVR_DASK_LOCAL_WORKERS`` (worker processes of a local Dask cluster).
     """
     chosen = root if root is not None else os.environ.get(ROOT_ENV, DEFAULT_ROOT)
     return Settings(
@@ -67,4 +70,14 @@ def get_settings(root: str | os.PathLike | None = None) -> Settings:
         device=os.environ.get("TVR_DEVICE", "auto"),
         shard_size=int(os.environ.get("TVR_SHARD_SIZE", "64")),
         seed=int(os.environ.get("TVR_SEED", "0")),
+        dask_address=os.environ.get("TVR_DASK_ADDRESS") or None,
+        dask_local_workers=_int_env("TVR_DASK_LOCAL_WORKERS", 0),
     )
+
+
+def _int_env(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    try:
+        return int(text) if text else default
+    except ValueError:
+        raise ValueError(f"environment variable {name}={text!r}: expected an integer") from None

@@ -1,0 +1,58 @@
+"""Which Prefect task runner a flow's per-shard tasks go to: this machine, or a Dask cluster.
+
+``task_runner()`` picks, from explicit arguments or the settings (``TVR_DASK_ADDRESS``,
+``TVR_DASK_LOCAL_WORKERS``):
+
+- an address -> ``DaskTaskRunner(address=...)``: an existing Dask scheduler (``dask scheduler`` +
+  ``dask worker`` processes started elsewhere, see docs/dask.md);
+- N local workers -> a temporary ``distributed.LocalCluster`` of N worker processes with one thread
+  each, created when the flow run starts and closed when it ends;
+- neither -> Prefect's ``ThreadPoolTaskRunner`` with one thread: shards run one after another in the
+  flow's own process (the default).
+
+Work is scheduled by Dask itself through prefect-dask; nothing here queues or dispatches tasks.
+"""
+from __future__ import annotations
+
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
+
+from data.settings import Settings, get_settings
+
+
+def task_runner(address: str | None = None, local_workers: int | None = None,
+                settings: Settings | None = None) -> TaskRunner:
+    """A task runner for ``address`` / ``local_workers``; arguments left ``None`` come from settings."""
+    settings = settings or get_settings()
+    address = settings.dask_address if address is None else address
+    workers = settings.dask_local_workers if local_workers is None else local_workers
+    if workers < 0:
+        raise ValueError(f"local Dask workers {workers}: must be 0 (off) or more")
+    if address and workers:
+        raise ValueError(f"give either a Dask scheduler address ({address!r}, TVR_DASK_ADDRESS) or a number of "
+                         f"local Dask workers ({workers}, TVR_DASK_LOCAL_WORKERS), not both")
+    if address:
+        return DaskTaskRunner(address=address)
+    if workers:
+        return DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                              cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                                              "dashboard_address": ":0"})
+    return ThreadPoolTaskRunner(max_workers=1)
+
+
+def describe(runner: TaskRunner) -> str:
+    """One line for logs: where the tasks of ``runner`` run."""
+    if isinstance(runner, DaskTaskRunner):
+        if runner.address:
+            return f"Dask cluster at {runner.address}"
+        return f"local Dask cluster of {runner.cluster_kwargs.get('n_workers')} worker processes"
+    return "this process (shards one after another)"
+
+
+def require_api_server(runner: TaskRunner) -> None:
+    """Dask workers must report to a Prefect server they can reach: refuse the ephemeral in-process one."""
+    from prefect.settings import PREFECT_API_URL
+
+    if isinstance(runner, DaskTaskRunner) and not PREFECT_API_URL.value():
+        raise RuntimeError("the Dask task runner needs a running Prefect server (PREFECT_API_URL is not set); "
+                           "start one, e.g. `python -m flows.local up` and `eval \"$(python -m flows.local env)\"`")
