@@ -36,3 +36,14 @@ def tiny_synthetic(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic")
     synthetic.generate(out, n=16, seed=7, n_test=6, n_val=2, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one torch thread is fastest, and the machine's cores are shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

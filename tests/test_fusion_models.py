@@ -14,13 +14,7 @@ from fusion.losses import hardest_negative_triplet, info_nce
 D = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is fastest, and the machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SMALL = {"frame_layers": 1, "heads": 4, "text_layers": 1}
 
 

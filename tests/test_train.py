@@ -24,12 +24,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 TINY = ["frame_layers=1", "text_layers=1", "train.batch_size=8", "train.checkpoint_every=2", "heads=4"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
