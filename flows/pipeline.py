@@ -10,6 +10,7 @@ the extracted features and finished training runs. The models trained are the ro
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -81,6 +82,12 @@ def report_task(rows: list[dict], seconds: dict[str, float]) -> str:
     return str(md)
 
 
+def run_id(index: int, model: str, overrides: dict, epochs: int | None, seed: int) -> str:
+    """Stable per configuration: a second run reuses the finished run, a changed row gets a new one."""
+    digest = hashlib.sha256(json.dumps([model, overrides, epochs], sort_keys=True).encode()).hexdigest()[:6]
+    return f"pipeline-{DATASET}-row{index:02d}-{digest}-s{seed}"
+
+
 def _test_captions(settings) -> list[tuple[str, list[str]]]:
     from data.manifest import read_manifest
 
@@ -104,7 +111,7 @@ def pipeline_flow(n: int = 300, seed: int = 0, epochs: int | None = None) -> str
     for i, row in enumerate(rows):
         t = time.time()
         overrides = merge(common, row.get("set", {})) if row["model"] != "zero-shot" else {}
-        run_dir = train_task(row["model"], overrides, seed, epochs, f"pipeline-{DATASET}-row{i:02d}-s{seed}")
+        run_dir = train_task(row["model"], overrides, seed, epochs, run_id(i, row["model"], overrides, epochs, seed))
         seconds[f"train {row['name']}"] = time.time() - t
         t = time.time()
         index_task(run_dir)
