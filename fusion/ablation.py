@@ -77,14 +77,15 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
-def summarise(dataset: str, rows: list[dict], seeds: list[int], settings: Settings) -> dict:
+def summarise(dataset: str, rows: list[tuple[int, dict]], seeds: list[int], settings: Settings) -> dict:
+    """``rows`` are (index in the rows file, row): the index names the runs."""
     folder = settings.dataset_dir(dataset)
     attrs = load_attributes(folder / "annotations.jsonl")
     oracle = json.loads((folder / "oracle.json").read_text()) if (folder / "oracle.json").is_file() else None
     table = []
     random_weights = False
     n_test = None
-    for i, row in enumerate(rows):
+    for i, row in rows:
         per_seed = []
         for seed in seeds:
             rdir = settings.runs_dir / run_id(dataset, i, seed)
@@ -142,7 +143,7 @@ def run_ablation(dataset: str, seeds: list[int], rows_file: Path = DEFAULT_ROWS,
     with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=multiprocessing.get_context("spawn")) as pool:
         for done, folder in enumerate(pool.map(_train_one, jobs), 1):
             print(f"  [{done}/{len(jobs)}] {Path(folder).name} ({time.time() - start:.0f} s)", file=sys.stderr, flush=True)
-    summary = summarise(dataset, [r for _, r in chosen], seeds, settings)
+    summary = summarise(dataset, chosen, seeds, settings)
     summary["seconds_training"] = round(time.time() - start, 1)
     out = settings.runs_dir / f"ablation-{dataset}"
     write_json_atomic(out / "ablation.json", summary)

@@ -30,12 +30,17 @@ def test_pipeline_report_matches_evaluate(tvr_home, tmp_path, capsys, monkeypatc
         assert again["t2v"] == row["t2v"] and again["v2t"] == row["v2t"]
     capsys.readouterr()
 
-    import flows.extract
+    import extractors.run
+    from extractors.audio import AudioExtractor
+    from extractors.clip import ClipFramesExtractor
+    from extractors.motion import MotionExtractor
 
     def no_extraction(*args, **kwargs):
-        raise AssertionError("the second run extracted again")
+        raise AssertionError("the second run decoded or encoded a video again")
 
-    monkeypatch.setattr(flows.extract, "extract_shard", no_extraction)
+    monkeypatch.setattr(extractors.run, "decode_video", no_extraction)
+    for cls in (ClipFramesExtractor, AudioExtractor, MotionExtractor):  # the text tower still encodes
+        monkeypatch.setattr(cls, "forward", no_extraction)               # the report's example queries
     assert pipeline_flow(n=16, seed=3, epochs=1) == report  # second run: every video already extracted
     features = tvr_home.resolve() / "features" / "synthetic"
     for modality in ("clip_frames", "clip_text", "audio", "motion"):
