@@ -53,15 +53,14 @@ def load_slowfast(weights: Weights, size: int, clip_frames: int, device: torch.d
         s = size // 32
         pools = ((clip_frames // ALPHA, s, s), (clip_frames, s, s))
         model = seeded_build(weights, lambda: create_slowfast(model_num_class=400, head_pool_kernel_sizes=pools))
+        model.blocks[-1].proj = torch.nn.Identity()  # 2304-d pooled features instead of class logits
         if weights.is_file:
             state = load_state_dict_file(weights.source)
             state = state.get("model_state", state)
-            model.blocks[-1].proj = torch.nn.Identity()
             apply_state_dict(model, {k: v for k, v in state.items() if not k.startswith("blocks.6.proj.")},
                              weights.source)
         elif not weights.is_random:
             raise ValueError(f"motion weights {weights.source!r}: give 'random' or a local file")
-        model.blocks[-1].proj = torch.nn.Identity()
         model = model.eval().to(device, torch.float16 if precision == "fp16" else torch.float32)
         _SLOWFAST_CACHE[key] = model
     return _SLOWFAST_CACHE[key]
