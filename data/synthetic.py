@@ -9,7 +9,8 @@ group         attribute: values
 visual        ``shape``: circle / square / triangle; ``colour``: 5 values;
               ``size``: small (~40% of the frame height) / large (~65%);
               ``texture``: plain / striped
-motion        ``motion``: still / left / right / up / down (crossing ~60% of the frame)
+motion        ``motion``: still / left / right / up / down, streaming across the frame at
+              1.1-1.9 crossings per second and wrapping around (see :func:`_centre_path`)
 sound         ``sound``: low hum / high tone / buzz / beeping / noise bursts / silent
               (silent = a silent track or no audio stream at all)
 ============  =====================================================================
@@ -59,6 +60,7 @@ GROUPS = {
 RGB = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 60, 230),
        "yellow": (235, 220, 30), "magenta": (220, 40, 210)}
 SIZE_FRACTION = {"small": 0.40, "large": 0.65}
+CROSSINGS_PER_S = (1.1, 1.9)   # speed of a moving object: frame crossings per second
 
 # Paraphrase vocabulary: each attribute value has several surface forms.
 WORDS = {
@@ -209,17 +211,27 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     return np.clip(bg, 0, 255).astype(np.uint8)
 
 
-def _centre_path(motion: str, t: np.ndarray, w: int, h: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Object centre ``(x, y)`` in pixels for each time fraction ``t`` in [0, 1]."""
+def _centre_path(motion: str, t: np.ndarray, w: int, h: int, side: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Object centre ``(x, y)`` in pixels at each time ``t`` (seconds).
+
+    A moving object streams across the frame at ``CROSSINGS_PER_S`` (drawn per video) and wraps
+    around: it leaves on one side and re-enters on the other. Between two frames of a dense
+    stream (15 fps) it shifts by 7-13% of the frame, which a motion model sees; between frames
+    sampled one second apart it shifts by the fractional part of the crossing rate, spread evenly
+    over (0.1, 0.9) of a crossing, so such frames show it at unrelated places and its direction
+    cannot be read from them.
+    """
     x0, y0 = w * rng.uniform(0.4, 0.6), h * rng.uniform(0.4, 0.6)
-    span_x, span_y = 0.6 * w, 0.6 * h
     if motion == "still":
         return np.full_like(t, x0), np.full_like(t, y0)
+    rate, phase = rng.uniform(*CROSSINGS_PER_S), rng.uniform()
+    sign = -1 if motion in ("left", "up") else 1    # image y grows downwards
+    extent = (w if motion in ("left", "right") else h) + side   # the object fully leaves before it re-enters
+    travel = ((phase + sign * rate * t) % 1.0) * extent - side / 2
     if motion in ("left", "right"):
-        sign = -1 if motion == "left" else 1
-        return w / 2 + sign * span_x * (t - 0.5), np.full_like(t, y0)
-    sign = -1 if motion == "up" else 1  # image y grows downwards
-    return np.full_like(t, x0), h / 2 + sign * span_y * (t - 0.5)
+        return travel, np.full_like(t, y0)
+    return np.full_like(t, x0), travel
 
 
 def render_frames(spec: VideoSpec) -> np.ndarray:
@@ -230,7 +242,7 @@ def render_frames(spec: VideoSpec) -> np.ndarray:
     side = int(SIZE_FRACTION[a["size"]] * spec.height)
     sprite, mask = _sprite(a["shape"], a["texture"], a["colour"], side)
     bg = _background(rng, spec.width, spec.height)
-    cx, cy = _centre_path(a["motion"], np.linspace(0, 1, n), spec.width, spec.height, rng)
+    cx, cy = _centre_path(a["motion"], np.arange(n) / spec.fps, spec.width, spec.height, side, rng)
     frames = np.repeat(bg[None], n, axis=0)
     for i in range(n):
         x, y = int(round(cx[i] - side / 2)), int(round(cy[i] - side / 2))

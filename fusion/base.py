@@ -67,3 +67,7 @@ class RetrievalModel(nn.Module):
     def fit_on_validation(self, text: Encoding, video: Encoding, positives: torch.Tensor) -> dict:
         """Fit weights that are chosen on validation (ensemble lambdas); returns what was fitted."""
         return {}
+
+    def fit_input_statistics(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Take per-dimension statistics of the training inputs before training: ``stats`` maps a
+        modality (``audio``, ``motion``) to its ``(mean [C], std [C])`` over the training videos' rows."""

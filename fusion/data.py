@@ -228,6 +228,23 @@ class DatasetFeatures:
             out.extend(caps if which == "all" else caps[:1])
         return np.asarray(out, np.int64)
 
+    def input_statistics(self, split: str = "train") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``(mean [C], std [C])`` of every stored row of ``audio`` / ``motion`` over ``split``'s
+        videos that have the modality (modalities without such rows are left out)."""
+        videos = torch.as_tensor(self.split_videos(split), dtype=torch.int64)
+        out = {}
+        for name in (AUDIO, MOTION):
+            ragged, has = getattr(self, name), getattr(self, f"has_{name}")
+            if ragged is None:
+                continue
+            rows = videos[has[videos]]
+            if len(rows) == 0 or int(ragged.lengths[rows].sum()) == 0:
+                continue
+            values, mask, _ = ragged.pad(rows)
+            flat = values[mask].double()
+            out[name] = (flat.mean(0).float(), flat.std(0, correction=0).float())
+        return out
+
     # ---- batches -----------------------------------------------------------------------------
     def video_batch(self, videos: torch.Tensor | np.ndarray, max_frames: int, sampling: str = "uniform",
                     generator: torch.Generator | None = None) -> VideoBatch:

@@ -89,3 +89,6 @@ class Projected(RetrievalModel):
 
     def fit_on_validation(self, text, video, positives):
         return self.inner.fit_on_validation(text, video, positives)
+
+    def fit_input_statistics(self, stats):
+        self.inner.fit_input_statistics(stats)

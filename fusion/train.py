@@ -173,7 +173,9 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
         say(RANDOM_LABEL)
 
     torch.manual_seed(seed)
-    model = build_model(config, width).to(device)
+    model = build_model(config, width)
+    model.fit_input_statistics(feats.input_statistics("train"))
+    model = model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     tc = config["train"]
     if model_name == "zero-shot" or not trainable:

@@ -244,3 +244,29 @@ def test_projected_width_keeps_the_model_contract():
     loss, _ = model.loss(text_batch(n=3, lengths=(6, 9, 4)), video, torch.eye(3, dtype=torch.bool), torch.arange(3), epoch=0)
     loss.backward()
     assert "projection" not in dict(model.named_parameters())          # a fixed buffer, not trained
+
+
+@pytest.mark.parametrize("width", [None, 16])
+def test_m2hf_source_statistics_remove_a_common_offset(width):
+    """Standardised with its own statistics, a source shifted by a constant gives the same scores."""
+    over = {} if width is None else {"width": width}
+    model, text = make_model("m2hf", **over), text_batch()
+    video = video_batch(n_videos=3)
+    shifted = video_batch(n_videos=3)
+    shifted.audio, shifted.motion = video.audio + 5.0, video.motion - 3.0
+
+    def stats(v):
+        return {name: (x.reshape(-1, x.shape[-1]).mean(0), x.reshape(-1, x.shape[-1]).std(0, correction=0))
+                for name, x in (("audio", v.audio), ("motion", v.motion))}
+
+    model.fit_input_statistics(stats(video))
+    plain = score(model, text, video)
+    model.fit_input_statistics(stats(shifted))
+    torch.testing.assert_close(score(model, text, shifted), plain, atol=1e-4, rtol=1e-4)
+    early = (model.inner if width else model).early
+    assert float(early["MV"].source_mean.mean()) == pytest.approx(float(video.motion.mean()) - 3.0, abs=1e-4)
+
+    untouched = make_model("m2hf", source_norm="none", **over)
+    untouched.fit_input_statistics(stats(shifted))
+    early = (untouched.inner if width else untouched).early
+    assert (early["AV"].source_mean == 0).all() and (early["AV"].source_std == 1).all()

@@ -86,15 +86,32 @@ def test_other_seed_differs(tmp_path):
 
 def test_attributes_are_visible_in_pixels():
     spec = next(s for s in synthetic.plan_dataset(200, seed=0)
-                if s.attributes["motion"] == "right" and s.attributes["size"] == "large")
+                if s.attributes["motion"] == "right" and s.attributes["size"] == "small")
     frames = synthetic.render_frames(spec)
     target = np.array(synthetic.RGB[spec.attributes["colour"]])
 
     def centre_x(frame):
         hit = np.all(np.abs(frame.astype(int) - target) < 30, axis=-1)
-        return np.nonzero(hit)[1].mean()
+        return np.nonzero(hit)[1].mean() if hit.any() else np.nan
 
-    assert centre_x(frames[-1]) - centre_x(frames[0]) > 0.4 * spec.width  # crosses most of the frame
+    shifts = np.diff([centre_x(f) for f in frames])
+    shifts = shifts[np.isfinite(shifts) & (np.abs(shifts) < 0.3 * spec.width)]   # drop the wrap-around jumps
+    rate_px = np.array(synthetic.CROSSINGS_PER_S) * spec.width / spec.fps
+    assert np.median(shifts) > 0.5 * rate_px[0]          # streams rightwards, frame after frame
+
+
+def test_direction_is_hidden_from_frames_one_second_apart():
+    """Shifts over 1 s (wrapped to half a crossing either way) point both ways equally often."""
+    rng = np.random.default_rng(0)
+    t = np.array([0.0, 1.0])
+    signs = []
+    for _ in range(2000):
+        x, _ = synthetic._centre_path("right", t, 320, 240, 96, rng)
+        shift = (x[1] - x[0]) / (320 + 96)
+        signs.append(np.sign((shift + 0.5) % 1.0 - 0.5))
+    assert abs(np.mean(signs)) < 0.1
+    x, _ = synthetic._centre_path("right", np.arange(16) / 15, 320, 240, 96, rng)
+    assert (np.diff(x)[np.abs(np.diff(x)) < 100] > 0).all()   # at 15 fps: always rightwards
 
 
 def test_audio_classes_differ_and_silence_is_silent():

@@ -226,3 +226,13 @@ def test_bench_runs_on_tiny_sizes(tmp_path, capsys):
     results = json.loads(out.read_text())["results"]
     assert [r["model"] for r in results] == ["meanP", "hcmi"]
     assert all(r["samples_per_s"] > 0 and 0 <= r["data_share_pct"] <= 100 for r in results)
+
+
+def test_input_statistics_cover_training_videos_with_the_modality(home):
+    feats = load_features("fake", ["audio", "motion"], settings=home)
+    stats = feats.input_statistics("train")
+    videos = [v for v in feats.split_videos("train").tolist() if feats.has_audio[v]]
+    rows = torch.cat([feats.audio.flat[feats.audio.offsets[v]: feats.audio.offsets[v + 1]] for v in videos])
+    torch.testing.assert_close(stats["audio"][0], rows.mean(0))
+    torch.testing.assert_close(stats["audio"][1], rows.std(0, correction=0))
+    assert stats["motion"][0].shape == (2304,)
