@@ -30,7 +30,7 @@ import torchaudio
 from torch import nn
 
 from data.store import FeatureRow
-from extractors.base import Extractor, VideoItem, Weights, apply_state_dict, load_state_dict_file, seeded_build
+from extractors.base import Extractor, VideoItem, Weights, cached_local_model
 from extractors.decode import DecodeRequest
 
 SAMPLE_RATE = 16_000
@@ -111,24 +111,11 @@ class VGGish(nn.Module):
         return self.embeddings(x)
 
 
-_VGGISH_CACHE: dict[tuple, VGGish] = {}
-
-
 def load_vggish(weights: Weights, device: torch.device, precision: str) -> VGGish:
-    """VGGish with ``weights`` (random: seeded init; a file: torchvggish state-dict names)."""
-    weights.check_file()  # every time: a changed file must not hide behind the cache
-    key = (weights, str(device), precision)
-    if key not in _VGGISH_CACHE:
-        model = seeded_build(weights, VGGish)
-        if weights.is_file:
-            state = {k: v for k, v in load_state_dict_file(weights.source).items() if not k.startswith("pca_")}
-            apply_state_dict(model, state, weights.source)
-        elif not weights.is_random:
-            raise ValueError(f"audio weights {weights.source!r}: VGGish has no named pretrained weights here; "
-                             f"give 'random' or a local file")
-        model = model.eval().to(device, torch.float16 if precision == "fp16" else torch.float32)
-        _VGGISH_CACHE[key] = model
-    return _VGGISH_CACHE[key]
+    """VGGish with ``weights`` (random: seeded init; a file: torchvggish state-dict names, PCA dropped)."""
+    return cached_local_model("audio", ("vggish",), weights, VGGish,
+                              lambda state: {k: v for k, v in state.items() if not k.startswith("pca_")},
+                              device, precision)
 
 
 class AudioExtractor(Extractor):

@@ -146,6 +146,32 @@ def apply_state_dict(model: torch.nn.Module, state: dict, source: str) -> None:
     model.load_state_dict(state)
 
 
+_LOCAL_MODELS: dict[tuple, torch.nn.Module] = {}
+
+
+def cached_local_model(what: str, key: tuple, weights: Weights, build, adapt_state, device: torch.device,
+                       precision: str) -> torch.nn.Module:
+    """A model whose weights are ``random`` or a local state-dict file, built once per process.
+
+    ``build()`` makes the architecture (seeded when random); a file's state dict goes through
+    ``adapt_state`` (drop the keys the extractor replaces) and must then fit exactly; any other
+    weights source is refused. Returned in eval mode on ``device`` at ``precision``. ``key`` holds the
+    build parameters; the file is re-checked on every call, so a changed file never hides behind
+    the cache.
+    """
+    weights.check_file()
+    full_key = (what, *key, weights, str(device), precision)
+    if full_key not in _LOCAL_MODELS:
+        model = seeded_build(weights, build)
+        if weights.is_file:
+            apply_state_dict(model, adapt_state(load_state_dict_file(weights.source)), weights.source)
+        elif not weights.is_random:
+            raise ValueError(f"{what} weights {weights.source!r}: no named pretrained weights here; "
+                             f"give 'random' or a local file")
+        _LOCAL_MODELS[full_key] = model.eval().to(device, torch.float16 if precision == "fp16" else torch.float32)
+    return _LOCAL_MODELS[full_key]
+
+
 class Extractor(ABC):
     """Base of every modality extractor; see the module docstring for the split of work."""
 

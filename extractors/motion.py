@@ -25,14 +25,11 @@ import numpy as np
 import torch
 
 from data.store import FeatureRow
-from extractors.base import Extractor, VideoItem, Weights, apply_state_dict, load_state_dict_file, seeded_build
+from extractors.base import Extractor, VideoItem, Weights, cached_local_model
 from extractors.decode import DecodeRequest
 
 ALPHA = 4
 MEAN, STD = 0.45, 0.225
-_SLOWFAST_CACHE: dict[tuple, torch.nn.Module] = {}
-
-
 def clip_spans(n_frames: int, clip_frames: int) -> list[tuple[int, int]]:
     """``[(start, end)]`` frame ranges of the clips of a dense stream of ``n_frames`` frames."""
     spans = [(s, min(s + clip_frames, n_frames)) for s in range(0, n_frames, clip_frames)]
@@ -41,29 +38,28 @@ def clip_spans(n_frames: int, clip_frames: int) -> list[tuple[int, int]]:
     return spans
 
 
+def _build_slowfast(size: int, clip_frames: int) -> torch.nn.Module:
+    """SlowFast R50 whose head pools over the whole clip and returns the 2304-d features."""
+    from pytorchvideo.models.slowfast import create_slowfast
+
+    if size % 32:
+        raise ValueError(f"motion size {size}: must be a multiple of 32")
+    s = size // 32
+    pools = ((clip_frames // ALPHA, s, s), (clip_frames, s, s))
+    model = create_slowfast(model_num_class=400, head_pool_kernel_sizes=pools)
+    model.blocks[-1].proj = torch.nn.Identity()  # 2304-d pooled features instead of class logits
+    return model
+
+
+def _without_classifier(state: dict) -> dict:
+    state = state.get("model_state", state)
+    return {k: v for k, v in state.items() if not k.startswith("blocks.6.proj.")}
+
+
 def load_slowfast(weights: Weights, size: int, clip_frames: int, device: torch.device, precision: str):
     """SlowFast R50 returning ``[B, 2304]`` pooled features (cached per process)."""
-    weights.check_file()  # every time: a changed file must not hide behind the cache
-    key = (weights, size, clip_frames, str(device), precision)
-    if key not in _SLOWFAST_CACHE:
-        from pytorchvideo.models.slowfast import create_slowfast
-
-        if size % 32:
-            raise ValueError(f"motion size {size}: must be a multiple of 32")
-        s = size // 32
-        pools = ((clip_frames // ALPHA, s, s), (clip_frames, s, s))
-        model = seeded_build(weights, lambda: create_slowfast(model_num_class=400, head_pool_kernel_sizes=pools))
-        model.blocks[-1].proj = torch.nn.Identity()  # 2304-d pooled features instead of class logits
-        if weights.is_file:
-            state = load_state_dict_file(weights.source)
-            state = state.get("model_state", state)
-            apply_state_dict(model, {k: v for k, v in state.items() if not k.startswith("blocks.6.proj.")},
-                             weights.source)
-        elif not weights.is_random:
-            raise ValueError(f"motion weights {weights.source!r}: give 'random' or a local file")
-        model = model.eval().to(device, torch.float16 if precision == "fp16" else torch.float32)
-        _SLOWFAST_CACHE[key] = model
-    return _SLOWFAST_CACHE[key]
+    return cached_local_model("motion", ("slowfast_r50", size, clip_frames), weights,
+                              lambda: _build_slowfast(size, clip_frames), _without_classifier, device, precision)
 
 
 class MotionExtractor(Extractor):

@@ -165,6 +165,30 @@ def test_slowfast_gives_2304_d_per_clip():
     np.testing.assert_allclose(rows[0].timestamps_s, [3.5 / 8, 11.5 / 8, 17.5 / 8])
 
 
+def test_slowfast_weights_file_drops_the_classifier_and_loads_the_rest(tmp_path):
+    """A pytorchvideo checkpoint (``model_state`` + a 400-class projection) loads into the feature model."""
+    from pytorchvideo.models.slowfast import create_slowfast
+
+    torch.manual_seed(5)
+    source = create_slowfast(model_num_class=400, head_pool_kernel_sizes=((2, 2, 2), (8, 2, 2)))
+    path = tmp_path / "SLOWFAST_8x8_R50.pyth"
+    torch.save({"model_state": source.state_dict(), "epoch": 196}, path)
+    ext = build_extractor("motion", "slowfast_r50", str(path), device="cpu", size=64, fps=8.0, clip_frames=8)
+    assert not ext.spec.random_weights
+    loaded = ext.model.state_dict()
+    assert "blocks.6.proj.weight" not in loaded
+    for k, v in loaded.items():
+        torch.testing.assert_close(v, source.state_dict()[k], msg=k)
+    clips = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (1, 8, 64, 64, 3), dtype=np.uint8))
+    source.blocks[-1].proj = torch.nn.Identity()
+    fast = clips.permute(0, 4, 1, 2, 3).float().div(255).sub(motion.MEAN).div(motion.STD)
+    with torch.inference_mode():
+        expected = source.eval()([fast.index_select(2, ext.slow_index), fast])
+        torch.testing.assert_close(ext.forward(clips), expected)
+    with pytest.raises(ValueError, match="no named pretrained weights here"):
+        build_extractor("motion", "slowfast_r50", "kinetics400", device="cpu", size=64, clip_frames=8)
+
+
 # ---- base class batching ---------------------------------------------------------------------------
 class _Sum(Extractor):
     """Toy extractor: a unit is a number, its feature is [x, 2x]; a unit of -1 makes the model fail."""
