@@ -30,7 +30,7 @@ import faiss
 import numpy as np
 
 from data.store import FeatureSet
-from retrieval.index import INDEX_TYPES, build_faiss
+from retrieval.faiss_index import INDEX_TYPES, build_faiss
 
 
 def base_from_features(folder: Path) -> np.ndarray:

@@ -30,7 +30,7 @@ import numpy as np
 from data.atomic import write_json_atomic, write_text_atomic
 from data.settings import Settings, get_settings
 from retrieval import report
-from retrieval.index import INDEX_TYPES, IndexFolderError, build_faiss
+from retrieval.faiss_index import INDEX_TYPES, IndexFolderError, build_faiss
 from retrieval.metrics import (KS, V2T_PROTOCOLS, DualSoftmaxScores, FunctionScores, GroundTruth,
                                ScoreError, VectorScores, as_source,
                                evaluate_scores)

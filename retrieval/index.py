@@ -18,10 +18,7 @@ a reader never sees a half-built index. Writers of one ``indexes/<dataset>/<run>
 exclusive ``flock`` on its ``.lock`` file while they write, so :func:`remove_partial_builds` can
 tell a killed writer's ``.tmp-*`` debris from a build in progress.
 
-Index type by scale (or named): ``flat`` (exact ``IndexFlatIP``) up to :data:`EXACT_UP_TO`
-vectors, ``hnsw`` above; ``ivf`` on request. Parameters come from N (:func:`default_params`).
-With a FAISS build that has GPU support and a visible GPU, ``flat`` and ``ivf`` are built and
-searched on the GPU (HNSW has no GPU version in FAISS); the saved index is always a CPU index.
+The FAISS layer (index type by scale, parameters, GPU) is :mod:`retrieval.faiss_index`.
 
 Build with ``python -m retrieval.index --dataset D [--run R]``.
 """
@@ -30,7 +27,6 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
-import math
 import os
 import shutil
 import sys
@@ -51,107 +47,13 @@ import pyarrow.parquet as pq
 from data.atomic import write_json_atomic, write_text_atomic
 from data.manifest import Manifest, manifest_fingerprint, read_manifest
 from data.settings import Settings, get_settings
+from retrieval.faiss_index import (EXACT_UP_TO, INDEX_TYPES, IndexFolderError, apply_search_params, build_faiss,
+                                   gpu_available)
 from retrieval.runs import ZERO_SHOT, fusion_api, load, run_name
 
-INDEX_TYPES = ("flat", "ivf", "hnsw")
 VECTORS_FILE = "vectors.npy"
 VIDEO_STATE_FILE = "videos.parquet"
-EXACT_UP_TO = 200_000
 RANDOM_WARNING = "RANDOM WEIGHTS: embeddings come from randomly initialised feature extractors"
-
-
-class IndexFolderError(ValueError):
-    """An index folder is missing, stale, or does not fit the model / dataset it is used with."""
-
-
-# ---------------------------------------------------------------------------------------------
-# FAISS: choose, build, search
-# ---------------------------------------------------------------------------------------------
-def choose_type(n: int, index_type: str = "auto", exact_up_to: int = EXACT_UP_TO) -> str:
-    """``auto``: exact ``flat`` up to ``exact_up_to`` vectors, ``hnsw`` above."""
-    if index_type == "auto":
-        return "flat" if n <= exact_up_to else "hnsw"
-    if index_type not in INDEX_TYPES:
-        raise IndexFolderError(f"unknown index type {index_type!r}; choose from auto, {', '.join(INDEX_TYPES)}")
-    return index_type
-
-
-def default_params(index_type: str, n: int) -> dict:
-    """Parameters set from N: IVF ``nlist ~ 4 sqrt(N)`` (at least 39 points per list; trained on
-    a random sample of 40 x nlist vectors),
-    ``nprobe = max(16, nlist / 64)``; HNSW ``M = 32``, ``efConstruction = 64``, ``efSearch``
-    64 up to 100k vectors, 128 above."""
-    if index_type == "ivf":
-        nlist = int(max(1, min(round(4 * math.sqrt(n)), n // 39)))
-        return {"nlist": nlist, "nprobe": int(min(nlist, max(16, round(nlist / 64))))}
-    if index_type == "hnsw":
-        return {"M": 32, "efConstruction": 64, "efSearch": 64 if n <= 100_000 else 128}
-    return {}
-
-
-def gpu_available() -> bool:
-    """True when this FAISS build has GPU support and sees at least one GPU."""
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
-def _as_matrix(vectors: np.ndarray, what: str) -> np.ndarray:
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2 or len(vectors) == 0:
-        raise IndexFolderError(f"{what}: expected a non-empty [N, D] array, got shape {vectors.shape}")
-    if not np.isfinite(vectors).all():
-        row = int(np.argwhere(~np.isfinite(vectors))[0, 0])
-        raise IndexFolderError(f"{what}: row {row} holds NaN or infinite values")
-    return vectors
-
-
-def build_faiss(vectors: np.ndarray, index_type: str = "auto", params: dict | None = None,
-                *, use_gpu: bool | None = None, seed: int = 0) -> tuple[faiss.Index, str, dict]:
-    """Build an inner-product index over ``vectors [N, D]``; returns (CPU index, type, params).
-
-    ``use_gpu=None`` uses a GPU when :func:`gpu_available`; HNSW always builds on the CPU.
-    """
-    vectors = _as_matrix(vectors, "video vectors")
-    n, dim = vectors.shape
-    index_type = choose_type(n, index_type)
-    params = {**default_params(index_type, n), **(params or {})}
-    gpu = (gpu_available() if use_gpu is None else use_gpu) and index_type != "hnsw"
-    if index_type == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif index_type == "ivf":
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, int(params["nlist"]),
-                                   faiss.METRIC_INNER_PRODUCT)
-    else:
-        index = faiss.IndexHNSWFlat(dim, int(params["M"]), faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = int(params["efConstruction"])
-    if gpu:
-        resources = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(resources, 0, index)
-    if index_type == "ivf":
-        rng = np.random.default_rng(seed)
-        sample = min(n, 40 * int(params["nlist"]))          # FAISS wants >= 39 points per list
-        index.train(vectors[np.sort(rng.choice(n, sample, replace=False))])
-    index.add(vectors)
-    if gpu:
-        index = faiss.index_gpu_to_cpu(index)
-    apply_search_params(index, params)
-    return index, index_type, params
-
-
-def apply_search_params(index: faiss.Index, params: dict) -> None:
-    """Set ``nprobe`` (IVF) / ``efSearch`` (HNSW) on a loaded index."""
-    if "nprobe" in params:
-        faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
-    if "efSearch" in params:
-        faiss.downcast_index(index).hnsw.efSearch = int(params["efSearch"])
-
-
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` by inner product: (scores ``[Q, k]`` float32, rows ``[Q, k]`` int64, -1 = none)."""
-    queries = _as_matrix(queries, "query vectors")
-    if queries.shape[1] != index.d:
-        raise IndexFolderError(f"dimension mismatch: query vectors have {queries.shape[1]} dimensions, "
-                          f"the index holds {index.d}-dimensional vectors")
-    return index.search(queries, min(int(k), index.ntotal))
 
 
 # ---------------------------------------------------------------------------------------------

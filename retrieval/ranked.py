@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from retrieval.index import search
+from retrieval.faiss_index import search
 from retrieval.metrics import RankCounts
 
 

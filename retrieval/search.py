@@ -21,7 +21,8 @@ import sys
 
 from data.manifest import ManifestError, read_manifest
 from data.settings import Settings, get_settings
-from retrieval.index import IndexFolderError, check_build, open_build, search
+from retrieval.faiss_index import search
+from retrieval.index import IndexFolderError, check_build, open_build
 from retrieval.runs import ZERO_SHOT, RunNotFound, fusion_api, load, run_name
 
 COARSE_NOTE = ("fine-grained model: ranked by its coarse vector only; exact re-ranking needs token-level "

@@ -9,6 +9,7 @@ import pytest
 from data.manifest import read_manifest
 from data.settings import get_settings
 from fake_fusion_api import write_dataset
+from retrieval import faiss_index
 from retrieval import index as rindex
 from retrieval.metrics import GroundTruth, VectorScores, evaluate_scores, text_to_video_counts
 from retrieval.ranked import counts_from_index, counts_with_rerank
@@ -23,22 +24,22 @@ def _vectors(n, dim=16, seed=0):
 
 
 def test_choose_type_and_params_follow_scale():
-    assert rindex.choose_type(10_000) == "flat"
-    assert rindex.choose_type(rindex.EXACT_UP_TO + 1) == "hnsw"
-    assert rindex.choose_type(50, "ivf") == "ivf"
+    assert faiss_index.choose_type(10_000) == "flat"
+    assert faiss_index.choose_type(faiss_index.EXACT_UP_TO + 1) == "hnsw"
+    assert faiss_index.choose_type(50, "ivf") == "ivf"
     with pytest.raises(rindex.IndexFolderError, match="unknown index type 'pq'"):
-        rindex.choose_type(50, "pq")
-    assert rindex.default_params("ivf", 1_000_000) == {"nlist": 4000, "nprobe": 62}
-    assert rindex.default_params("ivf", 10_000)["nlist"] == 256          # capped at N / 39
-    assert rindex.default_params("hnsw", 1_000_000)["efSearch"] == 128
+        faiss_index.choose_type(50, "pq")
+    assert faiss_index.default_params("ivf", 1_000_000) == {"nlist": 4000, "nprobe": 62}
+    assert faiss_index.default_params("ivf", 10_000)["nlist"] == 256          # capped at N / 39
+    assert faiss_index.default_params("hnsw", 1_000_000)["efSearch"] == 128
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
 def test_each_type_finds_itself(kind):
     videos = _vectors(2000)
-    index, chosen, params = rindex.build_faiss(videos, kind, use_gpu=False)
+    index, chosen, params = faiss_index.build_faiss(videos, kind, use_gpu=False)
     assert chosen == kind and index.ntotal == 2000
-    _, rows = rindex.search(index, videos[:50], 1)
+    _, rows = faiss_index.search(index, videos[:50], 1)
     assert (rows[:, 0] == np.arange(50)).mean() >= 0.9
 
 
@@ -52,7 +53,7 @@ def test_exact_index_recall_equals_full_matrix_including_ties():
     text[:6] = videos[10]                # their queries tie among the duplicates
     ids = [f"v{i}" for i in range(60)]
     expected = evaluate_scores(VectorScores(text, videos), [ids[r] for r in query_rows], ids, ks=(1, 2, 5, 10))
-    index, _, _ = rindex.build_faiss(videos, "flat", use_gpu=False)
+    index, _, _ = faiss_index.build_faiss(videos, "flat", use_gpu=False)
     for k_max in (2, 10):                # k_max = 2: the tied block crosses the search depth
         counts = counts_from_index(index, text, query_rows, k_max=k_max)
         for k in (1, 2, 5, 10):
@@ -65,7 +66,7 @@ def test_exact_index_recall_equals_full_matrix_including_ties():
 def test_rerank_with_exact_scores_and_first_stage_recall():
     videos = _vectors(200, seed=4)
     text = videos[:40] + 0.05 * _vectors(40, seed=5)
-    index, _, _ = rindex.build_faiss(videos, "flat", use_gpu=False)
+    index, _, _ = faiss_index.build_faiss(videos, "flat", use_gpu=False)
     truth = np.arange(40)
 
     def score(q_idx, v_idx):             # a "fine-grained" score that differs from the coarse one
@@ -138,8 +139,8 @@ def test_refusals(tvr_home):
     with pytest.raises(rindex.IndexFolderError, match="covers manifest .* but the dataset's manifest is now"):
         rindex.check_build(build, extractor_ids=INFO["extractor_ids"], manifest=changed, dim=16)
     with pytest.raises(rindex.IndexFolderError, match="dimension mismatch: query vectors have 8"):
-        rindex.search(build.index, np.zeros((1, 8), np.float32), 3)
+        faiss_index.search(build.index, np.zeros((1, 8), np.float32), 3)
     with pytest.raises(rindex.IndexFolderError, match="not in .*manifest.parquet"):
         rindex.write_build("toy", "zero-shot", _vectors(2), ["v1", "nope"], info=INFO, use_gpu=False)
     with pytest.raises(rindex.IndexFolderError, match="row 1 holds NaN"):
-        rindex.build_faiss(np.array([[1.0, 0.0], [np.nan, 1.0]], np.float32), use_gpu=False)
+        faiss_index.build_faiss(np.array([[1.0, 0.0], [np.nan, 1.0]], np.float32), use_gpu=False)

@@ -27,7 +27,8 @@ from data.store import FeatureSet
 from extractors import run as extract_run
 from extractors.run import extract_dataset
 from retrieval import reindex as rx
-from retrieval.index import open_build, search as index_search
+from retrieval.faiss_index import search as index_search
+from retrieval.index import open_build
 from retrieval.search import search_text
 
 DS = "syn"
