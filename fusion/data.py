@@ -228,21 +228,29 @@ class DatasetFeatures:
             out.extend(caps if which == "all" else caps[:1])
         return np.asarray(out, np.int64)
 
-    def input_statistics(self, split: str = "train") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def input_statistics(self, split: str = "train", chunk_rows: int = 65536
+                         ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``(mean [C], std [C])`` of every stored row of ``audio`` / ``motion`` over ``split``'s
-        videos that have the modality (modalities without such rows are left out)."""
-        videos = torch.as_tensor(self.split_videos(split), dtype=torch.int64)
+        videos that have the modality (modalities without such rows are left out). Accumulated in
+        float64 over chunks of ``chunk_rows`` rows, so memory stays flat for any dataset size."""
         out = {}
         for name in (AUDIO, MOTION):
             ragged, has = getattr(self, name), getattr(self, f"has_{name}")
             if ragged is None:
                 continue
-            rows = videos[has[videos]]
-            if len(rows) == 0 or int(ragged.lengths[rows].sum()) == 0:
-                continue
-            values, mask, _ = ragged.pad(rows)
-            flat = values[mask].double()
-            out[name] = (flat.mean(0).float(), flat.std(0, correction=0).float())
+            chosen = torch.zeros(len(ragged.lengths), dtype=torch.bool)
+            chosen[torch.as_tensor(self.split_videos(split), dtype=torch.int64)] = True
+            keep = torch.repeat_interleave(chosen & has, ragged.lengths)          # [S] rows to count
+            total = torch.zeros(ragged.flat.shape[1], dtype=torch.float64)
+            squares, count = torch.zeros_like(total), 0
+            for start in range(0, len(keep), chunk_rows):
+                rows = ragged.flat[start: start + chunk_rows][keep[start: start + chunk_rows]].double()
+                total += rows.sum(0)
+                squares += (rows * rows).sum(0)
+                count += len(rows)
+            if count:
+                mean = total / count
+                out[name] = (mean.float(), (squares / count - mean * mean).clamp(min=0).sqrt().float())
         return out
 
     # ---- batches -----------------------------------------------------------------------------

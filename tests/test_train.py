@@ -230,7 +230,7 @@ def test_bench_runs_on_tiny_sizes(tmp_path, capsys):
 
 def test_input_statistics_cover_training_videos_with_the_modality(home):
     feats = load_features("fake", ["audio", "motion"], settings=home)
-    stats = feats.input_statistics("train")
+    stats = feats.input_statistics("train", chunk_rows=7)   # several chunks
     videos = [v for v in feats.split_videos("train").tolist() if feats.has_audio[v]]
     rows = torch.cat([feats.audio.flat[feats.audio.offsets[v]: feats.audio.offsets[v + 1]] for v in videos])
     torch.testing.assert_close(stats["audio"][0], rows.mean(0))
