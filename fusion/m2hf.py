@@ -120,10 +120,10 @@ class M2HF(RetrievalModel):
     def fit_input_statistics(self, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         """``source_norm: train-zscore``: standardise audio / motion with the training statistics.
 
-        Random-weight (and many real) features share a large common component (on the synthetic
-        set its energy is 11x (motion) to 180x (audio) that of the per-video differences); removing
-        it before the projection lets the branch see the differences from the first step. Dimensions
-        that never vary get a std floor of 1% of the median std.
+        Random-weight (and many real) features share a common component far larger than the
+        per-video differences; removing it before the projection lets the branch see the differences
+        from the first step (the synthetic ablation's "raw audio / motion" row measures what it adds).
+        Dimensions that never vary get a std floor of 1% of the median std.
         """
         if self.config["source_norm"] == "none":
             return
