@@ -47,3 +47,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop Prefect's temporary API server (started by flow runs without a server) quietly.
+
+    Left to its atexit hook, its "Stopping" log line goes to a handler that still holds a test's
+    captured (closed) stream and prints a "Logging error" traceback after the summary.
+    """
+    import logging
+    import sys
+
+    server = sys.modules.get("prefect.server.api.server")
+    if server is not None:
+        server.subprocess_server_logger.setLevel(logging.WARNING)
+        for instance in list(server.SubprocessASGIServer._instances.values()):
+            instance.stop()
