@@ -30,6 +30,8 @@ from extractors.decode import DecodeRequest
 
 ALPHA = 4
 MEAN, STD = 0.45, 0.225
+
+
 def clip_spans(n_frames: int, clip_frames: int) -> list[tuple[int, int]]:
     """``[(start, end)]`` frame ranges of the clips of a dense stream of ``n_frames`` frames."""
     spans = [(s, min(s + clip_frames, n_frames)) for s in range(0, n_frames, clip_frames)]

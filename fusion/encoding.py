@@ -12,23 +12,23 @@ from fusion.data import DatasetFeatures
 def encode_videos(model: RetrievalModel, feats: DatasetFeatures, videos: np.ndarray, config: dict,
                   device: torch.device, batch: int = 256) -> Encoding:
     """Encodings of ``videos`` (indices) with uniform frame sampling, on the CPU."""
-    model.eval()
-    parts = []
-    for start in range(0, len(videos), batch):
-        vb = feats.video_batch(videos[start: start + batch], config["max_frames"]).to(device)
-        parts.append({k: v.cpu() for k, v in model.encode_video(vb).items()})
-    return cat_encodings(parts)
+    return _encode_in_chunks(model, videos, batch, lambda rows: model.encode_video(
+        feats.video_batch(rows, config["max_frames"]).to(device)))
 
 
 @torch.no_grad()
 def encode_texts(model: RetrievalModel, feats: DatasetFeatures, captions: np.ndarray, config: dict,
                  device: torch.device, batch: int = 256) -> Encoding:
+    """Encodings of ``captions`` (indices), on the CPU."""
+    return _encode_in_chunks(model, captions, batch, lambda rows: model.encode_text(
+        feats.text_batch(rows, config["max_words"], not model.needs_tokens).to(device)))
+
+
+def _encode_in_chunks(model: RetrievalModel, rows: np.ndarray, batch: int, encode) -> Encoding:
+    """``encode(rows[i:i + batch])`` for each chunk in eval mode, moved to the CPU and concatenated."""
     model.eval()
-    parts = []
-    for start in range(0, len(captions), batch):
-        tb = feats.text_batch(captions[start: start + batch], config["max_words"], not model.needs_tokens).to(device)
-        parts.append({k: v.cpu() for k, v in model.encode_text(tb).items()})
-    return cat_encodings(parts)
+    return cat_encodings([{k: v.cpu() for k, v in encode(rows[start: start + batch]).items()}
+                          for start in range(0, len(rows), batch)])
 
 
 @torch.no_grad()

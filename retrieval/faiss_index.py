@@ -47,6 +47,11 @@ def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+def builds_on_gpu(index_type: str, use_gpu: bool | None = None) -> bool:
+    """Whether :func:`build_faiss` builds ``index_type`` on a GPU (``use_gpu=None``: when one is available)."""
+    return (gpu_available() if use_gpu is None else use_gpu) and index_type != "hnsw"
+
+
 def _as_matrix(vectors: np.ndarray, what: str) -> np.ndarray:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) == 0:
@@ -67,7 +72,7 @@ def build_faiss(vectors: np.ndarray, index_type: str = "auto", params: dict | No
     n, dim = vectors.shape
     index_type = choose_type(n, index_type)
     params = {**default_params(index_type, n), **(params or {})}
-    gpu = (gpu_available() if use_gpu is None else use_gpu) and index_type != "hnsw"
+    gpu = builds_on_gpu(index_type, use_gpu)
     if index_type == "flat":
         index = faiss.IndexFlatIP(dim)
     elif index_type == "ivf":

@@ -48,7 +48,7 @@ from data.atomic import write_json_atomic, write_text_atomic
 from data.manifest import Manifest, manifest_fingerprint, read_manifest
 from data.settings import Settings, get_settings
 from retrieval.faiss_index import (EXACT_UP_TO, INDEX_TYPES, IndexFolderError, apply_search_params, build_faiss,
-                                   gpu_available)
+                                   builds_on_gpu)
 from retrieval.runs import ZERO_SHOT, fusion_api, load, run_name
 
 VECTORS_FILE = "vectors.npy"
@@ -177,7 +177,7 @@ def stage_build(dataset: str, run: str, vectors: np.ndarray, video_ids: Sequence
                 "manifest_fingerprint": manifest_fingerprint(manifest),
                 "dim": int(index.d), "n_vectors": int(index.ntotal),
                 "index_type": index_type, "params": params,
-                "gpu_used": bool((gpu_available() if use_gpu is None else use_gpu) and index_type != "hnsw"),
+                "gpu_used": builds_on_gpu(index_type, use_gpu),
                 "build_seconds": round(build_seconds, 3),
                 "faiss_version": faiss.__version__,
                 "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
