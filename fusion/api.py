@@ -31,10 +31,12 @@ class LoadedModel:
     extractor_ids: dict[str, str]
     random_weights: bool
     fine_grained: bool
+    text_extractor: dict | None = None  # a bundle's clip_text description (else read from the store)
 
 
 def load_model(run: str | Path, *, dataset: str | None = None, settings: Settings | None = None) -> LoadedModel:
-    """A run folder, a run id under ``settings.runs_dir``, or ``"zero-shot"`` (needs ``dataset``)."""
+    """A run folder, a run id under ``settings.runs_dir``, ``"zero-shot"`` (needs ``dataset``), or an
+    exported bundle folder (:mod:`fusion.export`, no feature store needed)."""
     settings = settings or get_settings()
     if str(run) == "zero-shot":
         if not dataset:
@@ -47,6 +49,9 @@ def load_model(run: str | Path, *, dataset: str | None = None, settings: Setting
     folder = Path(run)
     if not folder.is_dir():
         folder = settings.runs_dir / str(run)
+    from fusion.export import is_bundle, load_bundle
+    if is_bundle(folder):
+        return load_bundle(folder)
     meta_path = folder / "config.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{run!r}: no run folder with config.json (looked at {Path(run)} and {folder})")
@@ -122,7 +127,7 @@ def encode_queries(loaded: LoadedModel, texts: list[str], *, settings: Settings 
     from extractors.registry import build_text_encoder  # the one fusion -> extractors arrow, kept lazy
 
     settings = settings or get_settings()
-    info = pick_extractor(settings, loaded.dataset, TEXT, loaded.extractor_ids.get(TEXT))
+    info = loaded.text_extractor or pick_extractor(settings, loaded.dataset, TEXT, loaded.extractor_ids.get(TEXT))
     encoded = build_text_encoder(info).encode(list(texts))
     text = Ragged.from_arrays([np.asarray(tokens, np.float32) for tokens, _ in encoded])
     eot = torch.tensor([int(e) for _, e in encoded], dtype=torch.int64)

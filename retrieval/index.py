@@ -44,12 +44,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data.cli import add_version
 from data.atomic import write_json_atomic, write_text_atomic
 from data.manifest import Manifest, manifest_fingerprint, read_manifest
+from data.progress import Bars, ProgressEvent, ProgressFn
 from data.settings import Settings, get_settings
 from retrieval.faiss_index import (EXACT_UP_TO, INDEX_TYPES, IndexFolderError, apply_search_params, build_faiss,
                                    builds_on_gpu)
 from retrieval.runs import ZERO_SHOT, fusion_api, load, run_name
+from retrieval.serving import set_serving_run
 
 VECTORS_FILE = "vectors.npy"
 VIDEO_STATE_FILE = "videos.parquet"
@@ -312,20 +315,27 @@ def model_info(loaded) -> dict:
 
 def build_from_model(dataset: str, run: str = ZERO_SHOT, *, splits: Sequence[str] | None = None,
                      index_type: str = "auto", settings: Settings | None = None,
-                     use_gpu: bool | None = None) -> Path:
+                     use_gpu: bool | None = None, progress: ProgressFn | None = None) -> Path:
     """Encode the videos of ``splits`` (default: every split of the manifest) with the model of
-    ``run`` and write an index build. Fine-grained models are indexed by their coarse vector."""
+    ``run`` and write an index build. Fine-grained models are indexed by their coarse vector.
+    ``progress`` gets one event per split encoded and one when the build is written."""
     settings = settings or get_settings()
     loaded = load(run, dataset, settings)
     if splits is None:
         splits = sorted(set(read_manifest(settings.manifest_path(dataset)).table.column("split").to_pylist()))
-    parts = [fusion_api().encode_split(loaded, dataset, split, settings=settings, captions="first")
-             for split in splits]
+    parts, steps = [], len(splits) + 1
+    for split in splits:
+        parts.append(fusion_api().encode_split(loaded, dataset, split, settings=settings, captions="first"))
+        if progress:
+            progress(ProgressEvent(f"index {dataset}/{run}", len(parts), steps, "step", {"encoded": split}))
     vectors = np.concatenate([p.video_vectors for p in parts])
     ids = [vid for p in parts for vid in p.video_ids]
     info = {**model_info(loaded), "splits": list(splits)}
-    return write_build(dataset, run_name(loaded.run_dir), vectors, ids, info=info,
-                       index_type=index_type, settings=settings, use_gpu=use_gpu)
+    folder = write_build(dataset, run_name(loaded.run_dir), vectors, ids, info=info,
+                         index_type=index_type, settings=settings, use_gpu=use_gpu)
+    if progress:
+        progress(ProgressEvent(f"index {dataset}/{run}", steps, steps, "step", {"built": folder.name}))
+    return folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,10 +350,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index-type", default="auto", choices=("auto",) + INDEX_TYPES,
                         help=f"auto = flat up to {EXACT_UP_TO:,} vectors, hnsw above")
     parser.add_argument("--no-gpu", action="store_true", help="never use a GPU even if FAISS has one")
+    parser.add_argument("--serve", action="store_true",
+                        help="also record this run as the dataset's serving run: the index the search service "
+                             "answers from and the nightly reindex/<dataset> deployment keeps fresh")
+    add_version(parser)
     args = parser.parse_args(argv)
     try:
-        folder = build_from_model(args.dataset, args.run, splits=args.splits, index_type=args.index_type,
-                                  use_gpu=False if args.no_gpu else None)
+        with Bars.for_cli() as bars:
+            folder = build_from_model(args.dataset, args.run, splits=args.splits, index_type=args.index_type,
+                                      use_gpu=False if args.no_gpu else None, progress=bars)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -352,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
           f"built in {info['build_seconds']} s")
     if info["random_weights"]:
         print(f"!!! {RANDOM_WARNING} !!!")
+    if args.serve:
+        record = set_serving_run(args.dataset, folder.parent.name)
+        print(f"serving run of {args.dataset}: {folder.parent.name} (recorded in {record})")
     return 0
 
 

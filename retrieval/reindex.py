@@ -41,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from data.cli import add_version
 from data.manifest import Manifest, ManifestError, manifest_fingerprint, read_manifest
 from data.settings import Settings, get_settings
 from data.store import FeatureSet, StoreError, list_extractors
@@ -468,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="extraction device: auto, cpu, cuda (default $TVR_DEVICE)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_version(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:

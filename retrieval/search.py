@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 
+from data.cli import add_version
 from data.manifest import ManifestError, read_manifest
 from data.settings import Settings, get_settings
 from retrieval.faiss_index import search
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", default=ZERO_SHOT, help="run folder, run id, or 'zero-shot' (default)")
     parser.add_argument("-k", type=int, default=10, help="how many videos (default 10)")
     parser.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    add_version(parser)
     args = parser.parse_args(argv)
     try:
         found = search_text(args.query, args.dataset, args.run, args.k)
