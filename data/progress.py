@@ -75,10 +75,10 @@ class Bars:
             if bar is not None:
                 bar.close()
             bar = self._bars[event.task] = tqdm(total=event.total, desc=event.task, unit=event.unit,
-                                                file=sys.stderr, leave=False, dynamic_ncols=True)
-        bar.update(event.done - bar.n)
+                                                file=sys.stderr, dynamic_ncols=True)
         if event.info:
             bar.set_postfix_str(_figures(event.info), refresh=False)
+        bar.update(event.done - bar.n)
         if event.total is not None and event.done >= event.total:
             bar.close()
             del self._bars[event.task]
