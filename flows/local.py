@@ -84,6 +84,14 @@ def export_lines(env: dict[str, str]) -> list[str]:
     return [f"export {key}={shlex.quote(env[key])}" for key in CLIENT_KEYS]
 
 
+def _reaped(pid: int) -> bool:
+    """True when ``pid`` is our own child that has exited (reaped now, so it is no zombie)."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:  # not our child: os.kill(pid, 0) alone tells
+        return False
+
+
 def _prefect() -> list[str]:
     return [sys.executable, "-m", "prefect"]
 
@@ -118,6 +126,8 @@ class LocalPrefect:
         try:
             pid = int(self._pidfile(name).read_text())
             os.kill(pid, 0)
+            if _reaped(pid):
+                return None
             return pid
         except (FileNotFoundError, ValueError, ProcessLookupError):
             return None

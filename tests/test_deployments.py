@@ -64,6 +64,7 @@ def server(tiny_synthetic, tmp_path_factory):
     root = tmp_path_factory.mktemp("deployments")
     patch = pytest.MonkeyPatch()
     patch.setenv("TVR_HOME", str(root / "home"))
+    patch.setenv("PREFECT_WORKER_QUERY_SECONDS", "2")  # the worker looks for new runs every 2 s
     prepare_synthetic(tiny_synthetic)
     local = LocalPrefect(port=free_port())
     local.models = {"clip_frames": tiny_clip_dir(root)}
