@@ -141,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     add_version(p)
     args = p.parse_args(argv)
     start = time.time()
-    report = pipeline_flow(n=args.n, seed=args.seed, epochs=args.epochs)
+    try:
+        report = pipeline_flow(n=args.n, seed=args.seed, epochs=args.epochs)
+    except Exception as err:  # noqa: BLE001 - the flow run's log (and Prefect) hold the traceback
+        print(f"error: the pipeline flow run did not finish: {err.__class__.__name__}: {err}", file=sys.stderr)
+        return 1
     print(f"\nreport: {report}\n        {Path(report).with_suffix('.html')}\n"
           f"pipeline finished in {time.time() - start:.0f} s")
     print(Path(report).read_text())
