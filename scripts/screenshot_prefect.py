@@ -2,7 +2,8 @@
 
     python -m flows.local up && eval "$(python -m flows.local env)"
     python -m flows.pipeline --n 24 --epochs 1
-    python scripts/screenshot_prefect.py --flow pipeline --out docs/prefect-pipeline-run.png
+    python scripts/screenshot_prefect.py --flow pipeline --out docs/prefect-pipeline-run.png \
+        --artifact-out docs/prefect-pipeline-report.png
 
 Needs Playwright (``pip install playwright``; not a project dependency) driving an installed
 Chromium (``apt-get install chromium``; ``playwright install`` is not needed). Logs in with the
@@ -37,6 +38,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--flow", default="pipeline")
     p.add_argument("--out", default="docs/prefect-pipeline-run.png")
+    p.add_argument("--artifact-out", default=None, help="also a screenshot of the first artifact's page")
     p.add_argument("--chromium", default="/usr/bin/chromium")
     args = p.parse_args()
     ui = os.environ["PREFECT_API_URL"].removesuffix("/api")
@@ -45,16 +47,21 @@ def main() -> int:
         browser = pw.chromium.launch(executable_path=args.chromium,
                                      args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        page.goto(f"{ui}/runs/flow-run/{run}?" + urllib.parse.urlencode({"tab": "Artifacts"}))
+        target = f"{ui}/runs/flow-run/{run}?" + urllib.parse.urlencode({"tab": "Artifacts"})
+        page.goto(f"{ui}/login")
         page.locator("input[type=password]").fill(os.environ["PREFECT_API_AUTH_STRING"])
         page.keyboard.press("Enter")
-        page.wait_for_url("**/runs/flow-run/**", timeout=30_000)
+        page.wait_for_url(lambda url: "/login" not in url, timeout=30_000)
+        page.goto(target)  # logged in now: no toasts from the requests made before the login
         page.wait_for_load_state("networkidle")
-        tab = page.get_by_role("tab", name="Artifacts")
-        if tab.count():
-            tab.first.click()
-        page.wait_for_timeout(3000)
+        page.get_by_text("Artifacts", exact=True).first.click()
+        page.wait_for_timeout(4000)
         page.screenshot(path=args.out, full_page=True)
+        if args.artifact_out:  # the first artifact's own page (a markdown report renders there)
+            page.locator("a[href*='/artifacts/artifact/']").first.click()
+            page.wait_for_load_state("networkidle")
+            page.wait_for_timeout(3000)
+            page.screenshot(path=args.artifact_out)
         browser.close()
     print(f"wrote {args.out} (flow run {run})")
     return 0
