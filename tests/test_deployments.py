@@ -111,12 +111,15 @@ def run_deployment(local, name: str, parameters: dict, count: int = 1, timeout_s
 
 
 def artifact(local, key: str):
+    """The newest version of the artifact ``key``."""
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     with client_of(local) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                      sort=ArtifactSort.CREATED_DESC)
     assert found, f"no artifact {key!r}"
-    return found[-1]
+    return found[0]
 
 
 def api_status(url: str, auth: str | None = None, post: bool = False) -> int:

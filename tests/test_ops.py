@@ -59,6 +59,7 @@ def _extract_cli(args: list[str], home) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_extract_exit_codes_missing_manifest_and_every_video_failed(tmp_path):
     from data.prepare import prepare
     from test_extract_support import tiny_clip_dir
