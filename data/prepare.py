@@ -21,10 +21,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from data.cli import add_version
 from data import activitynet, didemo, folder, lsmdc, msrvtt, msvd, synthetic
 from data.annotations import DatasetInfo, DatasetRead
 from data.atomic import write_json_atomic
+from data.cli import add_version
 from data.manifest import ManifestError, build_manifest, write_manifest, write_missing_report
 from data.settings import Settings, get_settings
 

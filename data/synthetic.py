@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.cli import add_version
 from data.atomic import atomic_path, write_json_atomic, write_text_atomic
+from data.cli import add_version
 
 SAMPLE_RATE = 16_000
 ATTRIBUTES: dict[str, tuple[str, ...]] = {

@@ -50,7 +50,6 @@ class ExtractConfig:
     precision: str = "auto"
     decode_workers: int = 1
     prefetch: int = 4
-    decode_timeout_s: float | None = None  # per-video decode limit for extractors/decode.py (None: none)
 
     def __post_init__(self):
         self.modalities = tuple(self.modalities)

@@ -18,8 +18,9 @@ flow run could not start or failed; 2 bad input (a missing manifest, unknown mod
 
 The deployment ``extract/<dataset>`` has a concurrency limit of 1 (prefect.yaml): a second run of
 the same dataset waits (``AwaitingConcurrencySlot``) until the first ends. A flow run ends after
-``TIMEOUTS["extract"]`` seconds at most; ``decode_timeout_s`` (per video) is handed to the decoder
-through ``ExtractConfig.decode_timeout_s``.
+``TIMEOUTS["extract"]`` seconds at most; ``decode_budget_s`` (seconds of decoding per video; None:
+the decoder's default) is handed to the decoder as ``ExtractConfig.decode_budget_s``, which
+fails a video whose decoding exceeds it (extractors/decode.py).
 """
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def extract(dataset: str, modalities: list[str] = list(MODALITIES), weights: dic
             models: dict[str, str] | None = None, shard_size: int | None = None, device: str = "auto",
             precision: str = "auto", seed: int | None = None, batch_sizes: dict[str, int] | None = None,
             options: dict[str, dict] | None = None, decode_workers: int = 1,
-            decode_timeout_s: float | None = None) -> dict:
+            decode_budget_s: float | None = None) -> dict:
     """Extract ``modalities`` of ``dataset`` into the feature store; returns the summary dict.
 
     Raises :class:`AllVideosFailed` (the run ends Failed, after publishing its summary) when
@@ -85,7 +86,7 @@ def extract(dataset: str, modalities: list[str] = list(MODALITIES), weights: dic
     settings = get_settings()
     config = ExtractConfig(tuple(modalities), weights or {}, models or {}, batch_sizes or {}, options or {},
                            settings.seed if seed is None else seed, device, precision, decode_workers,
-                           decode_timeout_s=decode_timeout_s)
+                           **({} if decode_budget_s is None else {"decode_budget_s": decode_budget_s}))
     shards = plan_shards(dataset, config, shard_size=shard_size, settings=settings)
     shard_task = shard_task_for(config.device)
     on_gpu = GPU_TAG in shard_task.tags
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             run = extract.with_options(task_runner=runner)
             run(args.dataset, list(config.modalities), config.weights, config.models, args.shard_size,
                 config.device, config.precision, config.seed, config.batch_sizes, config.options,
-                config.decode_workers, config.decode_timeout_s)
+                config.decode_workers, config.to_dict().get("decode_budget_s"))
         except Exception as err:  # noqa: BLE001 - the flow run's own log has the traceback
             print(f"error: the extract flow run did not finish: {err.__class__.__name__}: {err}", file=sys.stderr)
             return 1

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from data.cli import add_version
 from data.atomic import write_json_atomic, write_text_atomic
+from data.cli import add_version
 from data.settings import Settings, get_settings
 from data.synthetic import load_attributes
 from fusion.config import CONFIG_DIR, merge

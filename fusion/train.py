@@ -26,9 +26,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from data.cli import add_version
 from data.atomic import atomic_path, write_json_atomic, write_text_atomic
-from data.progress import ProgressEvent, ProgressFn
+from data.cli import add_version
+from data.progress import Bars, ProgressEvent, ProgressFn
 from data.settings import Settings, get_settings
 from fusion.config import load_config, model_names
 from fusion.data import DatasetFeatures, load_features
@@ -286,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     add_version(p)
     args = p.parse_args(argv)
     try:
-        train(args.dataset, args.model, config_file=args.config, overrides=args.set, seed=args.seed,
-              epochs=args.epochs, run_id=args.run_id, threads=args.threads)
+        with Bars.for_cli() as bars:
+            train(args.dataset, args.model, config_file=args.config, overrides=args.set, seed=args.seed,
+                  epochs=args.epochs, run_id=args.run_id, threads=args.threads, progress=bars)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -27,8 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
-from data.cli import add_version
 from data.atomic import write_json_atomic, write_text_atomic
+from data.cli import add_version
 from data.progress import Bars, ProgressEvent, ProgressFn
 from data.settings import Settings, get_settings
 from retrieval import report

@@ -44,8 +44,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data.cli import add_version
 from data.atomic import write_json_atomic, write_text_atomic
+from data.cli import add_version
 from data.manifest import Manifest, manifest_fingerprint, read_manifest
 from data.progress import Bars, ProgressEvent, ProgressFn
 from data.settings import Settings, get_settings
