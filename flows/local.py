@@ -49,14 +49,19 @@ def auth_string(home: Path) -> str:
     """This ``PREFECT_HOME``'s API auth string (``tvr:<random>``), created once with mode 0600."""
     path = home / AUTH_FILE
     home.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        if path.stat().st_mode & 0o077:
-            raise PermissionError(f"{path}: readable by others; run `chmod 600 {path}`") from None
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as f:
-        f.write(f"tvr:{secrets.token_urlsafe(32)}\n")
+    if not path.exists():  # written whole under a private name, then linked: a reader never sees it half done
+        tmp = home / f".{AUTH_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"tvr:{secrets.token_urlsafe(32)}\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another process made it first: use theirs
+            pass
+        finally:
+            tmp.unlink()
+    if path.stat().st_mode & 0o077:
+        raise PermissionError(f"{path}: readable by others; run `chmod 600 {path}`")
     return path.read_text().strip()
 
 
