@@ -29,6 +29,7 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -132,10 +133,12 @@ class Searcher:
         return BuildState(build, present, sum(1 for vid in build.ids if vid not in present),
                           [n for n in (build.warning, stale) if n], captions, scorer, frames, info)
 
-    def search(self, texts: list[str], k: int = 10, state: BuildState | None = None) -> list[dict]:
-        """One result dict (the ``--json`` output) per text, all answered from one build."""
-        for text in texts:
-            check_query(text, k)
+    def search(self, texts: list[str], k: int | Sequence[int] = 10, state: BuildState | None = None) -> list[dict]:
+        """One result dict (the ``--json`` output) per text, all answered from one build; ``k``: one
+        for all texts or one per text (the service batches queries with different ``k``)."""
+        ks = [k] * len(texts) if isinstance(k, int) else list(k)
+        for text, kq in zip(texts, ks, strict=True):
+            check_query(text, kq)
         state = state or self.state
         try:
             queries = self.encoder.encode(list(texts))
@@ -146,14 +149,15 @@ class Searcher:
             raise IndexFolderError(f"dimension mismatch: the model's query vectors have {dim} dimensions, index "
                                    f"{state.build.folder} holds {state.build.index.d}-dimensional vectors; rebuild "
                                    f"with: python -m retrieval.index --dataset {self.dataset} --run {self.run}")
-        depth = max(k, self.rerank_depth) if state.scorer is not None else k
-        scores, rows = search(state.build.index, queries.vectors, depth + state.hidden)
+        depths = [max(kq, self.rerank_depth) if state.scorer is not None else kq for kq in ks]
+        scores, rows = search(state.build.index, queries.vectors, max(depths) + state.hidden)
         hits = [[(float(s), state.build.ids[r]) for s, r in zip(srow, rrow)
-                 if r >= 0 and state.build.ids[r] in state.present][:depth] for srow, rrow in zip(scores, rows)]
+                 if r >= 0 and state.build.ids[r] in state.present][:depth]
+                for srow, rrow, depth in zip(scores, rows, depths)]
         if state.scorer is not None:
             hits = self._rerank(queries, hits, state)
-        return [self._result(text, found[:k], queries.clip[q], state, depth)
-                for q, (text, found) in enumerate(zip(texts, hits))]
+        return [self._result(text, found[:kq], queries.clip[q], state, depth)
+                for q, (text, found, kq, depth) in enumerate(zip(texts, hits, ks, depths))]
 
     def _rerank(self, queries, hits: list[list[tuple[float, str]]], state: BuildState) -> list:
         """Exact scores of each query's candidates; candidates sorted by them (stable)."""
