@@ -1,13 +1,8 @@
-"""Helpers of the service tests (no tests here): a fake-model index with real tiny video files,
-and a uvicorn server on a free loopback port in a thread."""
+"""Helpers of the service tests (no tests here): a fake-model index with real tiny video files."""
 from __future__ import annotations
 
 import shutil
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from fake_fusion_api import write_dataset
 from test_extract_support import make_video
@@ -33,24 +28,3 @@ def sample_video(folder: Path) -> Path:
     if not path.is_file():
         make_video(path, seconds=4.0, fps=10, audio=None)
     return path
-
-
-@contextmanager
-def running(app) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 (a free port) in a thread; yields the base URL."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)

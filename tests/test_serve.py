@@ -12,13 +12,13 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from fake_fusion_api import IDS, FakeFusion, write_dataset
-from serve_support import indexed_dataset, running, sample_video
+from serve_support import indexed_dataset, sample_video
 
 from data.settings import get_settings
 from retrieval import index as rindex
 from retrieval import search, serve
 from retrieval.search import Searcher
-from retrieval.service.app import ServeSettings, create_app
+from retrieval.service.app import ServeSettings, create_app, serve_in_thread
 from retrieval.service.core import SearchService
 
 
@@ -212,7 +212,7 @@ def test_load_400_queries_16_threads_with_a_swap_mid_load(service):
                 time.sleep(0.005)
 
     swapped = threading.Event()
-    with running(app) as base:
+    with serve_in_thread(app) as base:
         threads = [threading.Thread(target=client_thread, args=(t, base)) for t in range(16)]
         start = time.monotonic()
         for th in threads:

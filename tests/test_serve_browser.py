@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 from fake_fusion_api import FakeFusion
-from serve_support import indexed_dataset, running, sample_video
+from serve_support import indexed_dataset, sample_video
 
 from retrieval.search import Searcher
-from retrieval.service.app import ServeSettings, create_app
+from retrieval.service.app import ServeSettings, create_app, serve_in_thread
 from retrieval.service.core import SearchService
 
 CHROMIUM = os.environ.get("TVR_CHROMIUM", "/usr/bin/chromium")
@@ -28,7 +28,7 @@ def test_type_a_query_see_thumbnails_open_one(tvr_home, monkeypatch, tmp_path):
     FakeFusion().install(monkeypatch)
     indexed_dataset("toy", 12, sample_video(tmp_path))
     service = SearchService(Searcher("toy"), poll_s=0)
-    with running(create_app(ServeSettings(dataset="toy"), service)) as base, playwright.sync_playwright() as p:
+    with serve_in_thread(create_app(ServeSettings(dataset="toy"), service)) as base, playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
             "--no-first-run", "--mute-audio"])

@@ -18,9 +18,11 @@ safe path component (400); an id not in the index (404).
 from __future__ import annotations
 
 import asyncio
-from contextlib import asynccontextmanager
+import threading
+import time
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Iterator
 from urllib.parse import parse_qsl, quote
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -216,3 +218,25 @@ def create_app(settings: ServeSettings, service: SearchService | None = None) ->
             return _error(404, str(err))
 
     return app
+
+
+@contextmanager
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run ``app`` with uvicorn in a thread (default: loopback, a free port); yields the base URL.
+    For tests and the benchmark; ``python -m retrieval.serve`` runs uvicorn in the foreground."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start (see its log above)")
+        time.sleep(0.02)
+    bound = server.servers[0].sockets[0].getsockname()
+    try:
+        yield f"http://{bound[0]}:{bound[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -39,7 +39,7 @@ class MicroBatcher:
     def __init__(self, answer: Callable[[list[str], list[int]], list], *, max_batch: int = 64,
                  wait_s: float = 0.002):
         self.answer, self.max_batch, self.wait_s = answer, int(max_batch), float(wait_s)
-        self.batches: list[int] = []            # sizes of the last batches (bounded), for /api/info
+        self.n_batches = self.n_queries = 0     # counters for /api/info (mean batch size)
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="query-batcher", daemon=True)
         self._thread.start()
@@ -71,7 +71,8 @@ class MicroBatcher:
 
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
-            self.batches = (self.batches + [len(batch)])[-1000:]
+            self.n_batches += 1
+            self.n_queries += len(batch)
             try:
                 results = self.answer([r.text for r in batch], [r.k for r in batch])
             except Exception as err:            # handed to each waiting request, never lost
@@ -163,12 +164,12 @@ class SearchService:
 
     def info(self) -> dict:
         s = self.searcher
-        recent = self.batcher.batches[-200:]
+        b = self.batcher
         return {**self.health(), "index": dict(s.state.info), "device": s.device,
                 "fine_grained": bool(s.loaded.fine_grained), "rerank_depth": s.rerank_depth if s.loaded.fine_grained else None,
                 "notes": list(s.state.notes), "swaps": self.swaps,
-                "batching": {"max_batch": self.batcher.max_batch, "wait_ms": 1000 * self.batcher.wait_s,
-                             "recent_mean_batch": round(sum(recent) / len(recent), 2) if recent else None}}
+                "batching": {"max_batch": b.max_batch, "wait_ms": 1000 * b.wait_s, "batches": b.n_batches,
+                             "queries": b.n_queries}}
 
     def close(self) -> None:
         self._stop.set()
