@@ -126,12 +126,19 @@ def test_thumbnail_seeks_to_the_moment(tmp_path, video):
 
 
 def test_concurrent_queries_share_model_calls(service):
+    """16 threads, 64 queries with different k: fewer model calls than queries, each answer its own."""
+    batched = SearchService(service.searcher, poll_s=0, wait_s=0.05)
     texts = [f"a clip of v{i % 25}" for i in range(64)]
-    with ThreadPoolExecutor(16) as pool:
-        found = list(pool.map(lambda t: service.query(t, 3), texts))
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            found = list(pool.map(lambda i: batched.query(texts[i], 1 + i % 5), range(64)))
+    finally:
+        batched.close()
     assert [f["results"][0]["video_id"] for f in found] == [t.split(" of ")[-1] for t in texts]
+    assert [len(f["results"]) for f in found] == [1 + i % 5 for i in range(64)]
     sizes = [call[1] for call in service.fake.calls if call[0] == "encode"]
     assert sum(sizes) == 64 and max(sizes) > 1 and len(sizes) < 64
+    assert batched.info()["batching"] == {"max_batch": 64, "wait_ms": 50.0, "batches": len(sizes), "queries": 64}
 
 
 def test_hot_swap_and_a_failing_new_build(client, service, tvr_home):
