@@ -6,10 +6,10 @@ Builds, in a temporary ``TVR_HOME`` (or ``--home``), a dataset of ``--videos`` m
 video files: thumbnails are not exercised), the ``_extractor.json`` of a RANDOM-weights CLIP
 (``--model``) for clip_frames and clip_text (no features: the zero-shot model only needs their
 description), and an index build of GENERATED unit vectors (not model embeddings; the search cost
-does not depend on what the vectors mean). Then the real service answers: the zero-shot model with the real CLIP text tower
-encodes every query (micro-batched across concurrent requests), FAISS searches the build. The
-service runs as ``python -m retrieval.serve`` in its own process on loopback; the clients are
-threads of this process (httpx), so they do not share the service's interpreter.
+does not depend on what the vectors mean). Then the real service answers: the zero-shot model
+with the real CLIP text tower encodes every query (micro-batched across concurrent requests) and
+FAISS searches the build. The service runs as ``python -m retrieval.serve`` in its own process on
+loopback; the clients are threads of this process (httpx), so they do not share its interpreter.
 Each client sends ``--queries`` / clients distinct queries over HTTP, one after another; latency is
 measured per request at the client, QPS = all requests / wall time. Device: ``$TVR_DEVICE``.
 """
@@ -68,10 +68,14 @@ def load(base: str, clients: int, total: int) -> dict:
         with httpx.Client(base_url=base, timeout=60) as http:
             for i in range(c, total, clients):
                 start = time.perf_counter()
-                r = http.get("/api/search", params={"q": f"a person doing thing number {i} in a video", "k": 10})
+                try:
+                    r = http.get("/api/search", params={"q": f"a person doing thing number {i} in a video", "k": 10})
+                    problem = None if r.status_code == 200 else f"{r.status_code}: {r.text[:200]}"
+                except httpx.HTTPError as err:
+                    problem = repr(err)
                 took = time.perf_counter() - start
                 with lock:
-                    (latencies.append(took) if r.status_code == 200 else errors.append(r.text[:200]))
+                    (latencies.append(took) if problem is None else errors.append(problem))
 
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     start = time.perf_counter()
@@ -80,7 +84,7 @@ def load(base: str, clients: int, total: int) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    ms = np.asarray(latencies) * 1000
+    ms = np.asarray(latencies or [np.nan]) * 1000
     return {"clients": clients, "requests": len(latencies), "errors": len(errors),
             "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
             "qps": len(latencies) / wall}
@@ -124,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, help="TVR_HOME to build in (default: a temporary folder)")
     parser.add_argument("--wait-ms", type=float, default=2.0, help="micro-batch wait (default 2 ms)")
     args = parser.parse_args(argv)
-    home = args.home or Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
+        return run(args, args.home or Path(scratch))
+
+
+def run(args: argparse.Namespace, home: Path) -> int:
     os.environ["TVR_HOME"] = str(home)
     import httpx
     from tabulate import tabulate
@@ -132,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     build_home(home, "bench", args.videos, args.model)
     print(f"built {args.videos:,} generated vectors + random {args.model} extractor descriptions under {home} "
-          f"in {time.perf_counter() - start:.1f} s; {os.cpu_count()} cores, TVR_DEVICE={os.environ.get('TVR_DEVICE', 'auto')}")
+          f"in {time.perf_counter() - start:.1f} s; {os.cpu_count()} cores, "
+          f"TVR_DEVICE={os.environ.get('TVR_DEVICE', 'auto')}")
     rows = []
     with served(home, args.wait_ms) as base:
         health = httpx.get(base + "/api/info").json()

@@ -14,7 +14,6 @@ from fastapi.testclient import TestClient
 from fake_fusion_api import IDS, FakeFusion, write_dataset
 from serve_support import indexed_dataset, sample_video
 
-from data.settings import get_settings
 from retrieval import index as rindex
 from retrieval import search, serve
 from retrieval.search import Searcher
@@ -159,7 +158,8 @@ def test_hot_swap_and_a_failing_new_build(client, service, tvr_home):
     health = client.get("/healthz").json()
     assert health["status"] == "degraded" and health["build_id"] == new["index"]["build_id"]
     assert f"build '{other.name}' could not be opened" in health["problem"]
-    assert client.get("/api/search", params={"q": "a clip of v2"}).json()["index"]["build_id"] == new["index"]["build_id"]
+    answered = client.get("/api/search", params={"q": "a clip of v2"}).json()
+    assert answered["index"]["build_id"] == new["index"]["build_id"]
 
 
 def test_watcher_swaps_in_the_background(service):
@@ -243,3 +243,15 @@ def test_load_400_queries_16_threads_with_a_swap_mid_load(service):
     after = [build for sent, build in answers if sent > swapped_at]
     assert len(after) >= 80 and set(after) == {new}, "a query sent after the swap answered from the old build"
     assert {build for _, build in answers} == {old, new}
+
+
+@pytest.mark.slow
+def test_bench_runs_on_tiny_sizes(tmp_path, capsys):
+    from test_extract_support import tiny_clip_dir
+
+    from bench import serve as bench_serve
+
+    assert bench_serve.main(["--videos", "40", "--queries", "8", "--clients", "1,4",
+                             "--model", tiny_clip_dir(tmp_path), "--home", str(tmp_path / "home")]) == 0
+    out = capsys.readouterr().out
+    assert "p50 ms" in out and "throughput at 4 clients" in out and "RANDOM WEIGHTS" in out

@@ -20,8 +20,8 @@ from retrieval.service.core import SearchService
 
 CHROMIUM = os.environ.get("TVR_CHROMIUM", "/usr/bin/chromium")
 playwright = pytest.importorskip("playwright.sync_api")
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not shutil.which(CHROMIUM),
+                                                    reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")]
 
 
 def test_type_a_query_see_thumbnails_open_one(tvr_home, monkeypatch, tmp_path):

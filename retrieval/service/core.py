@@ -166,7 +166,8 @@ class SearchService:
         s = self.searcher
         b = self.batcher
         return {**self.health(), "index": dict(s.state.info), "device": s.device,
-                "fine_grained": bool(s.loaded.fine_grained), "rerank_depth": s.rerank_depth if s.loaded.fine_grained else None,
+                "fine_grained": bool(s.loaded.fine_grained),
+                "rerank_depth": s.rerank_depth if s.loaded.fine_grained else None,
                 "notes": list(s.state.notes), "swaps": self.swaps,
                 "batching": {"max_batch": b.max_batch, "wait_ms": 1000 * b.wait_s, "batches": b.n_batches,
                              "queries": b.n_queries}}
