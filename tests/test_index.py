@@ -192,7 +192,7 @@ def test_build_records_checksums_and_verify_catches_damage(tvr_home):
 
 
 DAMAGE = {
-    "flipped byte in index.faiss": lambda b: b.joinpath("index.faiss").write_bytes(
+    "zeroed tail of index.faiss": lambda b: b.joinpath("index.faiss").write_bytes(
         b.joinpath("index.faiss").read_bytes()[:-9] + b"\x00" * 9),
     "truncated ids.json": lambda b: b.joinpath("ids.json").write_text('["v0", "v1"'),
     "missing manifest snapshot": lambda b: b.joinpath("manifest.parquet").unlink(),
