@@ -60,6 +60,7 @@ from data.settings import Settings, get_settings
 from retrieval.faiss_index import (EXACT_UP_TO, INDEX_TYPES, IndexFolderError, apply_search_params, build_faiss,
                                    builds_on_gpu)
 from retrieval.runs import ZERO_SHOT, fusion_api, load, run_name
+from retrieval.serving import set_serving_run
 
 VECTORS_FILE = "vectors.npy"
 VIDEO_STATE_FILE = "videos.parquet"
@@ -461,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index-type", default="auto", choices=("auto",) + INDEX_TYPES,
                         help=f"auto = flat up to {EXACT_UP_TO:,} vectors, hnsw above")
     parser.add_argument("--no-gpu", action="store_true", help="never use a GPU even if FAISS has one")
+    parser.add_argument("--serve", action="store_true",
+                        help="also record this run as the dataset's serving run (what retrieval.serve, "
+                             "retrieval.search and the nightly re-index use by default)")
     args = parser.parse_args(argv)
     try:
         folder = build_from_model(args.dataset, args.run, splits=args.splits, index_type=args.index_type,
@@ -471,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     info = json.loads((folder / "info.json").read_text())
     print(f"index {folder}: {info['n_vectors']} x {info['dim']} {info['index_type']} {info['params']}, "
           f"built in {info['build_seconds']} s")
+    if args.serve:
+        print(f"serving run of {args.dataset}: {info['run']} (recorded in {set_serving_run(args.dataset, info['run'])})")
     if info["random_weights"]:
         print(f"!!! {RANDOM_WARNING} !!!")
     return 0

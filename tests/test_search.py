@@ -222,3 +222,16 @@ def test_spans_overlap_the_window_where_the_object_appears(tvr_home, monkeypatch
         assert span["start_s"] <= span["peak_s"] < span["end_s"]
     print(f"spans overlapping the object's window: {overlaps}/{n} ({100 * overlaps / n:.0f}%)")
     assert overlaps / n >= 0.8
+
+
+def test_serving_run_is_the_default_run(indexed, tvr_home, capsys):
+    """`retrieval.index --serve` records the run; search (and the service) default to it."""
+    run = tvr_home / "runs" / "meanP-7"
+    run.mkdir(parents=True)
+    assert rindex.main(["--dataset", "toy", "--run", str(run), "--no-gpu", "--serve"]) == 0
+    assert "serving run of toy: meanP-7" in capsys.readouterr().out
+    assert search.main(["a clip of v2", "--dataset", "toy", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["run"] == "meanP-7" and found["model"] == "meanP"
+    assert search.main(["a clip of v2", "--dataset", "toy", "--run", "zero-shot", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["run"] == "zero-shot"
