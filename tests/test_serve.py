@@ -137,7 +137,8 @@ def test_concurrent_queries_share_model_calls(service):
     assert [len(f["results"]) for f in found] == [1 + i % 5 for i in range(64)]
     sizes = [call[1] for call in service.fake.calls if call[0] == "encode"]
     assert sum(sizes) == 64 and max(sizes) > 1 and len(sizes) < 64
-    assert batched.info()["batching"] == {"max_batch": 64, "wait_ms": 50.0, "batches": len(sizes), "queries": 64}
+    counters = batched.info()["batching"]
+    assert counters["batches"] == len(sizes) and counters["queries"] == 64 and counters["busy_s"] > 0
 
 
 def test_hot_swap_and_a_failing_new_build(client, service, tvr_home):

@@ -40,6 +40,7 @@ class MicroBatcher:
                  wait_s: float = 0.002):
         self.answer, self.max_batch, self.wait_s = answer, int(max_batch), float(wait_s)
         self.n_batches = self.n_queries = 0     # counters for /api/info (mean batch size)
+        self.busy_s = 0.0                       # time spent answering batches (model + search)
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="query-batcher", daemon=True)
         self._thread.start()
@@ -73,12 +74,15 @@ class MicroBatcher:
         while (batch := self._take()) is not None:
             self.n_batches += 1
             self.n_queries += len(batch)
+            start = time.perf_counter()
             try:
                 results = self.answer([r.text for r in batch], [r.k for r in batch])
             except Exception as err:            # handed to each waiting request, never lost
                 for r in batch:
                     r.future.set_exception(err)
                 continue
+            finally:
+                self.busy_s += time.perf_counter() - start
             for r, result in zip(batch, results):
                 r.future.set_result(result)
 
@@ -170,7 +174,7 @@ class SearchService:
                 "rerank_depth": s.rerank_depth if s.loaded.fine_grained else None,
                 "notes": list(s.state.notes), "swaps": self.swaps,
                 "batching": {"max_batch": b.max_batch, "wait_ms": 1000 * b.wait_s, "batches": b.n_batches,
-                             "queries": b.n_queries}}
+                             "queries": b.n_queries, "busy_s": round(b.busy_s, 4)}}
 
     def close(self) -> None:
         self._stop.set()
