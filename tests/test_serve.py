@@ -256,3 +256,26 @@ def test_bench_runs_on_tiny_sizes(tmp_path, capsys):
                              "--model", tiny_clip_dir(tmp_path), "--home", str(tmp_path / "home")]) == 0
     out = capsys.readouterr().out
     assert "p50 ms" in out and "throughput at 4 clients" in out and "RANDOM WEIGHTS" in out
+
+
+def test_damaged_pointer_while_serving_keeps_answering_and_says_so(client, service, tvr_home):
+    before = service.searcher.state.build_id
+    (tvr_home / "indexes" / "toy" / "zero-shot" / "current").write_text("no-such-build\n")
+    assert not service.check_for_new_build()
+    health = client.get("/healthz").json()
+    assert health["status"] == "degraded" and health["build_id"] == before
+    assert "names build 'no-such-build'" in health["problem"] and "newest verified build" in health["problem"]
+    found = client.get("/api/search", params={"q": "a clip of v9", "k": 1}).json()
+    assert found["results"][0]["video_id"] == "v9" and "newest verified build" in found["note"]
+    assert rindex.main(["--dataset", "toy", "--no-gpu"]) == 0          # the next build repairs it
+    assert service.check_for_new_build() and client.get("/healthz").json()["status"] == "ok"
+
+
+def test_thumbnail_links_point_at_the_best_moment():
+    from retrieval.service.app import with_media_urls
+
+    found = {"results": [{"video_id": "a b", "spans": [{"start_s": 1.0, "end_s": 2.5, "peak_s": 1.5, "score": 0.3}]},
+                         {"video_id": "c", "spans": None}]}
+    first, second = with_media_urls(found)["results"]
+    assert first["thumbnail"] == "/thumbnails/a%20b.jpg?t=1.5" and first["video"] == "/videos/a%20b"
+    assert second["thumbnail"] == "/thumbnails/c.jpg"
