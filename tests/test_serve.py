@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from fake_fusion_api import IDS, FakeFusion, write_dataset
 from serve_support import indexed_dataset, sample_video
+from test_reindex import home  # noqa: F401 (a fixture: tiny synthetic videos, real extraction, first reindex)
 
 from retrieval import index as rindex
 from retrieval import search, serve
@@ -190,24 +191,25 @@ def test_cli_refuses_clearly(tvr_home, monkeypatch, capsys):
     assert "default: loopback only" in capsys.readouterr().out
 
 
-@pytest.mark.slow
-def test_load_400_queries_16_threads_with_a_swap_mid_load(service):
-    """Loopback only: 400 queries from 16 threads, zero errors; a re-index of a changed manifest
-    swaps `current` mid-load, and every query sent after the swap was seen answers from the new build."""
-    svc = SearchService(service.searcher, poll_s=0.05)
-    app = create_app(ServeSettings(dataset="toy"), svc)
+def load_with_a_swap(svc: SearchService, dataset: str, queries: list[str], reindex) -> tuple[str, str]:
+    """400 queries from 16 threads over loopback HTTP; after 100 answers ``reindex()`` publishes a new
+    build (the service's watcher swaps it in); the last 5 queries of each thread are sent after the
+    swap. Asserts zero errors and that every query sent after the swap answered from the new build;
+    returns (old, new) build ids."""
+    app = create_app(ServeSettings(dataset=dataset), svc)
     old = svc.searcher.state.build_id
     done, errors, answers = [], [], []
     lock = threading.Lock()
+    swapped = threading.Event()
 
     def client_thread(t: int, base: str) -> None:
-        with httpx.Client(base_url=base, timeout=30) as http:
+        with httpx.Client(base_url=base, timeout=60) as http:
             for i in range(25):
                 if i == 20:                                      # the last 5 of each: after the swap
-                    swapped.wait(60)
+                    swapped.wait(120)
                 sent = time.monotonic()
                 try:
-                    r = http.get("/api/search", params={"q": f"a clip of v{(t * 25 + i) % 25}", "k": 5})
+                    r = http.get("/api/search", params={"q": queries[(t * 25 + i) % len(queries)], "k": 5})
                     if r.status_code != 200:
                         raise AssertionError(f"{r.status_code}: {r.text[:200]}")
                     with lock:
@@ -219,7 +221,6 @@ def test_load_400_queries_16_threads_with_a_swap_mid_load(service):
                     done.append(1)
                 time.sleep(0.005)
 
-    swapped = threading.Event()
     with serve_in_thread(app) as base:
         threads = [threading.Thread(target=client_thread, args=(t, base)) for t in range(16)]
         start = time.monotonic()
@@ -227,23 +228,50 @@ def test_load_400_queries_16_threads_with_a_swap_mid_load(service):
             th.start()
         while len(done) < 100:
             time.sleep(0.005)
-        write_dataset("toy", 30)                                 # the changed manifest, re-indexed mid-load
-        assert rindex.main(["--dataset", "toy", "--no-gpu"]) == 0
-        deadline = time.monotonic() + 30
+        reindex()                                                # a changed manifest, re-indexed mid-load
+        deadline = time.monotonic() + 60
         while svc.searcher.state.build_id == old and time.monotonic() < deadline:
             time.sleep(0.005)
         swapped_at = time.monotonic()
         swapped.set()
         for th in threads:
-            th.join(timeout=120)
+            th.join(timeout=300)
         elapsed = time.monotonic() - start
     svc.close()
     new = svc.searcher.state.build_id
     assert new != old and errors == [] and len(answers) == 400
-    assert elapsed < 120
+    assert elapsed < 300
     after = [build for sent, build in answers if sent > swapped_at]
     assert len(after) >= 80 and set(after) == {new}, "a query sent after the swap answered from the old build"
     assert {build for _, build in answers} == {old, new}
+    return old, new
+
+
+@pytest.mark.slow
+def test_load_400_queries_16_threads_with_a_swap_mid_load(service):
+    """Loopback only, the fake model: a re-index (python -m retrieval.index) of a changed manifest."""
+    def reindex():
+        write_dataset("toy", 30)
+        assert rindex.main(["--dataset", "toy", "--no-gpu"]) == 0
+
+    load_with_a_swap(SearchService(service.searcher, poll_s=0.05), "toy",
+                     [f"a clip of v{i}" for i in range(25)], reindex)
+
+
+@pytest.mark.slow
+def test_load_on_the_synthetic_index_with_retrieval_reindex_mid_load(home):  # noqa: F811 (fixture)
+    """Loopback only, the real zero-shot model (tiny random CLIP) on synthetic videos
+    (tests/test_reindex.py's fixture): `python -m retrieval.reindex` of a manifest with two more
+    videos extracts, encodes and publishes mid-load."""
+    from retrieval import reindex as rx
+
+    def reindex():
+        home.manifest(home.ids[:12])
+        assert rx.reindex("syn").status == "rebuilt"
+
+    captions = [r["captions"][0] for r in home.records[:16]]
+    _, new = load_with_a_swap(SearchService(Searcher("syn"), poll_s=0.05), "syn", captions, reindex)
+    assert len(Searcher("syn").state.build.ids) == 12
 
 
 @pytest.mark.slow
