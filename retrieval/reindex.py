@@ -397,7 +397,7 @@ def _reindex_locked(dataset: str, run: str, loaded, *, index_type: str, shard_si
             plan.reused = []
     result.added, result.changed, result.removed = len(plan.added), len(plan.changed), len(plan.removed)
     result.reused = len(plan.reused)
-    if (old_vectors is not None and plan.empty
+    if (old_vectors is not None and plan.empty and previous.warning is None   # a fallback build: repair 'current'
             and previous.info.get("manifest_fingerprint") == manifest_fingerprint(manifest)):
         result.n_indexed, result.without_features = len(previous.ids), len(plan.unindexable)
         result.message = "nothing new: the current build covers the manifest"
