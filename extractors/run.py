@@ -2,32 +2,55 @@
 
 ``plan_shards`` splits the manifest into shards of videos and prepares each modality's feature
 folder; ``extract_shard`` does one shard: it finds, per modality, the videos not yet done for the
-same extractor-id, decodes each such video ONCE in background threads (running ahead of the
-models) with the union of what the modalities still need, feeds every modality from that decode,
-and writes one store shard per modality. ``extract_dataset`` runs all shards in order.
-Both are plain functions on picklable arguments, so a Prefect task (flows/extract.py) or a Dask
-worker can call ``extract_shard`` directly; models load once per process.
+same extractor-id *and the same content* (the rows' fingerprint must equal the video file's
+fingerprint now, or for text the caption digest: :mod:`data.fingerprint`), decodes each such video
+ONCE in background threads (running ahead of the models) with the union of what the modalities
+still need, feeds every modality from that decode, and writes one store shard per modality.
+``extract_dataset`` runs all shards in order and ends with :func:`finish_run` (debris removed and
+superseded rows compacted away, when no other writer is busy). Both are plain functions on
+picklable arguments, so a Prefect task (flows/extract.py) or a Dask worker can call
+``extract_shard`` directly; models load once per process. Any number of runs may work on one
+dataset at once (see data/store.py for the locking).
+
+While a video is being decoded, an in-progress record ``features/<dataset>/.inprogress/<hash>.*.json``
+exists, locked by the decoding process. A later run that finds such a record with its lock free
+knows the process died while decoding (killed for memory, a decoder crash) and records the video as
+``failed`` (``worker died while decoding ...``) instead of decoding it again; that failure stands
+until the file's fingerprint changes (replace or ``touch`` the file to try again).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import os
 import time
+import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Callable, ContextManager, Iterable, Iterator
 
-from data.manifest import Manifest, VideoRecord, read_manifest
+from data import locks
+from data.fingerprint import current_fingerprints
+from data.manifest import Manifest, ManifestError, VideoRecord, read_manifest, safe_video_path
+from data.names import check_name
 from data.settings import Settings, get_settings
-from data.store import RANDOM_WARNING, FeatureRow, FeatureSet
+from data.store import FINAL_FAILURE, RANDOM_WARNING, FeatureRow, FeatureSet
 from extractors.base import Extractor, VideoItem
 from extractors.decode import DecodeError, DecodeRequest, decode_video
 from extractors.registry import DEFAULT_MODELS, MODALITIES, build_extractor
 
 log = logging.getLogger("tvr.extract")
 Log = Callable[[str], None]
+INPROGRESS = ".inprogress"
+# Tests only: "<video_id>:<marker file>" makes the run write the marker and sleep while it holds that
+# video's in-progress record (as if its decoder hung), so a test can kill it there.
+PAUSE_ENV = "TVR_EXTRACT_TEST_PAUSE"
 
 
 @dataclass
@@ -106,8 +129,8 @@ def plan_shards(dataset: str, config: ExtractConfig, *, shard_size: int | None =
                 settings: Settings | None = None) -> list[list[str]]:
     """Video ids of each shard, in manifest order; prepares every modality's feature folder.
 
-    Preparing removes debris of killed writers (partial shards, temporary files), so call it once
-    per run before any ``extract_shard`` of that run.
+    Preparing tidies a folder (killed writers' debris, superseded rows) only when no other writer
+    is busy in it, so it is safe to call while other runs of the same dataset are going on.
     """
     settings = settings or get_settings()
     ids = load_manifest(dataset, settings).video_ids
@@ -115,32 +138,88 @@ def plan_shards(dataset: str, config: ExtractConfig, *, shard_size: int | None =
     if size < 1:
         raise ValueError(f"shard size {size}: must be at least 1")
     for ext in config.build():
-        fs = ext.feature_set(settings, dataset)
-        fs.prepare()
-        for claim in fs.folder.glob("part-*.claim"):  # shard numbers reserved by killed writers
-            claim.unlink(missing_ok=True)
+        ext.feature_set(settings, dataset).prepare()
     return [ids[i:i + size] for i in range(0, len(ids), size)]
 
 
-def _claim_shard_index(fs: FeatureSet) -> int:
-    """Reserve the next free shard number (safe against concurrent writers of the same folder)."""
-    while True:
-        index = fs.next_shard_index()
-        try:
-            fd = os.open(fs.folder / f"part-{index:05d}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            continue
-        os.close(fd)
-        return index
+def finish_run(dataset: str, counts: dict[str, "ModalityCounts"], settings: Settings | None = None) -> None:
+    """End of a run: tidy each modality's folder (debris out, superseded rows compacted away) so
+    the store at rest is plain Parquet; skipped where another writer is busy (the last one tidies)."""
+    settings = settings or get_settings()
+    for m, c in counts.items():
+        folder = settings.feature_dir(dataset, m, c.extractor_id)
+        if (folder / "_extractor.json").is_file():
+            FeatureSet(folder).tidy()
 
 
-def write_rows(fs: FeatureSet, rows: list[FeatureRow]) -> None:
-    """Write one shard of ``rows`` under a reserved number (temporary name, rename, marker)."""
-    index = _claim_shard_index(fs)
+def content_keys(fs: FeatureSet, manifest: Manifest, video_ids: list[str],
+                 file_fingerprints: dict[str, str]) -> dict[str, str]:
+    """``video_id -> fingerprint`` each stored row of ``fs`` must carry to count as done."""
+    if fs.spec.keyed_by == "captions":
+        digests = manifest.captions_digests()
+        return {v: digests[v] for v in video_ids}
+    return {v: file_fingerprints[v] for v in video_ids}
+
+
+# ---- in-progress records: a video that killed its worker ---------------------------------------
+def records_dir(dataset: str, settings: Settings) -> Path:
+    return settings.features_dir / check_name(dataset, "dataset name") / INPROGRESS
+
+
+def _record_key(video_id: str) -> str:
+    return hashlib.sha256(video_id.encode()).hexdigest()[:20]
+
+
+@contextmanager
+def decoding(folder: Path, record: VideoRecord) -> Iterator[None]:
+    """Hold an in-progress record of ``record`` (locked by this process) while the block runs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{_record_key(record.video_id)}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    tmp, final = folder / f".{name}.tmp", folder / f"{name}.json"
+    fd = locks.held_fd(tmp)
     try:
-        fs.write_shard(rows, index=index)
+        os.write(fd, json.dumps({"video_id": record.video_id, "path": record.path, "pid": os.getpid(),
+                                 "host": os.uname().nodename, "started": time.time()}).encode())
+        os.replace(tmp, final)   # visible under its final name only once locked
+        spec = os.environ.get(PAUSE_ENV, "")
+        if spec and spec.partition(":")[0] == record.video_id:
+            Path(spec.partition(":")[2]).write_text(str(os.getpid()))
+            time.sleep(600)
+        yield
     finally:
-        (fs.folder / f"part-{index:05d}.claim").unlink(missing_ok=True)
+        final.unlink(missing_ok=True)   # removed before the lock goes: a record left in place means a death
+        tmp.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def dead_records(folder: Path, video_ids: Iterable[str]) -> dict[str, tuple[dict, list[Path]]]:
+    """``video_id -> (record, files)`` of the ``video_ids`` whose decoding process died."""
+    if not folder.is_dir():
+        return {}
+    wanted = {_record_key(v): v for v in video_ids}
+    out: dict[str, tuple[dict, list[Path]]] = {}
+    for path in folder.iterdir():
+        if path.name.startswith(".") and path.suffix == ".tmp":
+            if locks.abandoned(path):
+                path.unlink(missing_ok=True)   # died between creating and publishing its record
+            continue
+        vid = wanted.get(path.name.split(".")[0])
+        if vid is None or path.suffix != ".json" or not locks.abandoned(path):
+            continue
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            info = {}
+        entry = out.setdefault(vid, (info, []))
+        entry[1].append(path)
+    return out
+
+
+def crash_error(record: VideoRecord, info: dict) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["started"])) if "started" in info else "?"
+    return (f"{FINAL_FAILURE} {record.path}: process {info.get('pid', '?')} on {info.get('host', '?')} died while "
+            f"decoding it (started {when}; killed for memory or a decoder crash); not retried until the file "
+            f"changes (replace or touch it to try again)")
 
 
 def merged_request(extractors: Iterable[Extractor]) -> DecodeRequest:
@@ -152,19 +231,23 @@ def merged_request(extractors: Iterable[Extractor]) -> DecodeRequest:
 
 
 def iter_decoded(jobs: Iterable[tuple[VideoRecord, DecodeRequest]], video_root, *, workers: int = 1,
-                 prefetch: int = 4) -> Iterator[VideoItem]:
+                 prefetch: int = 4, guard: Callable[[VideoRecord], ContextManager] | None = None
+                 ) -> Iterator[VideoItem]:
     """Decode each job once in ``workers`` background threads, up to ``prefetch`` videos ahead.
 
-    Yields :class:`VideoItem` in job order; a :class:`DecodeError` becomes ``item.error``.
-    Jobs with an empty request are not opened at all.
+    Yields :class:`VideoItem` in job order; a :class:`DecodeError` (or a path that leaves the video
+    root) becomes ``item.error``. Jobs with an empty request are not opened at all. ``guard(record)``
+    wraps each decode (the in-progress record of :func:`decoding`).
     """
     def work(record: VideoRecord, request: DecodeRequest) -> VideoItem:
         if request.empty:
             return VideoItem(record)
         path = video_root / record.path
         try:
-            return VideoItem(record, decode_video(path, request))
-        except DecodeError as exc:
+            path = safe_video_path(video_root, record.path)
+            with guard(record) if guard else nullcontext():
+                return VideoItem(record, decode_video(path, request))
+        except (DecodeError, ManifestError) as exc:
             return VideoItem(record, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - an unforeseen decoder failure is still one video's failure
             return VideoItem(record, error=f"{path}: decoding failed ({exc.__class__.__name__}: {exc})")
@@ -184,8 +267,9 @@ def extract_shard(dataset: str, video_ids: list[str], config: ExtractConfig | di
                   settings: Settings | None = None, progress: Log | None = None) -> dict[str, ModalityCounts]:
     """Extract every requested modality for ``video_ids`` (one decode per video); write the shards.
 
-    Videos already ``ok`` / ``empty`` for the same extractor-id are skipped; a video that fails is
-    recorded as ``failed`` with its error and the others go on. Returns counts per modality.
+    Videos already ``ok`` / ``empty`` for the same extractor-id and content fingerprint are skipped;
+    a video that fails is recorded as ``failed`` with its error and the others go on; a video whose
+    decoding process died earlier is recorded as failed without decoding it. Returns counts per modality.
     """
     config = ExtractConfig(**config) if isinstance(config, dict) else config
     settings = settings or get_settings()
@@ -199,20 +283,30 @@ def extract_shard(dataset: str, video_ids: list[str], config: ExtractConfig | di
     extractors = config.build()
     sets = {e.modality: e.feature_set(settings, dataset) for e in extractors}
     counts = {e.modality: ModalityCounts(e.modality, e.extractor_id, e.spec.random_weights) for e in extractors}
+    fingerprints = current_fingerprints(manifest, video_ids)
+    keys = {e.modality: content_keys(sets[e.modality], manifest, video_ids, fingerprints) for e in extractors}
     todo: dict[str, set[str]] = {}
     for e in extractors:
-        done = sets[e.modality].done_ids()
+        done = sets[e.modality].done_ids(keys[e.modality])
         todo[e.modality] = {v for v in video_ids if v not in done}
         counts[e.modality].skipped = len(video_ids) - len(todo[e.modality])
+    rows: dict[str, list[FeatureRow]] = {e.modality: [] for e in extractors}
+    in_progress = records_dir(dataset, settings)
+    dead = dead_records(in_progress, video_ids)
+    for vid, (info, _) in dead.items():
+        say(f"{dataset}: video {vid!r}: {crash_error(records[vid], info)}")
+        for e in extractors:
+            if vid in todo[e.modality] and not e.request.empty:
+                rows[e.modality] += e.failed_rows(VideoItem(records[vid]), crash_error(records[vid], info))
+                todo[e.modality].discard(vid)
     jobs = []
     for vid in video_ids:
         wanted = [e for e in extractors if vid in todo[e.modality]]
         if wanted:
             jobs.append((records[vid], merged_request(wanted)))
-    rows: dict[str, list[FeatureRow]] = {e.modality: [] for e in extractors}
     start, last_report = time.time(), time.time()
     for n, item in enumerate(iter_decoded(jobs, manifest.video_root, workers=config.decode_workers,
-                                          prefetch=config.prefetch), 1):
+                                          prefetch=config.prefetch, guard=partial(decoding, in_progress)), 1):
         for e in extractors:
             if item.video_id in todo[e.modality]:
                 rows[e.modality] += e.push(item)
@@ -222,9 +316,14 @@ def extract_shard(dataset: str, video_ids: list[str], config: ExtractConfig | di
             last_report = time.time()
     for e in extractors:
         rows[e.modality] += e.flush()
+        for r in rows[e.modality]:
+            r.fingerprint = keys[e.modality][r.video_id]
         if rows[e.modality]:
-            write_rows(sets[e.modality], rows[e.modality])
+            sets[e.modality].write_shard(rows[e.modality])
         _count(counts[e.modality], rows[e.modality])
+    for _, files in dead.values():
+        for path in files:
+            path.unlink(missing_ok=True)   # its failure is stored now
     return counts
 
 
@@ -255,6 +354,7 @@ def extract_dataset(dataset: str, config: ExtractConfig | None = None, *, shard_
         merge_counts(total, result)
         say(f"{dataset}: shard {k}/{len(shards)} finished: " + "; ".join(
             f"{m} {c.done} ok, {c.empty} empty, {c.failed} failed, {c.skipped} skipped" for m, c in result.items()))
+    finish_run(dataset, total, settings)
     return total
 
 

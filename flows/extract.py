@@ -28,7 +28,7 @@ from data.settings import get_settings
 from extractors.base import resolve_device
 from extractors.registry import MODALITIES
 from extractors.run import (ExtractConfig, build_parser, config_from_args, extract_dataset, extract_shard,
-                            merge_counts, plan_shards, summary_lines, summary_markdown)
+                            finish_run, merge_counts, plan_shards, summary_lines, summary_markdown)
 from flows.runners import describe, require_api_server, task_runner
 
 GPU_TAG = "gpu"  # limit with: prefect concurrency-limit create gpu <N>
@@ -66,6 +66,7 @@ def extract(dataset: str, modalities: list[str] = list(MODALITIES), weights: dic
     for k, future in enumerate(futures, 1):
         merge_counts(total, future.result())
         update_progress_artifact(progress, 100.0 * k / len(shards))
+    finish_run(dataset, total, settings)   # debris out, superseded rows compacted (if no other writer is busy)
     for line in summary_lines(dataset, total):
         logger.warning(line) if "RANDOM" in line else logger.info(line)
     create_markdown_artifact(summary_markdown(dataset, total), key=f"extract-{_artifact_key(dataset)}",

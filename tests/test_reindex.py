@@ -210,7 +210,7 @@ def test_index_built_without_state_is_fully_encoded_once(home):
 def test_busy_lock_and_partial_build_debris(home):
     root = home.root / "indexes" / DS / "zero-shot"
     (root / ".tmp-20260101T000000000000Z-dead").mkdir()   # left by a writer killed mid-write
-    with rx._exclusive(root) as held:
+    with rx.locks.try_exclusive(root / ".reindex.lock") as held:
         assert held
         busy = rx.reindex(DS)
         assert busy.status == "busy" and "another reindex" in busy.message
@@ -227,16 +227,16 @@ def test_help(capsys):
     assert "--run" in out and "--index-type" in out and "--shard-size" in out
 
 
-def test_make_plan_compares_path_size_and_mtime():
-    before = {"a": (("a.mp4", 10, 1), True), "b": (("b.mp4", 10, 1), True), "c": (("c.mp4", 10, 1), True),
-              "d": (("d.mp4", 10, 1), False), "e": (("e.mp4", -1, -1), False)}
-    now = {"a": ("a.mp4", 10, 1), "b": ("b.mp4", 11, 1), "c": ("c.mp4", 10, 2), "d": ("d.mp4", 10, 1),
-           "e": ("e.mp4", -1, -1), "f": ("f.mp4", 5, 5)}
+def test_make_plan_compares_path_and_fingerprint():
+    before = {"a": (("a.mp4", "10-1-x"), True), "b": (("b.mp4", "10-1-x"), True), "c": (("c.mp4", "10-1-x"), True),
+              "d": (("d.mp4", "10-1-x"), False), "e": (("e.mp4", "missing"), False)}
+    now = {"a": ("a.mp4", "10-1-x"), "b": ("b.mp4", "10-1-y"), "c": ("c2.mp4", "10-1-x"), "d": ("d.mp4", "10-1-x"),
+           "e": ("e.mp4", "missing"), "f": ("f.mp4", "5-5-z")}
     plan = rx.make_plan(now, before, lambda ids: {"d"} & set(ids))
     assert (plan.added, plan.changed, plan.removed) == (["f"], ["b", "c"], [])
     assert (plan.reused, plan.retry, plan.unindexable) == (["a"], ["d"], ["e"])
     assert plan.to_encode == ["f", "b", "c", "d"]
-    gone = rx.make_plan({"a": ("a.mp4", 10, 1)}, before, lambda ids: set())
+    gone = rx.make_plan({"a": ("a.mp4", "10-1-x")}, before, lambda ids: set())
     assert gone.removed == ["b", "c", "d", "e"] and gone.empty is False
 
 

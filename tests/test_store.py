@@ -112,13 +112,14 @@ def test_killed_writer_leaves_no_readable_partial_shard(tmp_path, kill_at):
     fs = FeatureSet(folder)
     assert fs.done_ids() == {"a", "b"}  # the killed shard's videos are redone, nothing else
     assert fs.read().video_ids == ["a", "b"]
-    fs.prepare()  # a new run cleans the debris
-    assert sorted(p.name for p in folder.iterdir()) == ["_extractor.json", "part-00000.done", "part-00000.parquet"]
+    fs.prepare()  # a new run cleans the debris (the lock and counter files stay)
+    assert sorted(p.name for p in folder.iterdir() if p.name not in (".lock", ".next-shard")) == [
+        "_extractor.json", "part-00000.done", "part-00000.parquet"]
     fs.write_shard(rows(["c", "d"], np.random.default_rng(1)))
     assert sorted(fs.read().video_ids) == ["a", "b", "c", "d"]
 
 
-def test_wrong_dimension_is_refused_with_file_and_shape(tmp_path):
+def test_wrong_dimension_is_quarantined_with_file_and_shape(tmp_path, caplog):
     good = spec()
     folder = tmp_path / "f"
     FeatureSet(folder, good).write_shard(rows(["a"], np.random.default_rng(0)))
@@ -126,10 +127,12 @@ def test_wrong_dimension_is_refused_with_file_and_shape(tmp_path):
     wrong = ExtractorSpec(good.modality, DIM * 2, good.params, True, good.extra_columns)
     bad_table = FeatureSet(tmp_path / "other", wrong)._to_table(rows(["b"], np.random.default_rng(0), DIM * 2))
     pq.write_table(bad_table, folder / "part-00001.parquet")
-    (folder / "part-00001.done").write_text("{}")
-    with pytest.raises(StoreError) as err:
-        FeatureSet(folder).read()
-    assert "part-00001.parquet" in str(err.value) and f"D={DIM}" in str(err.value)
+    (folder / "part-00001.done").write_text('{"video_ids": ["b"]}')
+    with caplog.at_level("WARNING", logger="tvr.store"):
+        assert FeatureSet(folder).read().video_ids == ["a"]
+    assert "part-00001.parquet" in caplog.text and f"D={DIM}" in caplog.text and "b" in caplog.text
+    assert not (folder / "part-00001.parquet").exists() and not (folder / "part-00001.done").exists()
+    assert [p.name.split(".")[0] for p in (folder / "_quarantine").iterdir()] == ["part-00001"]
 
 
 def test_writer_refuses_bad_rows(tmp_path):
