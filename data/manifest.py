@@ -87,6 +87,9 @@ def check_relative_path(path: str, source: str = "manifest") -> str:
     """Return ``path`` in POSIX form, refusing absolute paths and ``..`` components."""
     if not isinstance(path, str) or not path.strip():
         raise ManifestError(f"{source}: empty video path")
+    if _bad_chars(path):
+        raise ManifestError(f"{source}: path {path!r} contains a control character (NUL, newline, ...) or an "
+                            f"unpaired surrogate")
     posix = PurePosixPath(path.replace("\\", "/"))
     if posix.is_absolute() or Path(path).is_absolute():
         raise ManifestError(f"{source}: path {path!r} is absolute; paths must be relative to the video root")
@@ -95,11 +98,16 @@ def check_relative_path(path: str, source: str = "manifest") -> str:
     return str(posix)
 
 
+def _bad_chars(text: str) -> bool:
+    """Control characters (NUL, newline, ...) or unpaired surrogates (not writable as UTF-8)."""
+    return any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text)
+
+
 def check_video_id(video_id: object, source: str = "manifest") -> str:
     """``video_id`` unchanged when it is a non-empty string without control characters."""
     if not isinstance(video_id, str) or not video_id:
         raise ManifestError(f"{source}: empty or non-string video id {video_id!r}")
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in video_id):
+    if _bad_chars(video_id):
         raise ManifestError(f"{source}: video id {video_id!r} contains a control character "
                             f"(NUL, newline, ...) or an unpaired surrogate")
     return video_id
@@ -139,6 +147,10 @@ def build_manifest(
         for i, cap in enumerate(captions):
             if not isinstance(cap, str) or not cap.strip():
                 raise ManifestError(f"{where}: caption {i} is {cap!r}; expected a non-empty string")
+            if any(unicodedata.category(ch) == "Cs" for ch in cap):
+                raise ManifestError(f"{where}: caption {i} contains an unpaired surrogate (not valid UTF-8)")
+        if _bad_chars(str(rec.split)):
+            raise ManifestError(f"{where}: split {rec.split!r}; expected a name without control characters")
         full = root / path
         old = (known or {}).get(path)
         now = stat_key(full)
