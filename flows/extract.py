@@ -24,7 +24,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 
+from data.manifest import ManifestError
+from data.names import InvalidName
 from data.settings import get_settings
+from data.store import StoreError
 from extractors.base import resolve_device
 from extractors.registry import MODALITIES
 from extractors.run import (ExtractConfig, build_parser, config_from_args, extract_dataset, extract_shard,
@@ -113,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         run(args.dataset, list(config.modalities), config.weights, config.models, args.shard_size, config.device,
             config.precision, config.seed, config.batch_sizes, config.options, config.decode_workers)
         return 0
-    counts = extract_dataset(args.dataset, config, shard_size=args.shard_size, settings=settings)
+    try:
+        counts = extract_dataset(args.dataset, config, shard_size=args.shard_size, settings=settings)
+    except (ManifestError, StoreError, InvalidName) as exc:   # a user's input, not a bug: no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print("\n".join(summary_lines(args.dataset, counts)))
     return 0
 

@@ -204,3 +204,14 @@ def test_chaos_concurrent_runs_one_killed(media, tmp_path, with_reindex):
         assert final.status in ("rebuilt", "up-to-date")
         frames = FeatureSet(feature_dirs()["clip_frames"]).video_status()
         assert sorted(open_build(DS, "zero-shot").ids) == sorted(v for v in ids if frames[v] == "ok")
+
+
+def test_cli_refuses_unsafe_dataset_names_cleanly(tvr_home, capsys):
+    from flows.extract import main
+
+    for bad in ("../escape", "a/b", ".hidden", "x\ny"):
+        assert main([bad, "--modalities", "clip_text"]) == 2
+        assert "dataset name" in capsys.readouterr().err
+    assert main(["nothing-here", "--modalities", "clip_text"]) == 2
+    assert "no manifest here" in capsys.readouterr().err
+    assert not (tvr_home / "features").exists() and not (tvr_home.parent / "escape").exists()

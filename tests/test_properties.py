@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+from html.parser import HTMLParser
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -224,3 +225,45 @@ class FeatureSetMachine(RuleBasedStateMachine):
 
 TestFeatureSetMachine = FeatureSetMachine.TestCase
 TestFeatureSetMachine.settings = settings(max_examples=25, stateful_step_count=12, deadline=None)
+
+
+# ---- the HTML report shows captions and ids verbatim, never as markup ------------------------------
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: set[str] = set()
+        self.attrs: list[tuple[str, str | None]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        self.attrs += attrs
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+PRINTABLE = st.characters(blacklist_categories=("Cc", "Cs"))   # the page shows NUL as U+FFFD (CommonMark)
+REPORT_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "strong", "table", "thead",
+               "tbody", "tr", "th", "td", "br", "img"}
+
+
+@FAST
+@given(caption=st.text(PRINTABLE, min_size=1, max_size=40), video_id=st.text(PRINTABLE, min_size=1, max_size=20),
+       name=st.sampled_from(["<script>alert(1)</script>", "a|b", "`x`", "m2hf"]))
+def test_report_escapes_captions_and_ids(caption, video_id, name):
+    from retrieval.pipeline_report import QueryHit, ReportRow, html_page, markdown_report
+
+    evaluation = {"t2v": {"R@1": 1.0}, "v2t": {"R@1": 2.0},
+                  "protocol": {"n_queries_t2v": 1, "n_videos": 1, "ties": "mean", "v2t": "x"}}
+    rows = [ReportRow(name, Path("/runs") / "run-1", evaluation)]
+    hits = [QueryHit(caption, video_id, [(video_id, Path("v.mp4"), 0.5, True)])]
+    page = html_page("<b>ds</b>", markdown_report("<b>ds</b>", rows, None, hits, name, "c.png",
+                                                 {video_id: "thumbs/x.png"}, True, {}))
+    parsed = _Page()
+    parsed.feed(page)
+    assert parsed.tags <= REPORT_TAGS, parsed.tags - REPORT_TAGS
+    assert all(k in ("charset", "src", "alt") for k, _ in parsed.attrs), parsed.attrs
+    text = " ".join("".join(parsed.text).split())
+    for shown in (caption, video_id, name):
+        assert " ".join(shown.split()) in text
