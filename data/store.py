@@ -46,6 +46,7 @@ import logging
 import os
 import re
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -331,6 +332,8 @@ class FeatureSet:
     def video_states(self) -> dict[str, VideoState]:
         """``video_id -> VideoState`` of the newest completed shard holding each video (reads 4 columns)."""
         out: dict[str, VideoState] = {}
+        if not self.folder.is_dir():
+            return out
         with locks.shared(self.lock_path):
             for shard in self.completed_shards():
                 t = self._load(shard, ["video_id", "status", "error", "fingerprint"])
@@ -359,7 +362,7 @@ class FeatureSet:
         """Read every completed shard (newest row set per video wins), validating each one."""
         tables = []
         newest: dict[str, int] = {}
-        with locks.shared(self.lock_path):
+        with locks.shared(self.lock_path) if self.folder.is_dir() else nullcontext():
             for shard in self.completed_shards():
                 t = self._load(shard)
                 if t is None:

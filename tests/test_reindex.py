@@ -296,6 +296,7 @@ def test_killed_rebuild_leaves_the_old_index_answering(home, tmp_path, stage, ch
     assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
 
 
+@pytest.mark.slow
 def test_replaced_video_and_corrected_caption_are_the_only_work(home, decoded, tmp_path):
     """Replace one file and correct one caption, re-prepare, extract: exactly that video's frames and
     that video's captions are extracted again (new values checked); the next reindex serves them."""
