@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 EDGE_BYTES = 1 << 20
@@ -88,9 +87,12 @@ def current_fingerprints(manifest, ids: Iterable[str] | None = None) -> dict[str
     vids = table.column("video_id").to_pylist()
     rels = table.column("path").to_pylist()
     stored = table.column("fingerprint").to_pylist() if "fingerprint" in table.column_names else [None] * len(vids)
-    paths, known = {}, {}
+    paths, known, outside = {}, {}, {}
     for vid, rel, fp in zip(vids, rels, stored):
         if wanted is None or vid in wanted:
-            paths[vid] = Path(manifest.video_root) / rel
-            known[vid] = fp
-    return refresh(paths, known)
+            try:
+                paths[vid] = manifest.video_path(rel)
+                known[vid] = fp
+            except ValueError:   # ManifestError: resolves outside the video root, so it is never read
+                outside[vid] = MISSING
+    return {**refresh(paths, known), **outside}

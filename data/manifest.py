@@ -141,6 +141,7 @@ def build_manifest(
             raise ManifestError(f"{where}: duplicate video id")
         seen.add(rec.video_id)
         path = check_relative_path(rec.path, where)
+        safe_video_path(root, path, where)
         captions = list(rec.captions)
         if not captions:
             raise ManifestError(f"{where}: no captions")
@@ -240,16 +241,16 @@ class Manifest:
         return dict(zip(self.video_ids, self.table.column("captions_digest").to_pylist()))
 
 
-def safe_video_path(video_root: str | Path, relative: str) -> Path:
+def safe_video_path(video_root: str | Path, relative: str, source: str = "") -> Path:
     """``video_root / relative``, refused (:class:`ManifestError`) when the path is absolute, has
     ``..`` or resolves (through symlinks) to a place outside the video root."""
-    rel = check_relative_path(relative, f"video root {video_root}")
+    rel = check_relative_path(relative, source or f"video root {video_root}")
     root = Path(video_root).resolve()
     full = root / rel
     real = Path(os.path.realpath(full))
     if real != root and root not in real.parents:
-        raise ManifestError(f"{full}: resolves to {real}, outside the video root {root} (a symlink out of the "
-                            f"videos folder?); refusing to open it")
+        raise ManifestError(f"{source + ': ' if source else ''}{full} resolves to {real}, outside the video root "
+                            f"{root} (a symlink out of the videos folder?); refusing to open it")
     return full
 
 

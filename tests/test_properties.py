@@ -267,3 +267,9 @@ def test_report_escapes_captions_and_ids(caption, video_id, name):
     text = " ".join("".join(parsed.text).split())
     for shown in (caption, video_id, name):
         assert " ".join(shown.split()) in text
+
+
+def test_prepare_refuses_a_symlink_out_of_the_videos_folder(video_root):
+    records = [VideoRecord("v", "out", "train", ["a caption"])]
+    with pytest.raises(ManifestError, match="outside the video root"):
+        build_manifest(records, video_root, source="ann.jsonl")
