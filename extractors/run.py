@@ -12,45 +12,32 @@ picklable arguments, so a Prefect task (flows/extract.py) or a Dask worker can c
 ``extract_shard`` directly; models load once per process. Any number of runs may work on one
 dataset at once (see data/store.py for the locking).
 
-While a video is being decoded, an in-progress record ``features/<dataset>/.inprogress/<hash>.*.json``
-exists, locked by the decoding process. A later run that finds such a record with its lock free
-knows the process died while decoding (killed for memory, a decoder crash) and records the video as
-``failed`` (``worker died while decoding ...``) instead of decoding it again; that failure stands
-until the file's fingerprint changes (replace or ``touch`` the file to try again).
+A video whose decoding killed an earlier process is recorded as ``failed`` without being decoded
+again (:mod:`extractors.inprogress`).
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
-import os
 import time
-import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Callable, ContextManager, Iterable, Iterator
 
-from data import locks
 from data.fingerprint import current_fingerprints
 from data.manifest import Manifest, ManifestError, VideoRecord, read_manifest, safe_video_path
-from data.names import check_name
 from data.settings import Settings, get_settings
-from data.store import FINAL_FAILURE, RANDOM_WARNING, FeatureRow, FeatureSet
+from data.store import RANDOM_WARNING, FeatureRow, FeatureSet
 from extractors.base import Extractor, VideoItem
 from extractors.decode import DecodeError, DecodeRequest, decode_video
+from extractors.inprogress import crash_error, dead_records, decoding, records_dir
 from extractors.registry import DEFAULT_MODELS, MODALITIES, build_extractor
 
 log = logging.getLogger("tvr.extract")
 Log = Callable[[str], None]
-INPROGRESS = ".inprogress"
-# Tests only: "<video_id>:<marker file>" makes the run write the marker and sleep while it holds that
-# video's in-progress record (as if its decoder hung), so a test can kill it there.
-PAUSE_ENV = "TVR_EXTRACT_TEST_PAUSE"
 
 
 @dataclass
@@ -159,67 +146,6 @@ def content_keys(fs: FeatureSet, manifest: Manifest, video_ids: list[str],
         digests = manifest.captions_digests()
         return {v: digests[v] for v in video_ids}
     return {v: file_fingerprints[v] for v in video_ids}
-
-
-# ---- in-progress records: a video that killed its worker ---------------------------------------
-def records_dir(dataset: str, settings: Settings) -> Path:
-    return settings.features_dir / check_name(dataset, "dataset name") / INPROGRESS
-
-
-def _record_key(video_id: str) -> str:
-    return hashlib.sha256(video_id.encode()).hexdigest()[:20]
-
-
-@contextmanager
-def decoding(folder: Path, record: VideoRecord) -> Iterator[None]:
-    """Hold an in-progress record of ``record`` (locked by this process) while the block runs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    name = f"{_record_key(record.video_id)}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-    tmp, final = folder / f".{name}.tmp", folder / f"{name}.json"
-    fd = locks.held_fd(tmp)
-    try:
-        os.write(fd, json.dumps({"video_id": record.video_id, "path": record.path, "pid": os.getpid(),
-                                 "host": os.uname().nodename, "started": time.time()}).encode())
-        os.replace(tmp, final)   # visible under its final name only once locked
-        spec = os.environ.get(PAUSE_ENV, "")
-        if spec and spec.partition(":")[0] == record.video_id:
-            Path(spec.partition(":")[2]).write_text(str(os.getpid()))
-            time.sleep(600)
-        yield
-    finally:
-        final.unlink(missing_ok=True)   # removed before the lock goes: a record left in place means a death
-        tmp.unlink(missing_ok=True)
-        os.close(fd)
-
-
-def dead_records(folder: Path, video_ids: Iterable[str]) -> dict[str, tuple[dict, list[Path]]]:
-    """``video_id -> (record, files)`` of the ``video_ids`` whose decoding process died."""
-    if not folder.is_dir():
-        return {}
-    wanted = {_record_key(v): v for v in video_ids}
-    out: dict[str, tuple[dict, list[Path]]] = {}
-    for path in folder.iterdir():
-        if path.name.startswith(".") and path.suffix == ".tmp":
-            if locks.abandoned(path):
-                path.unlink(missing_ok=True)   # died between creating and publishing its record
-            continue
-        vid = wanted.get(path.name.split(".")[0])
-        if vid is None or path.suffix != ".json" or not locks.abandoned(path):
-            continue
-        try:
-            info = json.loads(path.read_text())
-        except (OSError, ValueError):
-            info = {}
-        entry = out.setdefault(vid, (info, []))
-        entry[1].append(path)
-    return out
-
-
-def crash_error(record: VideoRecord, info: dict) -> str:
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["started"])) if "started" in info else "?"
-    return (f"{FINAL_FAILURE} {record.path}: process {info.get('pid', '?')} on {info.get('host', '?')} died while "
-            f"decoding it (started {when}; killed for memory or a decoder crash); not retried until the file "
-            f"changes (replace or touch it to try again)")
 
 
 def merged_request(extractors: Iterable[Extractor]) -> DecodeRequest:

@@ -24,6 +24,7 @@ from test_extract_support import tiny_clip_dir, tiny_config
 from data.prepare import prepare
 from data.settings import get_settings
 from data.store import FINAL_FAILURE, FeatureSet
+from extractors import inprogress
 from extractors import run as extract_run
 from extractors.run import extract_dataset
 
@@ -132,7 +133,7 @@ def test_video_that_killed_its_worker_is_recorded_failed_not_retried(media, tmp_
     folder, ids, records = media
     victim = ids[4]
     marker = tmp_path / "decoding"
-    proc = run_extract(tmp_path, "victim", {extract_run.PAUSE_ENV: f"{victim}:{marker}"})
+    proc = run_extract(tmp_path, "victim", {inprogress.PAUSE_ENV: f"{victim}:{marker}"})
     try:
         wait_for(marker, proc, tmp_path / "victim.log")      # "decoding" the victim: killed like an OOM kill
     finally:
