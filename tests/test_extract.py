@@ -19,6 +19,7 @@ from test_extract_support import ffmpeg, make_video, prepare_synthetic, tiny_cli
 
 from data.prepare import prepare
 from data.settings import get_settings
+from data.store import FINAL_FAILURE
 from extractors import decode
 from extractors.audio import AudioExtractor
 from extractors.clip import ClipFramesExtractor, ClipTextExtractor
@@ -212,8 +213,9 @@ def test_kill_9_mid_run_then_rerun_gives_one_row_per_video(tiny_synthetic, tvr_h
     n = len(_annotations(tiny_synthetic))
     assert sum(c.skipped for c in counts.values()) > 0
     for m, fs in _sets(config, "synthetic").items():
-        assert counts[m].failed == 0
-        assert counts[m].skipped + counts[m].done + counts[m].empty == n
+        # a video being decoded at the kill is recorded as failed ("worker died while decoding ...", at most one)
+        assert counts[m].failed <= 1 and all(e.startswith(FINAL_FAILURE) for e in counts[m].errors)
+        assert counts[m].skipped + counts[m].done + counts[m].empty + counts[m].failed == n
         leftovers = [p.name for p in fs.folder.iterdir()
                      if p.suffix in (".tmp", ".claim") or (p.suffix == ".parquet" and not p.with_suffix(".done").is_file())]
         assert leftovers == [], leftovers
