@@ -43,12 +43,15 @@ def test_all_modalities_one_decode_per_video_and_resume(tiny_synthetic, tvr_home
     ann = _annotations(tiny_synthetic)
     config = tiny_config(tmp_path)
     decode.OPENS.clear()
-    opened = []
+    opened_with = []
     real_open = av.open
-    monkeypatch.setattr(av, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    monkeypatch.setattr(av, "open", lambda path, *a, **k: opened_with.append((str(path), k)) or real_open(path, *a, **k))
     counts = extract_dataset("synthetic", config, shard_size=8)
     # each video opened and decoded exactly once, although four modalities used it
     assert sorted(decode.OPENS.values()) == [1] * len(ann)
+    assert all(p.startswith("file:") and k.get("options") == {"protocol_whitelist": "file"}
+               for p, k in opened_with)                      # FFmpeg's file protocol only
+    opened = [p.removeprefix("file:") for p, _ in opened_with]
     assert sorted(opened) == sorted(decode.OPENS) and len(set(opened)) == len(ann)
     for m in MODALITIES:
         c = counts[m]
