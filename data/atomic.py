@@ -1,6 +1,8 @@
 """Atomic file writes: write to a temporary name in the same folder, fsync, rename.
 
-A reader never sees a half-written file: either the old one, the new one, or none.
+A reader never sees a half-written file: either the old one, the new one, or none. Files get the
+permissions a plain ``open`` would give them (``0o666`` less the umask, usually ``0o644``), not the
+``0o600`` of :func:`tempfile.mkstemp`, so other users and services of the group can read them.
 """
 from __future__ import annotations
 
@@ -12,6 +14,20 @@ from pathlib import Path
 from typing import Iterator
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (``/proc``), else by the set-and-restore dance."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success rename it over ``final``.
@@ -21,6 +37,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -116,8 +116,13 @@ def read_records(annotations: str | Path) -> list[VideoRecord]:
         path = found[0]
     if not path.is_file():
         raise ManifestError(f"{path}: captions file not found")
-    if path.suffix == ".jsonl":
-        return read_jsonl(path)
-    if path.suffix == ".csv":
-        return read_csv(path)
+    try:
+        if path.suffix == ".jsonl":
+            return read_jsonl(path)
+        if path.suffix == ".csv":
+            return read_csv(path)
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise ManifestError(f"{path}: not a readable CSV file ({exc})") from None
     raise ManifestError(f"{path}: unknown captions format {path.suffix!r} (use .jsonl or .csv)")

@@ -1,20 +1,28 @@
 """The manifest: one row per video of a dataset (DESIGN.md "Data at rest").
 
 Columns: ``video_id`` (string, unique), ``path`` (relative to the dataset's video root),
-``split`` (string), ``duration_s`` (float, nullable), ``captions`` (list<string>, non-empty).
+``split`` (string), ``duration_s`` (float, nullable), ``captions`` (list<string>, non-empty),
+``fingerprint`` (the file's content fingerprint, ``<size>-<mtime_ns>-<hash>`` or ``missing``) and
+``captions_digest`` (digest of the captions), both defined once in :mod:`data.fingerprint`.
 The video root is kept in the Parquet schema metadata (``tvr.video_root``) so a manifest
 is self-contained; readers add facts such as the split protocol as further ``tvr.<key>`` entries
 (:attr:`Manifest.metadata`).
 
 Validation on build (documented in the README):
-- errors (:class:`ManifestError`): duplicate ``video_id``, an empty id, an absolute path or one
-  with ``..``, a video with no captions, a caption that is empty or not a string;
+- errors (:class:`ManifestError`): duplicate ``video_id``, an empty id or one with a NUL, newline or
+  other control character, an absolute path or one with ``..``, a video with no captions, a caption
+  that is empty or not a string; :func:`read_manifest` checks the same on every read, so a
+  hand-edited manifest cannot smuggle an absolute path or ``..`` past it;
+- at open time :meth:`Manifest.video_path` refuses a path that resolves outside the video root
+  (a symlink pointing elsewhere);
 - reported, not fatal: video files missing on disk (``BuildReport.missing``); pass
   ``strict_missing=True`` to make them an error.
 """
 from __future__ import annotations
 
 import json
+import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
@@ -23,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data.atomic import atomic_path
+from data.fingerprint import MISSING, captions_digest, file_fingerprint, fingerprint_stat, stat_key
 
 SCHEMA = pa.schema(
     [
@@ -31,8 +40,11 @@ SCHEMA = pa.schema(
         pa.field("split", pa.string(), nullable=False),
         pa.field("duration_s", pa.float64(), nullable=True),
         pa.field("captions", pa.list_(pa.string()), nullable=False),
+        pa.field("fingerprint", pa.string(), nullable=True),   # null: not recorded (older manifest)
+        pa.field("captions_digest", pa.string(), nullable=False),
     ]
 )
+REQUIRED = ("video_id", "path", "split", "duration_s", "captions")  # manifests older than fingerprints
 ROOT_KEY = b"tvr.video_root"
 DATASET_KEY = b"tvr.dataset"
 META_PREFIX = b"tvr."
@@ -75,12 +87,30 @@ def check_relative_path(path: str, source: str = "manifest") -> str:
     """Return ``path`` in POSIX form, refusing absolute paths and ``..`` components."""
     if not isinstance(path, str) or not path.strip():
         raise ManifestError(f"{source}: empty video path")
+    if _bad_chars(path):
+        raise ManifestError(f"{source}: path {path!r} contains a control character (NUL, newline, ...) or an "
+                            f"unpaired surrogate")
     posix = PurePosixPath(path.replace("\\", "/"))
     if posix.is_absolute() or Path(path).is_absolute():
         raise ManifestError(f"{source}: path {path!r} is absolute; paths must be relative to the video root")
     if ".." in posix.parts:
         raise ManifestError(f"{source}: path {path!r} contains '..' and could escape the video root")
     return str(posix)
+
+
+def _bad_chars(text: str) -> bool:
+    """Control characters (NUL, newline, ...) or unpaired surrogates (not writable as UTF-8)."""
+    return any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text)
+
+
+def check_video_id(video_id: object, source: str = "manifest") -> str:
+    """``video_id`` unchanged when it is a non-empty string without control characters."""
+    if not isinstance(video_id, str) or not video_id:
+        raise ManifestError(f"{source}: empty or non-string video id {video_id!r}")
+    if _bad_chars(video_id):
+        raise ManifestError(f"{source}: video id {video_id!r} contains a control character "
+                            f"(NUL, newline, ...) or an unpaired surrogate")
+    return video_id
 
 
 def build_manifest(
@@ -91,11 +121,14 @@ def build_manifest(
     source: str = "annotations",
     strict_missing: bool = False,
     metadata: dict[str, str] | None = None,
+    known: dict[str, str] | None = None,
 ) -> tuple[pa.Table, BuildReport]:
     """Validate ``records`` and return the manifest table plus a report.
 
     ``source`` names the annotation file in error messages; ``metadata`` entries are stored in the
-    schema metadata as ``tvr.<key>`` (read back by :attr:`Manifest.metadata`).
+    schema metadata as ``tvr.<key>`` (read back by :attr:`Manifest.metadata`). ``known`` maps a
+    relative path to the fingerprint a previous manifest recorded for it: reused without reading the
+    file again while the file's size and mtime still match.
     """
     root = Path(video_root)
     report = BuildReport()
@@ -103,20 +136,31 @@ def build_manifest(
     columns: dict[str, list] = {name: [] for name in SCHEMA.names}
     for rec in records:
         where = f"{source}: video {rec.video_id!r}"
-        if not isinstance(rec.video_id, str) or not rec.video_id:
-            raise ManifestError(f"{source}: empty or non-string video id {rec.video_id!r}")
+        check_video_id(rec.video_id, source)
         if rec.video_id in seen:
             raise ManifestError(f"{where}: duplicate video id")
         seen.add(rec.video_id)
         path = check_relative_path(rec.path, where)
+        safe_video_path(root, path, where)
         captions = list(rec.captions)
         if not captions:
             raise ManifestError(f"{where}: no captions")
         for i, cap in enumerate(captions):
             if not isinstance(cap, str) or not cap.strip():
                 raise ManifestError(f"{where}: caption {i} is {cap!r}; expected a non-empty string")
-        if not (root / path).is_file():
+            if any(unicodedata.category(ch) == "Cs" for ch in cap):
+                raise ManifestError(f"{where}: caption {i} contains an unpaired surrogate (not valid UTF-8)")
+        if _bad_chars(str(rec.split)):
+            raise ManifestError(f"{where}: split {rec.split!r}; expected a name without control characters")
+        full = root / path
+        old = (known or {}).get(path)
+        now = stat_key(full)
+        fingerprint = old if now is not None and old is not None and fingerprint_stat(old) == now else \
+            file_fingerprint(full)
+        if fingerprint == MISSING or not full.is_file():
             report.missing.append(rec.video_id)
+        columns["fingerprint"].append(fingerprint)
+        columns["captions_digest"].append(captions_digest([c.strip() for c in captions]))
         columns["video_id"].append(rec.video_id)
         columns["path"].append(path)
         columns["split"].append(str(rec.split))
@@ -185,20 +229,79 @@ class Manifest:
     def abs_path(self, relative: str) -> Path:
         return self.video_root / relative
 
+    def video_path(self, relative: str) -> Path:
+        """``relative`` under the video root; :class:`ManifestError` if it resolves outside it."""
+        return safe_video_path(self.video_root, relative)
+
+    def fingerprints(self) -> dict[str, str]:
+        """``video_id -> fingerprint`` as recorded when the manifest was built."""
+        return dict(zip(self.video_ids, self.table.column("fingerprint").to_pylist()))
+
+    def captions_digests(self) -> dict[str, str]:
+        return dict(zip(self.video_ids, self.table.column("captions_digest").to_pylist()))
+
+
+def safe_video_path(video_root: str | Path, relative: str, source: str = "") -> Path:
+    """``video_root / relative``, refused (:class:`ManifestError`) when the path is absolute, has
+    ``..`` or resolves (through symlinks) to a place outside the video root."""
+    rel = check_relative_path(relative, source or f"video root {video_root}")
+    root = Path(video_root).resolve()
+    full = root / rel
+    real = Path(os.path.realpath(full))
+    if real != root and root not in real.parents:
+        raise ManifestError(f"{source + ': ' if source else ''}{full} resolves to {real}, outside the video root "
+                            f"{root} (a symlink out of the videos folder?); refusing to open it")
+    return full
+
 
 def read_manifest(path: str | Path) -> Manifest:
-    """Read and validate a manifest written by :func:`write_manifest`."""
+    """Read and validate a manifest written by :func:`write_manifest` (:class:`ManifestError` if not one).
+
+    Manifests written before fingerprints existed get ``fingerprint`` null (the files are hashed
+    when needed) and their caption digests computed here.
+    """
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: no manifest here; build it first (python -m data.prepare ...)")
-    table = pq.read_table(path)
-    missing_cols = [n for n in SCHEMA.names if n not in table.column_names]
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise ManifestError(f"{path}: not a readable Parquet manifest ({exc.__class__.__name__}: {exc})") from exc
+    missing_cols = [n for n in REQUIRED if n not in table.column_names]
     if missing_cols:
         raise ManifestError(f"{path}: not a manifest, columns {missing_cols} missing")
+    if "captions_digest" not in table.column_names:
+        caps = table.column("captions").to_pylist()
+        table = table.append_column("captions_digest", pa.array(
+            [captions_digest(c) if isinstance(c, list) else "" for c in caps], pa.string()))
+    if "fingerprint" not in table.column_names:
+        table = table.append_column("fingerprint", pa.nulls(table.num_rows, pa.string()))
     meta = table.schema.metadata or {}
-    root = Path(meta.get(ROOT_KEY, str(path.parent).encode()).decode())
-    dataset = meta.get(DATASET_KEY, b"").decode()
-    return Manifest(table.select(SCHEMA.names), root, dataset)
+    try:
+        table = table.select(SCHEMA.names).cast(SCHEMA, safe=True).replace_schema_metadata(meta)
+    except (pa.ArrowException, ValueError) as exc:
+        raise ManifestError(f"{path}: columns of the wrong type ({exc})") from exc
+    _validate_rows(table, str(path))
+    root = Path(meta.get(ROOT_KEY, str(path.parent).encode()).decode(errors="replace"))
+    dataset = meta.get(DATASET_KEY, b"").decode(errors="replace")
+    return Manifest(table, root, dataset)
+
+
+def _validate_rows(table: pa.Table, source: str) -> None:
+    """The build-time checks again, on what was read (ids, paths, captions)."""
+    seen: set[str] = set()
+    cols = [table.column(n).to_pylist() for n in ("video_id", "path", "split", "captions")]
+    for vid, rel, split, captions in zip(*cols):
+        check_video_id(vid, source)
+        if vid in seen:
+            raise ManifestError(f"{source}: video {vid!r}: duplicate video id")
+        seen.add(vid)
+        where = f"{source}: video {vid!r}"
+        check_relative_path(rel, where)
+        if split is None:
+            raise ManifestError(f"{where}: no split")
+        if not captions or any(not isinstance(c, str) or not c.strip() for c in captions):
+            raise ManifestError(f"{where}: captions {captions!r}; expected a non-empty list of non-empty strings")
 
 
 def manifest_fingerprint(manifest: Manifest) -> str:

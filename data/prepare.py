@@ -25,7 +25,8 @@ from data import activitynet, didemo, folder, lsmdc, msrvtt, msvd, synthetic
 from data.annotations import DatasetInfo, DatasetRead
 from data.atomic import write_json_atomic
 from data.cli import add_version
-from data.manifest import ManifestError, build_manifest, write_manifest, write_missing_report
+from data.manifest import ManifestError, build_manifest, read_manifest, write_manifest, write_missing_report
+from data.names import InvalidName, check_name
 from data.settings import Settings, get_settings
 
 
@@ -76,13 +77,14 @@ def prepare(dataset: str, annotations: str | Path, videos: str | Path, *, name: 
     if unknown:
         raise ManifestError(f"dataset {dataset!r} takes no option {', '.join(unknown)} "
                             f"(it takes: {', '.join(OPTIONS.get(dataset, ())) or 'none'})")
-    name = name or dataset
+    name = check_name(name or dataset, "dataset name")
     read = READERS[dataset](Path(annotations), Path(videos), **options)
     info = DATASETS_INFO[dataset]
     metadata = {"reader": dataset, "text_unit": info.text_unit, "test_queries": info.test_queries,
                 **read.metadata}
     table, report = build_manifest(read.records, videos, dataset=name, source=str(annotations),
-                                   strict_missing=strict_missing, metadata=metadata)
+                                   strict_missing=strict_missing, metadata=metadata,
+                                   known=_known_fingerprints(settings.manifest_path(name), videos))
     if not Path(videos).is_dir():
         read.notes.append(f"videos folder {videos} does not exist: every video counts as missing")
     report.notes = list(read.notes)
@@ -97,6 +99,19 @@ def prepare(dataset: str, annotations: str | Path, videos: str | Path, *, name: 
         "n_videos": report.n_videos, "n_captions": report.n_captions, "n_missing": len(report.missing),
         "notes": report.notes, "metadata": metadata, "protocol": asdict(info)})
     return out, report
+
+
+def _known_fingerprints(manifest_path: Path, videos: str | Path) -> dict[str, str]:
+    """Fingerprints the previous manifest recorded (by relative path), when it had the same video root;
+    re-preparing then reads only files whose size or mtime moved."""
+    try:
+        old = read_manifest(manifest_path)
+    except ManifestError:
+        return {}
+    if old.video_root != Path(videos).resolve():
+        return {}
+    return {p: fp for p, fp in zip(old.table.column("path").to_pylist(), old.table.column("fingerprint").to_pylist())
+            if fp is not None}
 
 
 def prepare_synthetic(n: int = 300, seed: int = 0, settings: Settings | None = None, **gen_options):
@@ -132,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 p.error("--name is required for a 'folder' dataset")
             out, report = prepare(args.dataset, args.annotations, args.videos, name=args.name,
                                   strict_missing=args.strict, split=args.split, val_size=args.val_size)
-    except (ManifestError, FileExistsError) as exc:
+    except (ManifestError, InvalidName, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"manifest: {out}\n  {report.summary()}")

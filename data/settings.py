@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from data.names import check_name
+
 ROOT_ENV = "TVR_HOME"
 DEFAULT_ROOT = "tvr_home"
 
@@ -48,13 +50,15 @@ class Settings:
         return self.root / "indexes"
 
     def dataset_dir(self, name: str) -> Path:
-        return self.datasets_dir / name
+        """``datasets/<name>``; ``name`` must be one safe path part (:func:`data.names.check_name`)."""
+        return self.datasets_dir / check_name(name, "dataset name")
 
     def manifest_path(self, name: str) -> Path:
         return self.dataset_dir(name) / "manifest.parquet"
 
     def feature_dir(self, dataset: str, modality: str, extractor_id: str) -> Path:
-        return self.features_dir / dataset / modality / extractor_id
+        return (self.features_dir / check_name(dataset, "dataset name") / check_name(modality, "modality")
+                / check_name(extractor_id, "extractor id"))
 
 
 def get_settings(root: str | os.PathLike | None = None) -> Settings:

@@ -5,27 +5,48 @@ Layout (DESIGN.md "Data at rest")::
     features/<dataset>/<modality>/<extractor-id>/
         _extractor.json          what the id stands for (model, weights, fps, size, code version)
         part-00000.parquet       one row per video (text: one row per caption)
-        part-00000.done          completion marker, written last
+        part-00000.done          completion marker, written last (rows, video ids)
+        .lock                    the folder lock (shared: writers and readers; exclusive: tidying)
+        .next-shard              the shard-number counter (changed only under its own lock)
+        _quarantine/             shards that could not be read or had the wrong schema, moved aside
 
 Row columns: ``video_id`` (string), ``values`` (list of fixed-size float32 lists: ``[T, D]``),
 ``timestamps_s`` (list<float64>, ``[T]`` seconds from the start of the video, or empty where time
-has no meaning, e.g. text tokens), ``status``
-(``ok`` / ``empty`` / ``failed``), ``error`` (string or null), plus the extra columns an
-extractor declares (e.g. ``caption_index`` and ``eot_index`` for text, ``has_audio`` for audio).
+has no meaning, e.g. text tokens), ``status`` (``ok`` / ``empty`` / ``failed``), ``error`` (string or
+null), ``fingerprint`` (the content the row came from: the video file's fingerprint, or for a
+modality keyed by captions the video's caption digest; see :mod:`data.fingerprint`), plus the extra
+columns an extractor declares (e.g. ``caption_index`` and ``eot_index`` for text, ``has_audio`` for
+audio). Every shard's Parquet schema metadata carries ``tvr.extractor_id``, ``tvr.modality``,
+``tvr.dim`` and ``tvr.random_weights`` (and the RANDOM WEIGHTS warning), so a copied file still
+says what it is.
 
-Guarantees:
-- a shard is written under a temporary name, renamed, and only then gets its ``.done`` marker;
-  readers and the done-listing ignore shards without a marker, so a killed writer leaves nothing
-  readable and the next run redoes exactly that shard;
-- all rows of one video live in one shard; if a video appears in several shards (a retried
-  failure), the newest shard wins, so readers see exactly one entry per video;
-- readers check every shard's schema and feature dimension against ``_extractor.json``.
+Guarantees, with any number of writers (processes, Dask workers) on one folder at once:
+- shard numbers are reserved under an exclusive lock on ``.next-shard`` and only grow, so two
+  writers never get the same number and a newer shard always has a higher number;
+- a shard is written under a temporary name, renamed, and only then gets its ``.done`` marker; a
+  writer holds the shared folder lock while it does so. Readers ignore shards without a marker;
+- debris (temporary files, unmarked shards and orphan markers of killed writers) is removed only
+  by :meth:`FeatureSet.tidy`, which runs only when it gets the exclusive folder lock without
+  waiting, i.e. when no writer is in the middle of a shard (the kernel frees a dead writer's lock);
+- all rows of one video live in one shard; if a video appears in several shards (re-extracted
+  after a change, a retried failure, two runs racing), the newest shard wins, and :meth:`tidy`
+  compacts superseded rows away (rewrite a shard with only its current rows, commit it, then
+  delete the old one, marker first), so at rest a plain glob of ``part-*.parquet`` holds exactly one
+  current row per video (per caption for text) for pandas, DuckDB or Polars;
+- a shard that cannot be read, or whose schema or dimension does not match ``_extractor.json``, is
+  moved to ``_quarantine/`` with a log line naming it and its videos; its videos then count as not
+  done, so the next extraction redoes them.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
+import os
 import re
+import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -34,12 +55,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data import locks
 from data.atomic import atomic_path, write_json_atomic
 
+log = logging.getLogger("tvr.store")
+
 STATUSES = ("ok", "empty", "failed")
-DONE_STATUSES = ("ok", "empty")  # resuming skips these; failed videos are tried again
+DONE_STATUSES = ("ok", "empty")  # resuming skips these; failed videos are tried again...
+FINAL_FAILURE = "worker died while decoding"  # ...except a video that killed its worker (same content)
 SHARD_RE = re.compile(r"^part-(\d{5})\.parquet$")
 RANDOM_WARNING = "RANDOM WEIGHTS: these features do not come from a pretrained model"
+LOCK_FILE = ".lock"
+COUNTER_FILE = ".next-shard"
+QUARANTINE = "_quarantine"
+KEYED_BY = ("file", "captions")
 
 
 class StoreError(ValueError):
@@ -52,7 +81,8 @@ class ExtractorSpec:
 
     ``params`` holds model name, weights (pretrained tag, file + sha256, or ``random``), fps,
     size, code version...; the extractor-id is a short hash of (modality, dim, params).
-    ``extra_columns`` maps extra per-row column names to Arrow types.
+    ``extra_columns`` maps extra per-row column names to Arrow types. ``keyed_by`` says which
+    content a row's ``fingerprint`` names: ``file`` (the video file) or ``captions`` (its captions).
     """
 
     modality: str
@@ -60,6 +90,11 @@ class ExtractorSpec:
     params: Mapping[str, Any]
     random_weights: bool
     extra_columns: Mapping[str, pa.DataType] = field(default_factory=dict)
+    keyed_by: str = "file"
+
+    def __post_init__(self):
+        if self.keyed_by not in KEYED_BY:
+            raise StoreError(f"keyed_by {self.keyed_by!r}: expected one of {KEYED_BY}")
 
     @property
     def extractor_id(self) -> str:
@@ -77,9 +112,14 @@ class ExtractorSpec:
             pa.field("timestamps_s", pa.list_(pa.float64())),
             pa.field("status", pa.string(), nullable=False),
             pa.field("error", pa.string()),
+            pa.field("fingerprint", pa.string()),
         ]
         fields += [pa.field(name, typ) for name, typ in self.extra_columns.items()]
-        return pa.schema(fields)
+        meta = {"tvr.extractor_id": self.extractor_id, "tvr.modality": self.modality, "tvr.dim": str(self.dim),
+                "tvr.random_weights": str(self.random_weights).lower(), "tvr.keyed_by": self.keyed_by}
+        if self.random_weights:
+            meta["tvr.WARNING"] = RANDOM_WARNING
+        return pa.schema(fields, metadata=meta)
 
     def describe(self) -> dict:
         """The content of ``_extractor.json``."""
@@ -90,6 +130,7 @@ class ExtractorSpec:
             "params": dict(self.params),
             "random_weights": self.random_weights,
             "extra_columns": {k: str(v) for k, v in self.extra_columns.items()},
+            "keyed_by": self.keyed_by,
         }
         if self.random_weights:
             out["WARNING"] = RANDOM_WARNING
@@ -98,7 +139,8 @@ class ExtractorSpec:
 
 @dataclass
 class FeatureRow:
-    """One row to write. ``values`` is ``[T, D]`` float32 (T may be 0), ``timestamps_s`` ``[T]``."""
+    """One row to write. ``values`` is ``[T, D]`` float32 (T may be 0), ``timestamps_s`` ``[T]``;
+    ``fingerprint``: the content it came from (set by the extraction run before writing)."""
 
     video_id: str
     values: np.ndarray
@@ -106,14 +148,39 @@ class FeatureRow:
     status: str = "ok"
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str | None = None
 
     @classmethod
     def failed(cls, video_id: str, dim: int, error: str, **extra) -> "FeatureRow":
         return cls(video_id, np.zeros((0, dim), np.float32), np.zeros(0), "failed", error, extra)
 
 
+@dataclass(frozen=True)
+class VideoState:
+    """The newest stored outcome of one video: ``status`` (``failed`` if any of its rows failed),
+    the first ``error``, and the ``fingerprint`` its rows carry (None in shards older than fingerprints)."""
+
+    status: str
+    error: str | None
+    fingerprint: str | None
+
+    def done_for(self, fingerprint: str | None) -> bool:
+        """Skip this video when its content is still ``fingerprint`` (None: do not compare)?"""
+        final = self.status in DONE_STATUSES or (self.status == "failed" and (self.error or "").startswith(FINAL_FAILURE))
+        return final and (fingerprint is None or self.fingerprint == fingerprint)
+
+
 def _shard_index(path: Path) -> int:
     return int(path.name[5:10])
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    """Does ``exc`` say the file's content is bad (not a passing system problem such as EMFILE)?"""
+    if isinstance(exc, (StoreError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, EOFError)):
+        return True
+    if isinstance(exc, (FileNotFoundError, PermissionError)):
+        return False
+    return isinstance(exc, OSError) and exc.errno in (None, 0, errno.EIO)
 
 
 class FeatureSet:
@@ -134,6 +201,10 @@ class FeatureSet:
     def info(self) -> dict:
         return self.spec.describe()
 
+    @property
+    def lock_path(self) -> Path:
+        return self.folder / LOCK_FILE
+
     def completed_shards(self) -> list[Path]:
         """Shards whose completion marker exists, oldest first."""
         if not self.folder.is_dir():
@@ -141,15 +212,23 @@ class FeatureSet:
         shards = [p for p in self.folder.glob("part-*.parquet") if SHARD_RE.match(p.name)]
         return sorted((p for p in shards if p.with_suffix(".done").is_file()), key=_shard_index)
 
-    def next_shard_index(self) -> int:
-        if not self.folder.is_dir():
-            return 0
-        used = [int(m.group(1)) for p in self.folder.iterdir() if (m := re.match(r"^part-(\d{5})\.", p.name))]
-        return max(used, default=-1) + 1
+    def _reserve_index(self) -> int:
+        """The next shard number, reserved for good (exclusive lock on the counter file)."""
+        with locks.exclusive(self.folder / COUNTER_FILE):
+            counter = self.folder / COUNTER_FILE
+            try:
+                stored = int(counter.read_text().strip() or 0)
+            except ValueError:
+                stored = 0  # a counter torn by a crash: the shards on disk still bound it from below
+            used = [int(m.group(1)) for p in self.folder.iterdir() if (m := re.match(r"^\.?part-(\d{5})\.", p.name))]
+            index = max(stored, max(used, default=-1) + 1)
+            with open(counter, "r+") as fh:
+                fh.write(f"{index + 1:<12d}\n")
+            return index
 
     # ---- writing --------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Create the folder, write ``_extractor.json`` and remove debris of killed writers."""
+        """Create the folder, write ``_extractor.json`` and tidy up (:meth:`tidy`) if no one is writing."""
         self.folder.mkdir(parents=True, exist_ok=True)
         info_path = self.folder / "_extractor.json"
         if info_path.is_file():
@@ -157,27 +236,29 @@ class FeatureSet:
             if existing.get("extractor_id") != self.spec.extractor_id:
                 raise StoreError(f"{info_path}: belongs to extractor {existing.get('extractor_id')}, "
                                  f"not {self.spec.extractor_id}")
+            if existing != self.spec.describe():  # same numbers, older description (e.g. no keyed_by)
+                write_json_atomic(info_path, self.spec.describe())
         else:
             write_json_atomic(info_path, self.spec.describe())
-        for p in self.folder.glob(".part-*.tmp"):
-            p.unlink(missing_ok=True)
-        for p in self.folder.glob("part-*.parquet"):
-            if not p.with_suffix(".done").is_file():
-                p.unlink(missing_ok=True)  # renamed but never marked complete: a killed writer
+        self.tidy()
 
-    def write_shard(self, rows: Sequence[FeatureRow], index: int | None = None) -> Path:
-        """Write ``rows`` as one shard (temporary name -> rename -> marker). Returns its path."""
+    def write_shard(self, rows: Sequence[FeatureRow]) -> Path:
+        """Write ``rows`` as one new shard (reserved number, temporary name -> rename -> marker)."""
         if not rows:
             raise StoreError("refusing to write an empty shard")
         if not (self.folder / "_extractor.json").is_file():
             self.prepare()
-        index = self.next_shard_index() if index is None else index
-        path = self.folder / f"part-{index:05d}.parquet"
         table = self._to_table(rows)
+        with locks.shared(self.lock_path):
+            return self._commit(table)
+
+    def _commit(self, table: pa.Table) -> Path:
+        """Write ``table`` as the next shard; the caller holds the folder lock (shared or exclusive)."""
+        path = self.folder / f"part-{self._reserve_index():05d}.parquet"
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
-        write_json_atomic(path.with_suffix(".done"), {"rows": table.num_rows,
-                                                      "videos": len({r.video_id for r in rows})})
+        ids = list(dict.fromkeys(table.column("video_id").to_pylist()))
+        write_json_atomic(path.with_suffix(".done"), {"rows": table.num_rows, "videos": len(ids), "video_ids": ids})
         return path
 
     def _to_table(self, rows: Sequence[FeatureRow]) -> pa.Table:
@@ -203,35 +284,92 @@ class FeatureSet:
             "timestamps_s": timestamps,
             "status": pa.array([r.status for r in rows], pa.string()),
             "error": pa.array([r.error for r in rows], pa.string()),
+            "fingerprint": pa.array([r.fingerprint for r in rows], pa.string()),
         }
         for name, typ in self.spec.extra_columns.items():
             columns[name] = pa.array([r.extra.get(name) for r in rows], typ)
         return pa.table(columns, schema=self.spec.schema())
 
     # ---- reading --------------------------------------------------------------------------
-    def video_status(self) -> dict[str, str]:
-        """``video_id -> status`` of the newest completed row of each video (cheap: 2 columns)."""
-        out: dict[str, str] = {}
-        for shard in self.completed_shards():
-            t = pq.read_table(shard, columns=["video_id", "status"])
-            for vid, st in zip(t.column("video_id").to_pylist(), t.column("status").to_pylist()):
-                out[vid] = st
+    def _load(self, shard: Path, columns: list[str] | None = None) -> pa.Table | None:
+        """``shard`` (all columns or ``columns``) checked against the spec; None when it is gone,
+        or when it is corrupt (then it is quarantined)."""
+        try:
+            have = pq.read_schema(shard)
+            self._validate(have, shard)
+            wanted = [c for c in (columns or self.spec.schema().names) if c in have.names]
+            table = pq.read_table(shard, columns=wanted)
+        except FileNotFoundError:
+            return None  # quarantined or compacted by someone else meanwhile
+        except Exception as exc:  # noqa: BLE001 - sorted by _is_corrupt; anything else propagates
+            if not _is_corrupt(exc):
+                raise
+            self.quarantine(shard, f"{exc.__class__.__name__}: {exc}")
+            return None
+        if "fingerprint" in (columns or self.spec.schema().names) and "fingerprint" not in table.column_names:
+            table = table.append_column("fingerprint", pa.nulls(table.num_rows, pa.string()))  # pre-fingerprint shard
+        return table
+
+    def quarantine(self, shard: Path, reason: str) -> Path | None:
+        """Move ``shard`` to ``_quarantine/`` (then drop its marker); logs it and its videos."""
+        marker = shard.with_suffix(".done")
+        try:
+            ids = json.loads(marker.read_text()).get("video_ids") or []
+        except (OSError, ValueError, AttributeError):
+            ids = []
+        target = self.folder / QUARANTINE / f"{shard.stem}.{time.time_ns()}{shard.suffix}"
+        target.parent.mkdir(exist_ok=True)
+        try:
+            os.replace(shard, target)
+        except FileNotFoundError:
+            return None  # another process moved it first
+        marker.unlink(missing_ok=True)
+        shown = ", ".join(map(str, ids[:10])) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+        log.warning(f"quarantined {shard} -> {target}: {reason}; its videos are extracted again"
+                    + (f": {shown}" if ids else " (its video ids are unknown)"))
+        return target
+
+    def video_states(self) -> dict[str, VideoState]:
+        """``video_id -> VideoState`` of the newest completed shard holding each video (reads 4 columns)."""
+        out: dict[str, VideoState] = {}
+        if not self.folder.is_dir():
+            return out
+        with locks.shared(self.lock_path):
+            for shard in self.completed_shards():
+                t = self._load(shard, ["video_id", "status", "error", "fingerprint"])
+                if t is None:
+                    continue
+                here: dict[str, VideoState] = {}
+                for vid, st, err, fp in zip(*(t.column(c).to_pylist() for c in ("video_id", "status", "error", "fingerprint"))):
+                    if vid not in here or (st == "failed" and here[vid].status != "failed"):
+                        here[vid] = VideoState(st, err, fp)
+                out.update(here)
         return out
 
-    def done_ids(self) -> set[str]:
-        """Videos that a resumed run skips (status ``ok`` or ``empty``)."""
-        return {v for v, s in self.video_status().items() if s in DONE_STATUSES}
+    def video_status(self) -> dict[str, str]:
+        """``video_id -> status`` of the newest completed row set of each video."""
+        return {v: s.status for v, s in self.video_states().items()}
+
+    def done_ids(self, expected: Mapping[str, str] | None = None) -> set[str]:
+        """Videos a resumed run skips: status ``ok`` / ``empty`` (or a final failure) and, when
+        ``expected`` (``video_id -> fingerprint``) is given, rows carrying that fingerprint."""
+        states = self.video_states()
+        if expected is None:
+            return {v for v, s in states.items() if s.done_for(None)}
+        return {v for v, fp in expected.items() if v in states and states[v].done_for(fp)}
 
     def read(self, video_ids: Iterable[str] | None = None) -> "FeatureTable":
         """Read every completed shard (newest row set per video wins), validating each one."""
         tables = []
         newest: dict[str, int] = {}
-        for k, shard in enumerate(self.completed_shards()):
-            t = pq.read_table(shard)
-            self._validate(t, shard)
-            tables.append(t)
-            for vid in t.column("video_id").to_pylist():
-                newest[vid] = k
+        with locks.shared(self.lock_path) if self.folder.is_dir() else nullcontext():
+            for shard in self.completed_shards():
+                t = self._load(shard)
+                if t is None:
+                    continue
+                tables.append(t)
+                for vid in t.column("video_id").to_pylist():
+                    newest[vid] = len(tables) - 1
         if not tables:
             return FeatureTable.from_arrow(self.spec.schema().empty_table(), self.spec)
         keep_parts = []
@@ -242,17 +380,77 @@ class FeatureSet:
             keep_parts.append(t.filter(pa.array(mask, pa.bool_())))
         return FeatureTable.from_arrow(pa.concat_tables(keep_parts).combine_chunks(), self.spec)
 
-    def _validate(self, table: pa.Table, shard: Path) -> None:
+    def _validate(self, schema: pa.Schema, shard: Path) -> None:
         expected = self.spec.schema()
-        values_type = table.schema.field("values").type if "values" in table.column_names else None
+        values_type = schema.field("values").type if "values" in schema.names else None
         want = expected.field("values").type
         if values_type != want:
             dim = getattr(getattr(values_type, "value_type", None), "list_size", None)
             raise StoreError(f"{shard}: values are {values_type} (dimension {dim}); expected [T, D={self.spec.dim}] "
                              f"float32 for extractor {self.spec.extractor_id}")
-        missing = [n for n in expected.names if n not in table.column_names]
+        missing = [n for n in expected.names if n not in schema.names and n != "fingerprint"]
         if missing:
             raise StoreError(f"{shard}: columns {missing} missing; expected {expected.names}")
+        wrong = [n for n in expected.names if n in schema.names and schema.field(n).type != expected.field(n).type]
+        if wrong:
+            raise StoreError(f"{shard}: columns {wrong} have types {[str(schema.field(n).type) for n in wrong]}; "
+                             f"expected {[str(expected.field(n).type) for n in wrong]}")
+
+    # ---- tidying: debris and compaction ----------------------------------------------------
+    def tidy(self) -> bool:
+        """Remove killed writers' debris and compact superseded rows away, if no one is writing.
+
+        Takes the exclusive folder lock without waiting; returns False (and does nothing) when
+        another process holds the folder lock, True when the folder was tidied.
+        """
+        if not self.folder.is_dir():
+            return False
+        with locks.try_exclusive(self.lock_path) as held:
+            if not held:
+                return False
+            self._remove_debris()
+            self._compact()
+            return True
+
+    def _remove_debris(self) -> None:
+        for p in self.folder.glob(".part-*.tmp"):
+            p.unlink(missing_ok=True)
+        for p in self.folder.glob("part-*.parquet"):
+            if SHARD_RE.match(p.name) and not p.with_suffix(".done").is_file():
+                try:
+                    pq.read_schema(p)
+                except Exception as exc:  # noqa: BLE001 - unreadable: set aside, not deleted, so it can be looked at
+                    if _is_corrupt(exc):
+                        self.quarantine(p, f"unmarked and unreadable ({exc.__class__.__name__}: {exc})")
+                        continue
+                    raise
+                p.unlink(missing_ok=True)   # renamed but never marked complete: a killed writer
+        for marker in self.folder.glob("part-*.done"):
+            if not marker.with_suffix(".parquet").exists():
+                marker.unlink(missing_ok=True)
+
+    def _compact(self) -> None:
+        """Rewrite (or drop) every shard that holds superseded rows; caller holds the exclusive lock."""
+        shards = self.completed_shards()
+        ids: dict[Path, list[str]] = {}
+        newest: dict[str, Path] = {}
+        for shard in shards:
+            t = self._load(shard, ["video_id"])
+            if t is not None:
+                ids[shard] = t.column("video_id").to_pylist()
+                newest.update((v, shard) for v in ids[shard])
+        for shard, vids in ids.items():
+            keep = [newest[v] == shard for v in vids]
+            if all(keep):
+                continue
+            if any(keep):
+                table = self._load(shard)
+                if table is None:
+                    continue
+                table = table.filter(pa.array(keep, pa.bool_())).select(self.spec.schema().names)
+                self._commit(table.cast(self.spec.schema()))
+            shard.with_suffix(".done").unlink(missing_ok=True)   # marker first: never a marker without its shard
+            shard.unlink(missing_ok=True)
 
 
 class FeatureTable:
@@ -324,8 +522,9 @@ class FeatureTable:
 def _spec_from_json(info: dict, path: Path) -> ExtractorSpec:
     try:
         extra = {k: pa.type_for_alias(v) for k, v in info.get("extra_columns", {}).items()}
-        spec = ExtractorSpec(info["modality"], int(info["dim"]), info["params"], bool(info["random_weights"]), extra)
-    except (KeyError, ValueError, TypeError) as exc:
+        spec = ExtractorSpec(info["modality"], int(info["dim"]), info["params"], bool(info["random_weights"]), extra,
+                             info.get("keyed_by", "file"))
+    except (KeyError, ValueError, TypeError, StoreError) as exc:
         raise StoreError(f"{path}: malformed extractor description ({exc})") from exc
     if spec.extractor_id != info.get("extractor_id"):
         raise StoreError(f"{path}: extractor_id {info.get('extractor_id')} does not match its parameters "

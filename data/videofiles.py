@@ -15,6 +15,15 @@ from pathlib import Path
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v")
 DEFAULT_EXTENSION = ".mp4"
+# FFmpeg options for opening a local media file: the file protocol only (no http, no other protocol
+# reached through a playlist or a name such as ``concat:a|b`` or ``subfile,,...``).
+FILE_ONLY = {"protocol_whitelist": "file"}
+
+
+def file_url(path: str | os.PathLike) -> str:
+    """``file:`` URL of ``path`` for FFmpeg (``av.open(file_url(p), options=FILE_ONLY)``): a colon in
+    the name is then never read as a protocol."""
+    return "file:" + os.path.abspath(path)
 
 
 class VideoFiles:

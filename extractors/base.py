@@ -9,8 +9,9 @@ the model on a batch of units (:meth:`forward`) and turns a video's unit outputs
   and each video's rows are released as soon as its last unit has gone through the model;
 - error recording: a decode failure, a failure while preparing units, or a failed batch (each of its
   videos is then retried alone) becomes a ``failed`` row with the error text; the run goes on;
-- skip-if-done and shard writing (:meth:`feature_set`, :meth:`write_rows` on top of
-  :class:`data.store.FeatureSet`).
+- identity and skip-if-done: :attr:`spec` (the extractor-id and what a row's fingerprint names:
+  the video file, or for an extractor that decodes nothing, i.e. text, the video's captions) and
+  :meth:`feature_set` (the :class:`data.store.FeatureSet` that the run checks and writes).
 """
 from __future__ import annotations
 
@@ -245,7 +246,8 @@ class Extractor(ABC):
     def spec(self) -> ExtractorSpec:
         params = {"model": self.model_name, **self.weights.as_params(), "precision": self.precision,
                   "code_version": self.code_version, **self.extra_params()}
-        return ExtractorSpec(self.modality, self.dim, params, self.weights.is_random, dict(self.extra_columns))
+        return ExtractorSpec(self.modality, self.dim, params, self.weights.is_random, dict(self.extra_columns),
+                             keyed_by="captions" if self.request.empty else "file")
 
     @property
     def extractor_id(self) -> str:

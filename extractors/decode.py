@@ -33,6 +33,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from data.videofiles import FILE_ONLY, file_url
+
 OPENS: Counter = Counter()  # path -> number of times decode_video opened it (tests read it)
 _OPENS_LOCK = threading.Lock()
 
@@ -195,7 +197,7 @@ def decode_video(path: str | os.PathLike, request: DecodeRequest, threads: int =
     with _OPENS_LOCK:
         OPENS[where] += 1
     try:
-        container = av.open(where, metadata_errors="ignore")
+        container = av.open(file_url(where), options=FILE_ONLY, metadata_errors="ignore")
     except av.error.FFmpegError as exc:
         with open(where, "rb") as fh:
             is_mp4 = fh.read(8)[4:8] == b"ftyp"

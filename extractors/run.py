@@ -2,29 +2,39 @@
 
 ``plan_shards`` splits the manifest into shards of videos and prepares each modality's feature
 folder; ``extract_shard`` does one shard: it finds, per modality, the videos not yet done for the
-same extractor-id, decodes each such video ONCE in background threads (running ahead of the
-models) with the union of what the modalities still need, feeds every modality from that decode,
-and writes one store shard per modality. ``extract_dataset`` runs all shards in order.
-Both are plain functions on picklable arguments, so a Prefect task (flows/extract.py) or a Dask
-worker can call ``extract_shard`` directly; models load once per process.
+same extractor-id *and the same content* (the rows' fingerprint must equal the video file's
+fingerprint now, or for text the caption digest: :mod:`data.fingerprint`), decodes each such video
+ONCE in background threads (running ahead of the models) with the union of what the modalities
+still need, feeds every modality from that decode, and writes one store shard per modality.
+``extract_dataset`` runs all shards in order and ends with :func:`finish_run` (debris removed and
+superseded rows compacted away, when no other writer is busy). Both are plain functions on
+picklable arguments, so a Prefect task (flows/extract.py) or a Dask worker can call
+``extract_shard`` directly; models load once per process. Any number of runs may work on one
+dataset at once (see data/store.py for the locking).
+
+A video whose decoding killed an earlier process is recorded as ``failed`` without being decoded
+again (:mod:`extractors.inprogress`).
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator
+from functools import partial
+from typing import Callable, ContextManager, Iterable, Iterator
 
-from data.manifest import Manifest, VideoRecord, read_manifest
+from data.fingerprint import current_fingerprints
+from data.manifest import Manifest, ManifestError, VideoRecord, read_manifest, safe_video_path
 from data.settings import Settings, get_settings
 from data.store import RANDOM_WARNING, FeatureRow, FeatureSet
 from extractors.base import Extractor, VideoItem
 from data.progress import ProgressEvent, ProgressFn
 from extractors.decode import DecodeError, DecodeRequest, decode_video
+from extractors.inprogress import crash_error, dead_records, decoding, records_dir
 from extractors.registry import DEFAULT_MODELS, MODALITIES, build_extractor
 
 log = logging.getLogger("tvr.extract")
@@ -107,8 +117,8 @@ def plan_shards(dataset: str, config: ExtractConfig, *, shard_size: int | None =
                 settings: Settings | None = None) -> list[list[str]]:
     """Video ids of each shard, in manifest order; prepares every modality's feature folder.
 
-    Preparing removes debris of killed writers (partial shards, temporary files), so call it once
-    per run before any ``extract_shard`` of that run.
+    Preparing tidies a folder (killed writers' debris, superseded rows) only when no other writer
+    is busy in it, so it is safe to call while other runs of the same dataset are going on.
     """
     settings = settings or get_settings()
     ids = load_manifest(dataset, settings).video_ids
@@ -116,32 +126,27 @@ def plan_shards(dataset: str, config: ExtractConfig, *, shard_size: int | None =
     if size < 1:
         raise ValueError(f"shard size {size}: must be at least 1")
     for ext in config.build():
-        fs = ext.feature_set(settings, dataset)
-        fs.prepare()
-        for claim in fs.folder.glob("part-*.claim"):  # shard numbers reserved by killed writers
-            claim.unlink(missing_ok=True)
+        ext.feature_set(settings, dataset).prepare()
     return [ids[i:i + size] for i in range(0, len(ids), size)]
 
 
-def _claim_shard_index(fs: FeatureSet) -> int:
-    """Reserve the next free shard number (safe against concurrent writers of the same folder)."""
-    while True:
-        index = fs.next_shard_index()
-        try:
-            fd = os.open(fs.folder / f"part-{index:05d}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            continue
-        os.close(fd)
-        return index
+def finish_run(dataset: str, counts: dict[str, "ModalityCounts"], settings: Settings | None = None) -> None:
+    """End of a run: tidy each modality's folder (debris out, superseded rows compacted away) so
+    the store at rest is plain Parquet; skipped where another writer is busy (the last one tidies)."""
+    settings = settings or get_settings()
+    for m, c in counts.items():
+        folder = settings.feature_dir(dataset, m, c.extractor_id)
+        if (folder / "_extractor.json").is_file():
+            FeatureSet(folder).tidy()
 
 
-def write_rows(fs: FeatureSet, rows: list[FeatureRow]) -> None:
-    """Write one shard of ``rows`` under a reserved number (temporary name, rename, marker)."""
-    index = _claim_shard_index(fs)
-    try:
-        fs.write_shard(rows, index=index)
-    finally:
-        (fs.folder / f"part-{index:05d}.claim").unlink(missing_ok=True)
+def content_keys(fs: FeatureSet, manifest: Manifest, video_ids: list[str],
+                 file_fingerprints: dict[str, str]) -> dict[str, str]:
+    """``video_id -> fingerprint`` each stored row of ``fs`` must carry to count as done."""
+    if fs.spec.keyed_by == "captions":
+        digests = manifest.captions_digests()
+        return {v: digests[v] for v in video_ids}
+    return {v: file_fingerprints[v] for v in video_ids}
 
 
 def merged_request(extractors: Iterable[Extractor]) -> DecodeRequest:
@@ -153,19 +158,23 @@ def merged_request(extractors: Iterable[Extractor]) -> DecodeRequest:
 
 
 def iter_decoded(jobs: Iterable[tuple[VideoRecord, DecodeRequest]], video_root, *, workers: int = 1,
-                 prefetch: int = 4) -> Iterator[VideoItem]:
+                 prefetch: int = 4, guard: Callable[[VideoRecord], ContextManager] | None = None
+                 ) -> Iterator[VideoItem]:
     """Decode each job once in ``workers`` background threads, up to ``prefetch`` videos ahead.
 
-    Yields :class:`VideoItem` in job order; a :class:`DecodeError` becomes ``item.error``.
-    Jobs with an empty request are not opened at all.
+    Yields :class:`VideoItem` in job order; a :class:`DecodeError` (or a path that leaves the video
+    root) becomes ``item.error``. Jobs with an empty request are not opened at all. ``guard(record)``
+    wraps each decode (the in-progress record of :func:`decoding`).
     """
     def work(record: VideoRecord, request: DecodeRequest) -> VideoItem:
         if request.empty:
             return VideoItem(record)
         path = video_root / record.path
         try:
-            return VideoItem(record, decode_video(path, request))
-        except DecodeError as exc:
+            path = safe_video_path(video_root, record.path)
+            with guard(record) if guard else nullcontext():
+                return VideoItem(record, decode_video(path, request))
+        except (DecodeError, ManifestError) as exc:
             return VideoItem(record, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - an unforeseen decoder failure is still one video's failure
             return VideoItem(record, error=f"{path}: decoding failed ({exc.__class__.__name__}: {exc})")
@@ -186,10 +195,10 @@ def extract_shard(dataset: str, video_ids: list[str], config: ExtractConfig | di
                   on_progress: ProgressFn | None = None) -> dict[str, ModalityCounts]:
     """Extract every requested modality for ``video_ids`` (one decode per video); write the shards.
 
-    ``on_progress`` gets an event per video (info: rows produced so far per modality).
-
-    Videos already ``ok`` / ``empty`` for the same extractor-id are skipped; a video that fails is
-    recorded as ``failed`` with its error and the others go on. Returns counts per modality.
+    Videos already ``ok`` / ``empty`` for the same extractor-id and content fingerprint are skipped;
+    a video that fails is recorded as ``failed`` with its error and the others go on; a video whose
+    decoding process died earlier is recorded as failed without decoding it. ``on_progress`` gets an
+    event per video (info: rows produced so far per modality). Returns counts per modality.
     """
     config = ExtractConfig(**config) if isinstance(config, dict) else config
     settings = settings or get_settings()
@@ -203,20 +212,30 @@ def extract_shard(dataset: str, video_ids: list[str], config: ExtractConfig | di
     extractors = config.build()
     sets = {e.modality: e.feature_set(settings, dataset) for e in extractors}
     counts = {e.modality: ModalityCounts(e.modality, e.extractor_id, e.spec.random_weights) for e in extractors}
+    fingerprints = current_fingerprints(manifest, video_ids)
+    keys = {e.modality: content_keys(sets[e.modality], manifest, video_ids, fingerprints) for e in extractors}
     todo: dict[str, set[str]] = {}
     for e in extractors:
-        done = sets[e.modality].done_ids()
+        done = sets[e.modality].done_ids(keys[e.modality])
         todo[e.modality] = {v for v in video_ids if v not in done}
         counts[e.modality].skipped = len(video_ids) - len(todo[e.modality])
+    rows: dict[str, list[FeatureRow]] = {e.modality: [] for e in extractors}
+    in_progress = records_dir(dataset, settings)
+    dead = dead_records(in_progress, video_ids)
+    for vid, (info, _) in dead.items():
+        say(f"{dataset}: video {vid!r}: {crash_error(records[vid], info)}")
+        for e in extractors:
+            if vid in todo[e.modality] and not e.request.empty:
+                rows[e.modality] += e.failed_rows(VideoItem(records[vid]), crash_error(records[vid], info))
+                todo[e.modality].discard(vid)
     jobs = []
     for vid in video_ids:
         wanted = [e for e in extractors if vid in todo[e.modality]]
         if wanted:
             jobs.append((records[vid], merged_request(wanted)))
-    rows: dict[str, list[FeatureRow]] = {e.modality: [] for e in extractors}
     start, last_report = time.time(), time.time()
     for n, item in enumerate(iter_decoded(jobs, manifest.video_root, workers=config.decode_workers,
-                                          prefetch=config.prefetch), 1):
+                                          prefetch=config.prefetch, guard=partial(decoding, in_progress)), 1):
         for e in extractors:
             if item.video_id in todo[e.modality]:
                 rows[e.modality] += e.push(item)
@@ -229,9 +248,14 @@ def extract_shard(dataset: str, video_ids: list[str], config: ExtractConfig | di
             last_report = time.time()
     for e in extractors:
         rows[e.modality] += e.flush()
+        for r in rows[e.modality]:
+            r.fingerprint = keys[e.modality][r.video_id]
         if rows[e.modality]:
-            write_rows(sets[e.modality], rows[e.modality])
+            sets[e.modality].write_shard(rows[e.modality])
         _count(counts[e.modality], rows[e.modality])
+    for _, files in dead.values():
+        for path in files:
+            path.unlink(missing_ok=True)   # its failure is stored now
     return counts
 
 
@@ -265,6 +289,7 @@ def extract_dataset(dataset: str, config: ExtractConfig | None = None, *, shard_
             on_progress(ProgressEvent(f"{dataset} shards", k, len(shards), "shard"))
         say(f"{dataset}: shard {k}/{len(shards)} finished: " + "; ".join(
             f"{m} {c.done} ok, {c.empty} empty, {c.failed} failed, {c.skipped} skipped" for m, c in result.items()))
+    finish_run(dataset, total, settings)
     return total
 
 

@@ -37,11 +37,12 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.context import FlowRunContext
 
 from data.cli import add_version
+from data.names import InvalidName
 from data.settings import get_settings
 from extractors.base import resolve_device
 from extractors.registry import MODALITIES
 from extractors.run import (ExtractConfig, build_parser, config_from_args, extract_dataset, extract_shard,
-                            merge_counts, plan_shards, summary_lines, summary_markdown)
+                            finish_run, merge_counts, plan_shards, summary_lines, summary_markdown)
 from flows.common import TIMEOUTS, artifact_key, check_names
 from flows.runners import describe, require_api_server, task_runner
 
@@ -100,6 +101,7 @@ def extract(dataset: str, modalities: list[str] = list(MODALITIES), weights: dic
     for k, future in enumerate(futures, 1):
         merge_counts(total, future.result())
         update_progress_artifact(progress, 100.0 * k / len(shards))
+    finish_run(dataset, total, settings)   # debris out, superseded rows compacted (if no other writer is busy)
     for line in summary_lines(dataset, total):
         logger.warning(line) if "RANDOM" in line else logger.info(line)
     create_markdown_artifact(summary_markdown(dataset, total), key=artifact_key("extract", dataset),
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         with Bars.for_cli() as bars:
             counts = extract_dataset(args.dataset, config, shard_size=args.shard_size, settings=settings,
                                      on_progress=bars)
-    except (ManifestError, StoreError, KeyError) as err:
+    except (ManifestError, StoreError, KeyError, InvalidName) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("\n".join(summary_lines(args.dataset, counts)))

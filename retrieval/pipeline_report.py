@@ -9,8 +9,10 @@ as thumbnails. Every page says RANDOM WEIGHTS when any feature came from random 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from data.atomic import atomic_path, write_text_atomic  # noqa: E402
+from data.videofiles import FILE_ONLY, file_url  # noqa: E402
 
 METRICS = ("R@1", "R@5", "R@10", "MdR", "MnR")
 ATTRIBUTES = ("colour", "size", "shape", "texture", "motion", "sound")
@@ -61,7 +64,7 @@ def read_history(run_dir: Path) -> list[dict]:
 def thumbnail(video: Path, out: Path, width: int = 160) -> Path | None:
     """PNG of the video's middle frame (None when it cannot be decoded)."""
     try:
-        with av.open(str(video)) as container:
+        with av.open(file_url(video), options=FILE_ONLY) as container:
             stream = container.streams.video[0]
             frames = [f for f in container.decode(stream)]
         frame = frames[len(frames) // 2].reformat(width=width, height=int(width * stream.height / stream.width))
@@ -95,22 +98,34 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _md(text) -> str:
+    """``text`` (a caption, an id, a name) as literal Markdown text: punctuation backslash-escaped,
+    ``& < >`` as entities, line breaks as spaces; the HTML page then shows it verbatim, never as markup."""
+    text = re.sub(r"([\\`*_\[\]{}()#+\-.!|~])", r"\\\1", " ".join(str(text).splitlines()))
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _thumb_name(video_id: str) -> str:
+    """A thumbnail file name that is safe whatever the id holds (``/``, ``..``)."""
+    return f"thumbs/{hashlib.sha256(video_id.encode()).hexdigest()[:16]}.png"
+
+
 def markdown_report(dataset: str, rows: list[ReportRow], oracle: dict | None, queries: list[QueryHit],
                     query_model: str, curves: str, thumbs: dict[str, str], random_weights: bool,
                     seconds: dict[str, float]) -> str:
     first = rows[0].evaluation
     protocol = first.get("protocol", {})
-    lines = [f"# tvr pipeline report: {dataset}", ""]
+    lines = [f"# tvr pipeline report: {_md(dataset)}", ""]
     if random_weights:
         lines += [f"**{BANNER}**", ""]
     lines += [f"Test split: {protocol['n_queries_t2v']} caption queries over {protocol['n_videos']} videos; "
               f"ties: {protocol['ties']}; video-to-text protocol: {protocol['v2t']}. Numbers are those of "
-              f"`python -m retrieval.evaluate --run <run> --dataset {dataset}`.", "",
+              f"python -m retrieval.evaluate --run RUN --dataset {_md(dataset)}.", "",
               "## Models", "", "| model | run | t2v " + " | t2v ".join(METRICS) + " | v2t " + " | v2t ".join(METRICS) + " |",
               "|" + "---|" * (2 + 2 * len(METRICS))]
     for row in rows:
         t2v, v2t = row.evaluation["t2v"], row.evaluation["v2t"]
-        lines.append(f"| {row.name} | `{row.run_dir.name}` | " + " | ".join(_fmt(t2v.get(m)) for m in METRICS)
+        lines.append(f"| {_md(row.name)} | {_md(row.run_dir.name)} | " + " | ".join(_fmt(t2v.get(m)) for m in METRICS)
                      + " | " + " | ".join(_fmt(v2t.get(m)) for m in METRICS) + " |")
     if any(row.attributes for row in rows):
         lines += ["", "## What each modality adds: top-1 attribute match (%)", "",
@@ -120,29 +135,39 @@ def markdown_report(dataset: str, rows: list[ReportRow], oracle: dict | None, qu
                   "| model | " + " | ".join(ATTRIBUTES) + " |", "|---|" + "---|" * len(ATTRIBUTES)]
         for row in rows:
             if row.attributes:
-                lines.append(f"| {row.name} | " + " | ".join(_fmt(row.attributes.get(a)) for a in ATTRIBUTES) + " |")
+                lines.append(f"| {_md(row.name)} | " + " | ".join(_fmt(row.attributes.get(a)) for a in ATTRIBUTES) + " |")
     if oracle:
         lines += ["", f"## Oracle ceilings ({oracle.get('n_test', '?')} test videos)", "",
                   "Text-to-video R@K of a model that knows exactly these attributes and nothing else.", "",
                   "| knows | R@1 | R@5 | R@10 |", "|---|---|---|---|"]
-        lines += [f"| {name} | {r['R@1']:.1f} | {r['R@5']:.1f} | {r['R@10']:.1f} |" for name, r in oracle["t2v"].items()]
+        lines += [f"| {_md(name)} | {r['R@1']:.1f} | {r['R@5']:.1f} | {r['R@10']:.1f} |" for name, r in oracle["t2v"].items()]
     lines += ["", "## Training curves", "", f"![training curves]({curves})", ""]
     if queries:
-        lines += ["## Example queries", "", f"Top videos from the index of `{query_model}`; "
+        lines += ["## Example queries", "", f"Top videos from the index of {_md(query_model)}; "
                   "a check mark is the video the caption was written for.", ""]
         for q in queries:
-            lines += [f"**\u201c{q.caption}\u201d** (for `{q.true_video}`)", ""]
+            lines += [f"**\u201c{_md(q.caption)}\u201d** (for {_md(q.true_video)})", ""]
             cells = []
             for vid, _path, score, correct in q.hits:
-                img = f"![{vid}]({thumbs[vid]})" if vid in thumbs else "(no thumbnail)"
+                img = f"![{_md(vid)}]({thumbs[vid]})" if vid in thumbs else "(no thumbnail)"
                 mark = " \u2714" if correct else ""
-                cells.append(f"{img}<br>`{vid}` {score:.2f}{mark}")
+                cells.append(f"{img}<br>{_md(vid)} {score:.2f}{mark}")
             lines += ["| " + " | ".join(f"#{i + 1}" for i in range(len(cells))) + " |",
                       "|" + "---|" * len(cells), "| " + " | ".join(cells) + " |", ""]
     if seconds:
         lines += ["## Time per stage", "", "| stage | seconds |", "|---|---|"]
-        lines += [f"| {k} | {v:.0f} |" for k, v in seconds.items()]
+        lines += [f"| {_md(k)} | {v:.0f} |" for k, v in seconds.items()]
     return "\n".join(lines) + "\n"
+
+
+def html_page(dataset: str, markdown: str) -> str:
+    """The report's Markdown as one HTML page (the Markdown's own ``<br>`` kept; every caption, id
+    and name in it was escaped by :func:`_md`)."""
+    body = MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(dataset)} report</title>"
+            "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}</style></head>"
+            f"<body>{body}</body></html>")
 
 
 def _inline_images(page: str, folder: Path) -> str:
@@ -163,18 +188,13 @@ def write_report(out_dir: Path, dataset: str, rows: list[ReportRow], *, oracle: 
     thumbs = {}
     for q in queries:
         for vid, path, _score, _ok in q.hits:
-            if vid not in thumbs and thumbnail(path, out_dir / "thumbs" / f"{vid}.png"):
-                thumbs[vid] = f"thumbs/{vid}.png"
+            if vid not in thumbs and thumbnail(path, out_dir / _thumb_name(vid)):
+                thumbs[vid] = _thumb_name(vid)
     text = markdown_report(dataset, rows, oracle, queries, query_model, curves, thumbs, random_weights, seconds)
     md_path = out_dir / "report.md"
     write_text_atomic(md_path, text)
-    body = MarkdownIt("commonmark", {"html": True}).enable("table").render(text)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(dataset)} report</title>"
-            "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}</style></head>"
-            f"<body>{body}</body></html>")
     html_path = out_dir / "report.html"
-    write_text_atomic(html_path, _inline_images(page, out_dir))
+    write_text_atomic(html_path, _inline_images(html_page(dataset, text), out_dir))
     summary = {"dataset": dataset, "random_weights": random_weights, "seconds": seconds,
                "rows": [{"name": r.name, "run": r.run_dir.name, "t2v": r.evaluation["t2v"], "v2t": r.evaluation["v2t"],
                          "attributes": r.attributes} for r in rows]}

@@ -1,12 +1,13 @@
 """Scheduled re-indexing: bring ``indexes/<dataset>/<run>`` up to date with the dataset's manifest.
 
 ``reindex(dataset, run)`` compares the manifest with the per-video state of the ``current`` index
-build (``videos.parquet``: video_id, path, file size, mtime in ns, indexed or not) and
+build (``videos.parquet``: video_id, path, the file's content fingerprint, indexed or not) and
 
 - extracts (``extractors.run.extract_shard``) only the videos that are new or whose file changed
-  (other path, size or mtime: a replaced file). A changed video's old store rows are first
-  superseded by ``failed`` rows saying they are stale, so the extractor redoes it and the store's
-  newest-row-wins rule keeps only the new features;
+  (other path or fingerprint: a replaced file; the one definition in :mod:`data.fingerprint`, taken
+  from the files as they are now, so a replaced file is seen even before ``data.prepare`` runs
+  again). A changed video's stored rows carry the old fingerprint, so extraction redoes it and the
+  store's newest-row-wins rule (then compaction) keeps only the new features;
 - encodes (``fusion.api.encode_video_ids``) only those videos, drops removed ones and reuses the
   stored vectors (``vectors.npy``) of every unchanged video;
 - writes the new build beside the old one and then swaps ``current`` atomically
@@ -25,24 +26,25 @@ happens when its frames become ``ok`` by other means, e.g. ``python -m flows.ext
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from data.cli import add_version
+from data import locks
+from data.fingerprint import current_fingerprints
 from data.manifest import Manifest, ManifestError, manifest_fingerprint, read_manifest
+from data.names import InvalidName, check_name
 from data.settings import Settings, get_settings
 from data.store import FeatureSet, StoreError, list_extractors
 from retrieval.index import (RANDOM_WARNING, IndexBuild, IndexFolderError, index_root, model_info,
@@ -56,8 +58,7 @@ FRAMES = "clip_frames"
 STATE_SCHEMA = pa.schema([
     pa.field("video_id", pa.string(), nullable=False),
     pa.field("path", pa.string(), nullable=False),
-    pa.field("size", pa.int64(), nullable=False),        # bytes; -1 = file missing
-    pa.field("mtime_ns", pa.int64(), nullable=False),    # ns since the epoch; -1 = file missing
+    pa.field("fingerprint", pa.string(), nullable=False),   # data.fingerprint; "missing" = no file
     pa.field("indexed", pa.bool_(), nullable=False),     # has a vector in the build
 ])
 # Extractor options that ExtractConfig takes per modality (the rest of _extractor.json follows
@@ -72,7 +73,7 @@ class ReindexError(RuntimeError):
     """Re-indexing cannot go on; the message names the dataset, the run and the problem."""
 
 
-FileState = tuple[str, int, int]   # (path, size in bytes, mtime in ns)
+FileState = tuple[str, str]   # (path, content fingerprint of data.fingerprint)
 
 
 @dataclass
@@ -80,7 +81,7 @@ class Plan:
     """What changed between the previous build's per-video state and the manifest now."""
 
     added: list[str]            # in the manifest, not covered by the previous build
-    changed: list[str]          # covered, but the file's path, size or mtime differs
+    changed: list[str]          # covered, but the file's path or fingerprint differs
     removed: list[str]          # covered, no longer in the manifest
     reused: list[str]           # unchanged and indexed: the old vector is kept
     retry: list[str]            # unchanged, not indexed then, frames ok in the store now
@@ -164,28 +165,26 @@ class ReindexResult:
 # What changed
 # ---------------------------------------------------------------------------------------------
 def file_states(manifest: Manifest) -> dict[str, FileState]:
-    """``video_id -> (path, size, mtime_ns)`` of every manifest video; ``-1, -1`` for a missing file."""
-    out = {}
-    for vid, rel in zip(manifest.video_ids, manifest.table.column("path").to_pylist()):
-        try:
-            st = os.stat(manifest.abs_path(rel))
-            out[vid] = (rel, int(st.st_size), int(st.st_mtime_ns))
-        except FileNotFoundError:
-            out[vid] = (rel, -1, -1)
-    return out
+    """``video_id -> (path, fingerprint)`` of every manifest video as its file is now."""
+    fingerprints = current_fingerprints(manifest)
+    return {vid: (rel, fingerprints[vid])
+            for vid, rel in zip(manifest.video_ids, manifest.table.column("path").to_pylist())}
 
 
-def read_state(table: pa.Table) -> dict[str, tuple[FileState, bool]]:
-    """``video_id -> ((path, size, mtime_ns), indexed)`` from a build's ``videos.parquet``."""
+def read_state(table: pa.Table) -> dict[str, tuple[FileState, bool]] | None:
+    """``video_id -> ((path, fingerprint), indexed)`` from a build's ``videos.parquet``; None for a
+    state written before fingerprints (size and mtime columns only)."""
+    if any(n not in table.column_names for n in STATE_SCHEMA.names):
+        return None
     cols = [table.column(n).to_pylist() for n in STATE_SCHEMA.names]
-    return {vid: ((path, size, mtime), bool(indexed)) for vid, path, size, mtime, indexed in zip(*cols)}
+    return {vid: ((path, fp), bool(indexed)) for vid, path, fp, indexed in zip(*cols)}
 
 
 def state_table(states: dict[str, FileState], indexed: set[str]) -> pa.Table:
     """The ``videos.parquet`` of a new build: every manifest video, in manifest order."""
     ids = list(states)
     return pa.table({"video_id": ids, "path": [states[v][0] for v in ids],
-                     "size": [states[v][1] for v in ids], "mtime_ns": [states[v][2] for v in ids],
+                     "fingerprint": [states[v][1] for v in ids],
                      "indexed": [v in indexed for v in ids]}, schema=STATE_SCHEMA)
 
 
@@ -228,6 +227,9 @@ def _previous(dataset: str, run: str, loaded, signature: str, settings: Settings
         return build, None, None, (f"build {build.info['build_id']} used other extractors "
                                    f"{build.info.get('extractor_ids')}: every video is encoded")
     state = read_state(table)
+    if state is None:
+        return build, None, None, (f"build {build.info['build_id']} has a per-video state without content "
+                                   f"fingerprints (an older version): every video is encoded")
     vectors = build.stored_vectors()
     if build.info.get("model_signature") != signature or vectors is None:
         return build, state, None, (f"build {build.info['build_id']} was made by another model version "
@@ -270,19 +272,19 @@ def extract_configs(dataset: str, loaded, settings: Settings, device: str | None
             for (seed, precision), g in groups.items()]
 
 
-def extract_videos(dataset: str, video_ids: list[str], stale: list[str], loaded, *, settings: Settings,
+def extract_videos(dataset: str, video_ids: list[str], loaded, *, settings: Settings,
                    shard_size: int | None = None, device: str | None = None, say: Log = log.info) -> dict:
-    """Extract the model's modalities for ``video_ids`` (already-done ones are skipped), after marking
-    the rows of ``stale`` videos (a subset whose file changed) as superseded. Returns
-    ``extractors.run.ModalityCounts`` per modality."""
-    from extractors.base import VideoItem
-    from extractors.run import ModalityCounts, extract_shard, merge_counts, plan_shards, write_rows
+    """Extract the model's modalities for ``video_ids`` (those already done for their current
+    content are skipped). Returns ``extractors.run.ModalityCounts`` per modality."""
+    from extractors.run import (ModalityCounts, content_keys, extract_shard, finish_run, merge_counts,
+                                plan_shards)
 
-    stale_set = set(stale)
     folders = {m: settings.feature_dir(dataset, m, i) for m, i in loaded.extractor_ids.items()}
     sets = {m: FeatureSet(f) for m, f in folders.items() if (f / "_extractor.json").is_file()}
-    if not stale_set and len(sets) == len(folders) and all(
-            set(video_ids) <= fs.done_ids() for fs in sets.values()):
+    manifest = read_manifest(settings.manifest_path(dataset))
+    fingerprints = current_fingerprints(manifest, video_ids)
+    if len(sets) == len(folders) and all(
+            set(video_ids) <= fs.done_ids(content_keys(fs, manifest, video_ids, fingerprints)) for fs in sets.values()):
         say(f"{dataset}: the {len(video_ids)} videos are already extracted; no extractor is loaded")
         return {m: ModalityCounts(m, fs.spec.extractor_id, fs.spec.random_weights, skipped=len(video_ids))
                 for m, fs in sets.items()}
@@ -294,19 +296,14 @@ def extract_videos(dataset: str, video_ids: list[str], stale: list[str], loaded,
             shown = "; ".join(f"{m}: rebuilt {a}, stored {b}" for m, (a, b) in wrong.items())
             raise ReindexError(f"{dataset}: the stored extractors cannot be re-created here ({shown}); extract "
                                f"the new videos with python -m flows.extract {dataset} using the same settings")
-    records = {r.video_id: r for r in read_manifest(settings.manifest_path(dataset)).records()
-               if r.video_id in stale_set}
     total: dict = {}
     size = shard_size or settings.shard_size
     for config in configs:
-        plan_shards(dataset, config, shard_size=size, settings=settings)   # prepares folders, clears debris
-        for e in config.build() if stale else ():
-            rows = [row for vid in stale for row in e.failed_rows(
-                VideoItem(records[vid]), f"stale: {records[vid].path} changed after extraction; re-extracting")]
-            write_rows(e.feature_set(settings, dataset), rows)
+        plan_shards(dataset, config, shard_size=size, settings=settings)   # prepares folders, tidies if idle
         for start in range(0, len(video_ids), size):
             merge_counts(total, extract_shard(dataset, video_ids[start:start + size], config,
                                               settings=settings, progress=say))
+    finish_run(dataset, total, settings)
     return total
 
 
@@ -321,22 +318,6 @@ def _frames_ok(dataset: str, loaded, settings: Settings) -> Callable[[list[str]]
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
-@contextmanager
-def _exclusive(root: Path) -> Iterator[bool]:
-    """Non-blocking ``flock`` on ``root/.reindex.lock``: yields False when another run holds it."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".reindex.lock", "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _pause_point(stage: str) -> None:
     """Tests only (``TVR_REINDEX_TEST_PAUSE=<stage>:<marker>``): write the marker, then wait to be killed."""
     spec = os.environ.get(PAUSE_ENV, "")
@@ -351,7 +332,7 @@ def reindex(dataset: str, run: str = ZERO_SHOT, *, index_type: str = "auto", sha
     """Bring the index of ``dataset`` for ``run`` up to date with the manifest; see the module doc."""
     settings = settings or get_settings()
     say = progress or log.info
-    manifest_path = settings.manifest_path(dataset)
+    manifest_path = settings.manifest_path(dataset)   # refuses a dataset name that is not one path part
     if not manifest_path.is_file():
         return ReindexResult(dataset, str(run), "nothing-to-index",
                              f"no manifest at {manifest_path}: nothing to index (build it with "
@@ -362,8 +343,8 @@ def reindex(dataset: str, run: str = ZERO_SHOT, *, index_type: str = "auto", sha
                              f"model yet (extract first: python -m flows.extract {dataset} "
                              f"--modalities clip_frames,clip_text)")
     loaded = load(run, dataset, settings)
-    name = run_name(loaded.run_dir)
-    with _exclusive(index_root(dataset, name, settings)) as held:
+    name = check_name(run_name(loaded.run_dir), "run id")
+    with locks.try_exclusive(index_root(dataset, name, settings) / ".reindex.lock") as held:
         if not held:
             return ReindexResult(dataset, name, "busy", "another reindex of this dataset and run is running; "
                                  "this one did nothing", random_weights=bool(loaded.random_weights))
@@ -388,10 +369,10 @@ def _reindex_locked(dataset: str, run: str, loaded, *, index_type: str, shard_si
         # nothing known about the files: extract what the store lacks, encode every video
         covered = set(previous.ids) if previous is not None else set()
         plan = Plan([v for v in now if v not in covered], [], [v for v in covered if v not in now], [], [], [])
-        extract, stale, encode = list(now), [], list(now)
+        extract, encode = list(now), list(now)
     else:
         plan = make_plan(now, before, _frames_ok(dataset, loaded, settings))
-        extract, stale = plan.added + plan.changed, plan.changed
+        extract = plan.added + plan.changed
         encode = plan.to_encode if old_vectors is not None else list(now)
         if old_vectors is None:
             plan.reused = []
@@ -405,8 +386,8 @@ def _reindex_locked(dataset: str, run: str, loaded, *, index_type: str, shard_si
         return result
 
     if extract:
-        say(f"{dataset}: extracting {len(extract)} videos ({len(stale)} of them changed on disk)")
-        counts = extract_videos(dataset, extract, stale, loaded, settings=settings, shard_size=shard_size,
+        say(f"{dataset}: extracting {len(extract)} videos ({len(plan.changed)} of them changed on disk)")
+        counts = extract_videos(dataset, extract, loaded, settings=settings, shard_size=shard_size,
                                 device=device, say=say)
         result.extraction = {m: asdict(c) for m, c in counts.items()}
     _pause_point("extracted")
@@ -477,8 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = reindex(args.dataset, args.run, index_type=args.index_type, shard_size=args.shard_size,
                          device=args.device)
-    except (ReindexError, RunNotFound, IndexFolderError, ManifestError, StoreError, FileNotFoundError,
-            ValueError) as err:
+    except (ReindexError, RunNotFound, IndexFolderError, ManifestError, StoreError, InvalidName,
+            FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result.to_dict(), indent=2) if args.json else "\n".join(result.lines()))

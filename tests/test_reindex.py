@@ -210,7 +210,7 @@ def test_index_built_without_state_is_fully_encoded_once(home):
 def test_busy_lock_and_partial_build_debris(home):
     root = home.root / "indexes" / DS / "zero-shot"
     (root / ".tmp-20260101T000000000000Z-dead").mkdir()   # left by a writer killed mid-write
-    with rx._exclusive(root) as held:
+    with rx.locks.try_exclusive(root / ".reindex.lock") as held:
         assert held
         busy = rx.reindex(DS)
         assert busy.status == "busy" and "another reindex" in busy.message
@@ -227,16 +227,16 @@ def test_help(capsys):
     assert "--run" in out and "--index-type" in out and "--shard-size" in out
 
 
-def test_make_plan_compares_path_size_and_mtime():
-    before = {"a": (("a.mp4", 10, 1), True), "b": (("b.mp4", 10, 1), True), "c": (("c.mp4", 10, 1), True),
-              "d": (("d.mp4", 10, 1), False), "e": (("e.mp4", -1, -1), False)}
-    now = {"a": ("a.mp4", 10, 1), "b": ("b.mp4", 11, 1), "c": ("c.mp4", 10, 2), "d": ("d.mp4", 10, 1),
-           "e": ("e.mp4", -1, -1), "f": ("f.mp4", 5, 5)}
+def test_make_plan_compares_path_and_fingerprint():
+    before = {"a": (("a.mp4", "10-1-x"), True), "b": (("b.mp4", "10-1-x"), True), "c": (("c.mp4", "10-1-x"), True),
+              "d": (("d.mp4", "10-1-x"), False), "e": (("e.mp4", "missing"), False)}
+    now = {"a": ("a.mp4", "10-1-x"), "b": ("b.mp4", "10-1-y"), "c": ("c2.mp4", "10-1-x"), "d": ("d.mp4", "10-1-x"),
+           "e": ("e.mp4", "missing"), "f": ("f.mp4", "5-5-z")}
     plan = rx.make_plan(now, before, lambda ids: {"d"} & set(ids))
     assert (plan.added, plan.changed, plan.removed) == (["f"], ["b", "c"], [])
     assert (plan.reused, plan.retry, plan.unindexable) == (["a"], ["d"], ["e"])
     assert plan.to_encode == ["f", "b", "c", "d"]
-    gone = rx.make_plan({"a": ("a.mp4", 10, 1)}, before, lambda ids: set())
+    gone = rx.make_plan({"a": ("a.mp4", "10-1-x")}, before, lambda ids: set())
     assert gone.removed == ["b", "c", "d", "e"] and gone.empty is False
 
 
@@ -294,3 +294,58 @@ def test_killed_rebuild_leaves_the_old_index_answering(home, tmp_path, stage, ch
     assert found["index"]["build_id"] == again.build_id
     root = home.root / "indexes" / DS / "zero-shot"
     assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.slow
+def test_replaced_video_and_corrected_caption_are_the_only_work(home, decoded, tmp_path):
+    """Replace one file and correct one caption, re-prepare, extract: exactly that video's frames and
+    that video's captions are extracted again (new values checked); the next reindex serves them."""
+    import pyarrow.dataset as ds
+
+    target, source, fixed = home.ids[2], home.ids[5], home.ids[3]
+    features = get_settings().features_dir / DS
+    frames_dir = next((features / "clip_frames").iterdir())
+    text_dir = next((features / "clip_text").iterdir())
+
+    def text_rows():
+        t = FeatureSet(text_dir).read()
+        return {(vid, ci): (cap, t.row(i).copy()) for i, (vid, ci, cap) in
+                enumerate(zip(t.video_ids, t.column("caption_index"), t.column("caption")))}
+
+    text_before = text_rows()
+    frames_before = FeatureSet(frames_dir).read()
+    replace_file(home, target, source)
+    home.records[3]["captions"][0] = "a corrected caption about something else entirely"
+    home.manifest(home.ids[:10])                                          # data.prepare again
+    counts = extract_dataset(DS, tiny_config(tmp_path, modalities=MODALITIES), shard_size=8)
+    assert decoded == [target]                                            # one decode: the replaced file
+    assert (counts["clip_frames"].done, counts["clip_frames"].skipped) == (1, 9)
+    assert (counts["clip_text"].done, counts["clip_text"].skipped) == (1, 9)   # one video's captions
+    frames = FeatureSet(frames_dir).read()
+    rows = {vid: frames.row(i) for i, vid in enumerate(frames.video_ids)}
+    old_rows = {vid: frames_before.row(i) for i, vid in enumerate(frames_before.video_ids)}
+    np.testing.assert_allclose(rows[target], rows[source], atol=1e-6)     # the new content's features
+    assert not np.allclose(old_rows[target][:1], rows[target][:1])
+    for vid in home.ids[:10]:
+        if vid != target:
+            np.testing.assert_array_equal(rows[vid], old_rows[vid])
+    text_after = text_rows()
+    assert text_after.keys() == text_before.keys()
+    new_caption, new_values = text_after[(fixed, 0)]
+    assert new_caption == "a corrected caption about something else entirely"
+    assert new_values.shape != text_before[(fixed, 0)][1].shape or not np.allclose(new_values, text_before[(fixed, 0)][1])
+    for key, (caption, values) in text_before.items():
+        if key != (fixed, 0):                                             # the other captions: same values
+            assert text_after[key][0] == caption
+            np.testing.assert_allclose(text_after[key][1], values, atol=1e-6)
+    # at rest a plain glob, read without project code, holds exactly one current row per video / caption
+    plain_frames = ds.dataset(sorted(frames_dir.glob("part-*.parquet"))).to_table(columns=["video_id"])
+    assert sorted(plain_frames.column("video_id").to_pylist()) == sorted(home.ids[:10])
+    plain_text = ds.dataset(sorted(text_dir.glob("part-*.parquet"))).to_table(columns=["video_id", "caption_index"])
+    keys = list(zip(*(plain_text.column(c).to_pylist() for c in ("video_id", "caption_index"))))
+    assert sorted(keys) == sorted(text_before)
+    result = rx.reindex(DS)
+    assert (result.status, result.changed, result.added, result.encoded) == ("rebuilt", 1, 0, 1)
+    build = open_build(DS, "zero-shot")
+    vectors = np.array(build.stored_vectors())
+    np.testing.assert_allclose(vectors[build.ids.index(target)], vectors[build.ids.index(source)], atol=1e-5)
