@@ -3,8 +3,8 @@
 ``plan_shards`` splits the manifest into shards of videos and prepares each modality's feature
 folder; ``extract_shard`` does one shard: it finds, per modality, the videos not yet done for the
 same extractor-id, decodes each such video ONCE in background threads (running ahead of the
-models) with the union of what the modalities still need, feeds every modality from that decode,
-and writes one store shard per modality. ``extract_dataset`` runs all shards in order.
+models) with the union of what the modalities still need, streams the decoded windows to every
+modality (bounded memory per video), and writes one store shard per modality. ``extract_dataset`` runs all shards in order.
 Both are plain functions on picklable arguments, so a Prefect task (flows/extract.py) or a Dask
 worker can call ``extract_shard`` directly; models load once per process.
 """
@@ -13,17 +13,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import queue
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterable, Iterator
 
 from data.manifest import Manifest, VideoRecord, read_manifest
 from data.settings import Settings, get_settings
 from data.store import RANDOM_WARNING, FeatureRow, FeatureSet
-from extractors.base import Extractor, VideoItem
-from extractors.decode import DecodeError, DecodeRequest, decode_video
+from extractors.base import Extractor, VideoItem, push_video, resolve_device
+from extractors.decode import DecodeError, DecodeOptions, DecodeRequest, stream_video
 from extractors.registry import DEFAULT_MODELS, MODALITIES, build_extractor
 
 log = logging.getLogger("tvr.extract")
@@ -36,7 +38,9 @@ class ExtractConfig:
 
     ``weights`` / ``models`` / ``batch_sizes``: per modality (``clip_text`` defaults to the
     ``clip_frames`` model and weights). ``options``: per-modality parameters, e.g.
-    ``{"motion": {"size": 128, "fps": 15}, "clip_frames": {"fps": 1}}``.
+    ``{"motion": {"size": 128, "fps": 15}, "clip_frames": {"fps": 1}}``. ``decode``,
+    ``decode_threads``, ``decode_budget_s``, ``hwaccel``: see :class:`DecodeOptions` (``hwaccel``
+    ``auto`` = NVDEC when the device is CUDA).
     """
 
     modalities: tuple[str, ...] = MODALITIES
@@ -49,6 +53,10 @@ class ExtractConfig:
     precision: str = "auto"
     decode_workers: int = 1
     prefetch: int = 4
+    decode: str = "fast"
+    decode_threads: int = 0
+    decode_budget_s: float = 900.0
+    hwaccel: str = "auto"
 
     def __post_init__(self):
         self.modalities = tuple(self.modalities)
@@ -75,6 +83,15 @@ class ExtractConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def decode_options(self) -> DecodeOptions:
+        """How this run decodes; decoder threads default to the cores shared by the decode workers."""
+        hwaccel = self.hwaccel
+        if hwaccel == "auto":
+            hwaccel = "cuda" if resolve_device(self.device).type == "cuda" else "none"
+        threads = self.decode_threads or max(1, (os.cpu_count() or 1) // max(1, self.decode_workers))
+        return DecodeOptions(mode=self.decode, threads=threads, hwaccel=None if hwaccel == "none" else hwaccel,
+                             budget_s=self.decode_budget_s)
 
 
 @dataclass
@@ -151,33 +168,102 @@ def merged_request(extractors: Iterable[Extractor]) -> DecodeRequest:
     return request
 
 
+_END = object()
+
+
+class _Handoff:
+    """A bounded queue of one video's decode messages, from a decode thread to the consumer."""
+
+    def __init__(self, size: int):
+        self.queue: queue.Queue = queue.Queue(maxsize=size)
+        self.cancelled = threading.Event()
+
+    def put(self, message) -> bool:
+        """Wait for room (False: the consumer gave the video up)."""
+        while not self.cancelled.is_set():
+            try:
+                self.queue.put(message, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(self):
+        while True:
+            try:
+                return self.queue.get(timeout=0.2)
+            except queue.Empty:
+                if self.cancelled.is_set():
+                    raise DecodeError("decoding was abandoned (the next video was asked for first)") from None
+
+    def chunks(self):
+        """The windows in order; re-raises the decoder's error; cancels the producer when left early."""
+        try:
+            while (message := self.get()) is not _END:
+                if isinstance(message, DecodeError):
+                    raise message
+                yield message
+        finally:
+            self.cancelled.set()
+
+
 def iter_decoded(jobs: Iterable[tuple[VideoRecord, DecodeRequest]], video_root, *, workers: int = 1,
-                 prefetch: int = 4) -> Iterator[VideoItem]:
+                 prefetch: int = 4, window_queue: int = 2) -> Iterator[VideoItem]:
     """Decode each job once in ``workers`` background threads, up to ``prefetch`` videos ahead.
 
-    Yields :class:`VideoItem` in job order; a :class:`DecodeError` becomes ``item.error``.
-    Jobs with an empty request are not opened at all.
+    Yields :class:`VideoItem` in job order as soon as its file is open; ``item.chunks`` streams the
+    decoded windows, each decoder waiting when ``window_queue`` windows are unread (so memory is
+    about ``(prefetch + 1) * window_queue`` windows, whatever the videos' lengths). A file that cannot
+    be opened gives ``item.error``; a :class:`DecodeError` later is raised from ``item.chunks``.
+    Jobs with an empty request are not opened at all. Consume (or drop) items in order.
     """
-    def work(record: VideoRecord, request: DecodeRequest) -> VideoItem:
-        if request.empty:
-            return VideoItem(record)
+    def work(record: VideoRecord, request: DecodeRequest, box: _Handoff) -> None:
         path = video_root / record.path
         try:
-            return VideoItem(record, decode_video(path, request))
+            with stream_video(path, request) as stream:
+                if not box.put(stream.info):
+                    return
+                for chunk in stream.chunks():
+                    if not box.put(chunk):
+                        return
+            box.put(_END)
         except DecodeError as exc:
-            return VideoItem(record, error=str(exc))
+            box.put(exc)
         except Exception as exc:  # noqa: BLE001 - an unforeseen decoder failure is still one video's failure
-            return VideoItem(record, error=f"{path}: decoding failed ({exc.__class__.__name__}: {exc})")
+            box.put(DecodeError(f"{path}: decoding failed ({exc.__class__.__name__}: {exc})"))
 
-    jobs = iter(jobs)
+    def item(record: VideoRecord, request: DecodeRequest, box: _Handoff | None) -> VideoItem:
+        if box is None:
+            return VideoItem(record)
+        first = box.get()
+        if isinstance(first, DecodeError):
+            return VideoItem(record, error=str(first))
+        return VideoItem(record, first, chunks=box.chunks())
+
+    ahead: deque = deque()
+    current: list = []  # the box of the item last yielded: dropped when the next one is asked for
+
+    def next_item() -> VideoItem:
+        for box in current:
+            box.cancelled.set()
+        record, request, box = ahead.popleft()
+        current[:] = [box] if box is not None else []
+        return item(record, request, box)
+
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
-        ahead: deque = deque()
-        for job in jobs:
-            ahead.append(pool.submit(work, *job))
-            if len(ahead) > prefetch:
-                yield ahead.popleft().result()
-        while ahead:
-            yield ahead.popleft().result()
+        try:
+            for record, request in jobs:
+                box = None if request.empty else _Handoff(window_queue)
+                if box is not None:
+                    pool.submit(work, record, request, box)
+                ahead.append((record, request, box))
+                if len(ahead) > prefetch:
+                    yield next_item()
+            while ahead:
+                yield next_item()
+        finally:
+            for box in current + [b for _, _, b in ahead if b is not None]:
+                box.cancelled.set()
 
 
 def extract_shard(dataset: str, video_ids: list[str], config: ExtractConfig | dict, *,
@@ -211,11 +297,11 @@ def extract_shard(dataset: str, video_ids: list[str], config: ExtractConfig | di
             jobs.append((records[vid], merged_request(wanted)))
     rows: dict[str, list[FeatureRow]] = {e.modality: [] for e in extractors}
     start, last_report = time.time(), time.time()
+    jobs = [(record, replace(request, options=config.decode_options())) for record, request in jobs]
     for n, item in enumerate(iter_decoded(jobs, manifest.video_root, workers=config.decode_workers,
                                           prefetch=config.prefetch), 1):
-        for e in extractors:
-            if item.video_id in todo[e.modality]:
-                rows[e.modality] += e.push(item)
+        for modality, new in push_video([e for e in extractors if item.video_id in todo[e.modality]], item).items():
+            rows[modality] += new
         if time.time() - last_report > 10 or n == len(jobs):
             say(f"{dataset}: {n}/{len(jobs)} videos of this shard decoded and queued "
                 f"({time.time() - start:.1f} s)")
