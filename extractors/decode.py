@@ -173,6 +173,7 @@ class DecodedVideo(DecodedChunk):
     fast: bool = False               # decoded by the fast path (non-reference frames skipped)
     hwaccel: str | None = None       # device that decoded the video, None for the CPU
     clamped_jumps: int = 0           # timestamp jumps clamped on the timeline
+    frames_decoded: int = 0          # video frames the decoder produced (fewer on the fast path)
 
     def as_chunk(self) -> DecodedChunk:
         return DecodedChunk(self.frames, self.frame_times, self.dense, self.dense_times, self.audio)
@@ -526,7 +527,7 @@ class VideoStream:
             raise DecodeError(f"{self.where}: no video frame could be decoded (truncated or corrupt file)")
         if dense is not None:
             dense.finish()
-        info.clamped_jumps = timeline.jumps
+        info.clamped_jumps, info.frames_decoded = timeline.jumps, n_video
         info.duration_s = max(timeline.t, (total_audio + n_audio) / r.audio_rate if r.audio_rate else 0.0)
         yield self._window(sparse, dense, audio)
 
