@@ -257,7 +257,8 @@ class _Timeline:
     """Raw frame times (s from the stream start, may be None) -> clamped content time (s).
 
     Times pass unchanged (bit for bit) until a jump: an offset then absorbs the excess, so a step
-    forward counts at most ``MAX_GAP_S`` and a step backwards one frame interval ``step``.
+    forward counts at most ``MAX_GAP_S`` and a step backwards one frame interval ``step``; a first
+    time more than ``MAX_GAP_S`` before the start becomes 0, and times before 0 count as 0.
     """
 
     def __init__(self, step: float):
@@ -271,7 +272,9 @@ class _Timeline:
         if raw is None:
             return self.t
         delta = raw if self.last_raw is None else raw - self.last_raw
-        if self.last_raw is not None and delta < 0:
+        if self.last_raw is None and raw < -MAX_GAP_S:  # a start far before the stream's start time
+            self.offset, self.jumps = -raw, self.jumps + 1
+        elif self.last_raw is not None and delta < 0:
             self.offset += self.step - delta
             self.jumps += 1
         elif delta > MAX_GAP_S:
@@ -509,10 +512,7 @@ class VideoStream:
                             audio.append(res.to_ndarray().reshape(-1))
                             n_audio += len(audio[-1])
                 if _full(sparse, dense, n_audio, r.audio_rate):
-                    busy += time.perf_counter() - resumed
-                    if busy > r.options.budget_s:
-                        raise DecodeError(f"{self.where}: decoding exceeded its time budget of "
-                                          f"{r.options.budget_s:g} s after {n_video} video frames")
+                    busy = self._check_budget(busy + time.perf_counter() - resumed, n_video)
                     total_audio, windows = total_audio + n_audio, windows + 1
                     yield self._window(sparse, dense, audio)
                     audio, n_audio, resumed = [], 0, time.perf_counter()
@@ -527,9 +527,17 @@ class VideoStream:
             raise DecodeError(f"{self.where}: no video frame could be decoded (truncated or corrupt file)")
         if dense is not None:
             dense.finish()
+        self._check_budget(busy + time.perf_counter() - resumed, n_video)
         info.clamped_jumps, info.frames_decoded = timeline.jumps, n_video
         info.duration_s = max(timeline.t, (total_audio + n_audio) / r.audio_rate if r.audio_rate else 0.0)
         yield self._window(sparse, dense, audio)
+
+    def _check_budget(self, busy: float, n_video: int) -> float:
+        """``busy`` (s spent decoding this video so far) if within the budget, else :class:`DecodeError`."""
+        if busy > self.request.options.budget_s:
+            raise DecodeError(f"{self.where}: decoding exceeded its time budget of "
+                              f"{self.request.options.budget_s:g} s after {n_video} video frames")
+        return busy
 
     def _window(self, sparse, dense, audio: list[np.ndarray]) -> DecodedChunk:
         r, out = self.request, DecodedChunk()

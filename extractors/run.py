@@ -174,7 +174,8 @@ _END = object()
 class _Handoff:
     """A bounded queue of one video's decode messages, from a decode thread to the consumer."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, where: str):
+        self.where = where
         self.queue: queue.Queue = queue.Queue(maxsize=size)
         self.cancelled = threading.Event()
 
@@ -194,7 +195,7 @@ class _Handoff:
                 return self.queue.get(timeout=0.2)
             except queue.Empty:
                 if self.cancelled.is_set():
-                    raise DecodeError("decoding was abandoned (the next video was asked for first)") from None
+                    raise DecodeError(f"{self.where}: decoding abandoned (the next video was asked for first)") from None
 
     def chunks(self):
         """The windows in order; re-raises the decoder's error; cancels the producer when left early."""
@@ -253,7 +254,7 @@ def iter_decoded(jobs: Iterable[tuple[VideoRecord, DecodeRequest]], video_root, 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
         try:
             for record, request in jobs:
-                box = None if request.empty else _Handoff(window_queue)
+                box = None if request.empty else _Handoff(window_queue, str(video_root / record.path))
                 if box is not None:
                     pool.submit(work, record, request, box)
                 ahead.append((record, request, box))
