@@ -410,7 +410,7 @@ def push_video(extractors: Sequence[Extractor], item: VideoItem) -> dict[str, li
     """Feed every window of one decode to each extractor; returns the rows finished, per modality.
 
     A :class:`~extractors.decode.DecodeError` in the middle of the stream (corrupt data, time
-    budget) records the video as failed in every extractor that was still using it.
+    budget) records the video as failed in every extractor that uses the file (text rows go on).
     """
     rows: dict[str, list[FeatureRow]] = {e.modality: e.begin(item) for e in extractors}
     try:
@@ -419,7 +419,7 @@ def push_video(extractors: Sequence[Extractor], item: VideoItem) -> dict[str, li
                 rows[e.modality] += e.feed(item, chunk)
     except DecodeError as exc:
         for e in extractors:
-            rows[e.modality] += e.abort(item, str(exc))
+            rows[e.modality] += e.end(item) if e.request.empty else e.abort(item, str(exc))
         return rows
     for e in extractors:
         rows[e.modality] += e.end(item)
