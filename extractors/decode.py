@@ -26,8 +26,9 @@ pictures larger than :data:`MAX_PIXELS` are refused; a video whose decoding (tim
 decoder, not waiting for the models) exceeds ``DecodeOptions.budget_s`` fails with a
 :class:`DecodeError` saying so.
 
-**Fast mode** (``DecodeOptions.mode = "fast"``, the default): one demux pass without decoding
-reads the video packets' timestamps; the samplers are run on those times to find exactly the
+**Fast mode** (``DecodeOptions.mode = "fast"``, the default), for streams that reorder frames
+(``has_b_frames``, i.e. B-frames; other streams have next to no frame nobody refers to, and are
+decoded whole): one demux pass without decoding reads the video packets' timestamps; the samplers are run on those times to find exactly the
 frames they will take; then, while decoding, every other packet is decoded with
 ``skip_frame = "NONREF"`` (FFmpeg skips frames no other frame refers to, such as most B-frames).
 Reference frames are all decoded, so the taken frames are bit-identical to the exact path's, with
@@ -453,7 +454,7 @@ class VideoStream:
         """Windows of the decode in time order; raises :class:`DecodeError` on corrupt data, no
         decodable frame, or a decode that exceeds the time budget."""
         targets = first = None
-        if self.decodes_video and self.request.options.mode == "fast":
+        if self.decodes_video and self.request.options.mode == "fast" and self.vstream.codec_context.has_b_frames:
             try:
                 targets, first = self._plan_targets()
             except av.error.FFmpegError:
