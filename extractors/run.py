@@ -420,6 +420,15 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=None, help="videos per shard (default $TVR_SHARD_SIZE or 64)")
     p.add_argument("--decode-workers", type=int, default=1, help="background decode threads (default 1)")
     p.add_argument("--prefetch", type=int, default=4, help="videos decoded ahead of the models (default 4)")
+    p.add_argument("--decode", default="fast", choices=["fast", "exact"],
+                   help="fast: skip frames nothing refers to (same frames, fewer decoded); exact: decode every "
+                        "frame in one thread (default fast)")
+    p.add_argument("--decode-threads", type=int, default=0,
+                   help="FFmpeg threads per decoder (default 0: cores / decode workers for >= 640x360)")
+    p.add_argument("--decode-budget", type=float, default=900.0,
+                   help="seconds of decoding allowed per video before it is recorded failed (default 900)")
+    p.add_argument("--hwaccel", default="auto", choices=["auto", "none", "cuda"],
+                   help="GPU decoding (NVDEC); auto = when the device is CUDA; falls back to the CPU with a log line")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return p
 
@@ -436,4 +445,5 @@ def config_from_args(args: argparse.Namespace, settings: Settings) -> ExtractCon
         modalities=tuple(m.strip() for m in args.modalities.split(",") if m.strip()),
         weights=args.weights, models=args.model, batch_sizes=args.batch_size, options=options,
         seed=settings.seed if args.seed is None else args.seed, device=args.device or settings.device,
-        precision=args.precision, decode_workers=args.decode_workers, prefetch=args.prefetch)
+        precision=args.precision, decode_workers=args.decode_workers, prefetch=args.prefetch, decode=args.decode,
+        decode_threads=args.decode_threads, decode_budget_s=args.decode_budget, hwaccel=args.hwaccel)

@@ -1,63 +1,18 @@
 """Bounded decoding: hostile timestamps, streaming windows, memory and time budgets."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-from test_extract_support import ffmpeg, make_video, tiny_config
+from test_extract_support import make_video, tiny_config
 
+from bench.decode_memory import hostile_ts, long_video, peak_rss
 from data.manifest import VideoRecord
 from extractors import decode
 from extractors.base import VideoItem, push_video
 from extractors.decode import MAX_GAP_S, DecodeOptions, DecodeRequest, _Timeline, decode_video
 from extractors.run import iter_decoded, merged_request
 
-PROJECT = Path(__file__).resolve().parents[1]
 ALL = DecodeRequest(frame_fps=1.0, frame_size=224, dense_fps=15.0, dense_size=128, audio_rate=16000)
-WRAP_S = 2 ** 33 / 90000  # the MPEG-TS clock wraps after 26.5 hours
-
-
-def _segment(path: Path, offset_s: float, tone: int) -> Path:
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=3", "-f", "lavfi",
-           "-i", f"sine=frequency={tone}:sample_rate=48000:duration=3", "-c:v", "libx264", "-g", "25",
-           "-c:a", "aac", "-f", "mpegts", "-output_ts_offset", str(offset_s), path)
-    return path
-
-
-def hostile_ts(folder: Path, kind: str) -> Path:
-    """Two 3 s MPEG-TS captures joined byte-wise; the second 10 hours later, or starting 2 s before
-    the 33-bit clock wraps (so its timestamps jump forward by 26.5 h and then back to 0)."""
-    first = _segment(folder / f"{kind}-1.ts", 0, 440)
-    second = _segment(folder / f"{kind}-2.ts", 36000 if kind == "jump" else WRAP_S - 2, 660)
-    out = folder / f"{kind}.ts"
-    out.write_bytes(first.read_bytes() + second.read_bytes())
-    return out
-
-
-def peak_rss_mb(path: Path) -> dict:
-    """Decode ``path`` for ``ALL`` (streamed, windows dropped) in a fresh process: peak RSS (MB), totals.
-
-    The peak is the child's VmHWM (``ru_maxrss`` would start at the forking parent's size).
-    """
-    code = f"""
-import json, sys
-sys.path.insert(0, {str(PROJECT)!r})
-from extractors.decode import DecodeRequest, stream_video
-request = DecodeRequest(frame_fps=1.0, frame_size=224, dense_fps=15.0, dense_size=128, audio_rate=16000)
-n = [0, 0, 0]
-with stream_video({str(path)!r}, request) as s:
-    for c in s.chunks():
-        n = [n[0] + len(c.frames), n[1] + len(c.dense), n[2] + len(c.audio)]
-hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({{"rss_mb": int(hwm.split()[1]) / 1024, "frames": n[0],
-                  "dense": n[1], "audio_s": n[2] / 16000, "duration_s": s.info.duration_s}}))
-"""
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=300)
-    return json.loads(out.stdout.splitlines()[-1])
 
 
 def test_timeline_clamps_jumps_and_keeps_normal_times_bit_for_bit():
@@ -78,7 +33,7 @@ def test_timeline_clamps_jumps_and_keeps_normal_times_bit_for_bit():
 @pytest.mark.parametrize("kind", ["jump", "wrap"])
 def test_hostile_timestamps_extract_ok_with_bounded_memory(tmp_path, kind):
     path = hostile_ts(tmp_path, kind)
-    peak = peak_rss_mb(path)
+    peak = peak_rss(path)
     assert peak["rss_mb"] < 1024, peak  # the decode of the same file asked for 24.7 / 65 GiB before
     assert 6 <= peak["frames"] <= 8 and abs(peak["audio_s"] - 6) < 0.3
     assert peak["dense"] <= 15 * (6 + MAX_GAP_S + 1)  # a gap adds at most MAX_GAP_S of held frames
@@ -97,13 +52,7 @@ def test_hostile_timestamps_extract_ok_with_bounded_memory(tmp_path, kind):
 @pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_video_length(tmp_path):
     """A 30-minute video decodes within 1.5x the peak memory of a 1-minute one (all parts requested)."""
-    peaks = {}
-    for minutes in (1, 30):
-        path = tmp_path / f"{minutes}min.mp4"
-        ffmpeg("-f", "lavfi", "-i", f"testsrc=size=64x48:rate=2:duration={60 * minutes}", "-f", "lavfi",
-               "-i", f"sine=frequency=440:sample_rate=8000:duration={60 * minutes}", "-c:v", "libx264",
-               "-c:a", "aac", "-b:a", "16k", path)
-        peaks[minutes] = peak_rss_mb(path)
+    peaks = {minutes: peak_rss(long_video(tmp_path, minutes)) for minutes in (1, 30)}
     assert peaks[30]["dense"] >= 15 * 1799 and peaks[30]["frames"] == 1800  # it did decode all of it
     assert peaks[30]["rss_mb"] <= 1.5 * peaks[1]["rss_mb"], peaks
 
