@@ -351,6 +351,23 @@ class _RewindFailed(Exception):
     """The fast path's rewind did not land on the first packet: decode again from a fresh open."""
 
 
+def _skip_modes(packets: list[tuple[int, bool]], targets: set[int]) -> list[tuple[int, str]]:
+    """``[(pts, skip_frame)]`` for ``[(pts, is_keyframe)]`` in decode order (see ``VideoStream._plan``)."""
+    gops: list[list[tuple[int, bool]]] = []
+    for p in packets:
+        if p[1] or not gops:
+            gops.append([])
+        gops[-1].append(p)
+    open_gops = any(p < gop[0][0] for gop in gops for p, _ in gop[1:])  # leading frames refer back
+    out = []
+    for gop in gops:
+        last = max((i for i, (p, _) in enumerate(gop) if p in targets), default=-1)
+        for i, (p, _) in enumerate(gop):
+            mode = "DEFAULT" if p in targets else "ALL" if i > last and not open_gops else "NONREF"
+            out.append((p, mode))
+    return out
+
+
 class VideoStream:
     """An open video; :meth:`chunks` decodes it window by window (use as a context manager).
 
@@ -416,58 +433,61 @@ class VideoStream:
         self.vstream.thread_type = "AUTO" if threads > 1 else "SLICE"
         ctx.thread_count = threads
 
-    def _plan_targets(self) -> tuple[set[int] | None, int | None]:
-        """``(pts of the packets whose frames the samplers will take, pts of the first packet)``.
+    def _plan(self) -> list[tuple[int, str]] | None:
+        """``[(pts, skip_frame)]`` per video packet in decode order: what to decode of each.
 
-        One demux pass of the video packets, nothing decoded; the container is then rewound.
-        ``None`` targets: decode every frame (missing timestamps or ones that need clamping).
+        One demux pass of the video packets, nothing decoded; the container is then rewound. The
+        samplers run on the packets' times to find the frames they will take (``DEFAULT``); in a
+        stream of closed GOPs the packets after a GOP's last taken frame are not decoded at all
+        (``ALL``: nothing later refers to them); the others skip the frames nothing refers to
+        (``NONREF``). Open GOPs (frames shown before their GOP's keyframe, referring back) get no
+        ``ALL``. ``None``: decode every frame (timestamps missing, or needing clamps).
         """
         v = self.vstream
         start, _ = self._start_and_step()
-        first, pts = None, []
+        packets = []
         for packet in self.container.demux(v):
             if packet.size == 0:
                 continue
             if packet.pts is None:
-                return None, None
-            first = packet.pts if first is None else first
-            pts.append(packet.pts)
-        pts.sort()
+                return None
+            packets.append((packet.pts, bool(packet.is_keyframe)))
+        pts = sorted(p for p, _ in packets)
         times = [float(p * v.time_base) - start for p in pts]
         if not times or times[0] < 0 or times[0] > MAX_GAP_S or any(
                 b - a > MAX_GAP_S for a, b in zip(times, times[1:])):
-            return None, None
+            return None
         targets: set[int] = set()
         sparse, dense = self._samplers(targets.add, targets.add)
         for p, t in zip(pts, times):
-            for s in (sparse, dense):
-                if s is not None:
-                    s.push(p, t)
-                    s.images.clear()
+            for sampler in (sparse, dense):
+                if sampler is not None:
+                    sampler.push(p, t)
+                    sampler.images.clear()
         if dense is not None:
             dense.finish()
         self.container.seek(v.start_time if v.start_time is not None else 0, stream=v)
-        return targets, first
+        return _skip_modes(packets, targets)
 
     # ---- decoding ------------------------------------------------------------------------------
     def chunks(self) -> Iterator[DecodedChunk]:
         """Windows of the decode in time order; raises :class:`DecodeError` on corrupt data, no
         decodable frame, or a decode that exceeds the time budget."""
-        targets = first = None
+        plan = None
         if self.decodes_video and self.request.options.mode == "fast" and self.vstream.codec_context.has_b_frames:
             try:
-                targets, first = self._plan_targets()
+                plan = self._plan()
             except av.error.FFmpegError:
-                targets = None
-            if targets is None:
+                plan = None
+            if plan is None:
                 self._reopen()
         try:
-            yield from self._decode(targets, first)
+            yield from self._decode(plan)
         except _RewindFailed:
             self._reopen()
-            yield from self._decode(None, None)
+            yield from self._decode(None)
 
-    def _decode(self, targets: set[int] | None, first: int | None) -> Iterator[DecodedChunk]:
+    def _decode(self, plan: list[tuple[int, str]] | None) -> Iterator[DecodedChunk]:
         busy, resumed = 0.0, time.perf_counter()
         r, info = self.request, self.info
         streams, sparse, dense, ctx = [], None, None, None
@@ -486,20 +506,21 @@ class VideoStream:
             resampler = av.AudioResampler(format="flt", layout="mono", rate=r.audio_rate)
             streams.append(self.astream)
         timeline = _Timeline(step)
-        info.fast = targets is not None
+        info.fast = plan is not None
+        k = 0  # video packets so far
         audio: list[np.ndarray] = []
         n_audio = total_audio = n_video = windows = 0
         try:
             for packet in self.container.demux(*streams) if streams else ():
                 if packet.stream.type == "video":
-                    if first is not None and packet.size:
-                        if packet.pts != first:
+                    if plan is not None and packet.size:
+                        if k >= len(plan) or packet.pts != plan[k][0]:
                             if windows:
-                                raise DecodeError(f"{self.where}: the fast path could not rewind the file")
+                                raise DecodeError(f"{self.where}: the fast path lost its place in the file")
                             raise _RewindFailed
-                        first = None
-                    if targets is not None:
-                        ctx.skip_frame = "DEFAULT" if not packet.size or packet.pts in targets else "NONREF"
+                        ctx.skip_frame, k = plan[k][1], k + 1
+                    elif plan is not None:
+                        ctx.skip_frame = "DEFAULT"  # flushing
                     for frame in packet.decode():
                         t = timeline(None if frame.time is None else frame.time - start)
                         for s in (sparse, dense):
