@@ -18,7 +18,7 @@ decoder threads) and each ``--workers`` count, it measures, interleaved (best of
 and prints per line videos/s, units/s, seconds of video per second, the ratio end-to-end /
 model-only (1.0 = decoding fully hidden behind the model), the CPU seconds of decoding and of the
 model, and ``busy`` = ((decode CPU + model CPU) / cores) / end-to-end wall (1.0 = every core
-busy all the time). With ``clip_frames`` in both modes, the per-frame cosine similarity of the
+busy all the time), and the frames the decoder produced. With ``clip_frames`` in both modes, the per-frame cosine similarity of the
 CLIP features of the fast path's frames against the exact path's is printed. Weights are random
 (seeded); throughput does not depend on their values.
 """
@@ -88,10 +88,10 @@ def model_only(config: ExtractConfig, items: list) -> None:
         e.flush()
 
 
-def decode_only(config: ExtractConfig, manifest) -> None:
+def decode_only(config: ExtractConfig, manifest) -> int:
+    """Decode every video for what ``config`` asks; returns the number of frames the decoder produced."""
     request = replace(merged_request(config.build()), options=config.decode_options())
-    for r in manifest.records():
-        decode_video(manifest.abs_path(r.path), request)
+    return sum(decode_video(manifest.abs_path(r.path), request).frames_decoded for r in manifest.records())
 
 
 def end_to_end(dataset: str, config: ExtractConfig, ids: list[str], home: Settings, root: Path) -> None:
@@ -223,9 +223,9 @@ def main(argv: list[str] | None = None) -> int:
             model_only(base, pre[:1])  # warm-up
             for mode, n_workers in variants:
                 cfg = config(mods, mode, n_workers)
-                decodes, models, e2e = [], [], []
+                decodes, models, e2e, decoded = [], [], [], []
                 for r in range(args.repeats):  # interleaved, so all three see the same machine load
-                    decodes.append(timed(lambda: decode_only(cfg, manifest), len(ids), units, video_s))
+                    decodes.append(timed(lambda: decoded.append(decode_only(cfg, manifest)), len(ids), units, video_s))
                     models.append(timed(lambda: model_only(cfg, pre), len(ids), units, video_s))
                     e2e.append(timed(lambda: end_to_end("bench", cfg, ids, home, tmp / f"store-{k}-{mode}-{n_workers}-{r}"),
                                      len(ids), units, video_s))
@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                 busy = (d.cpu + m.cpu) / cores / e.seconds
                 label = f"{mode}" + (f" x{n_workers}" if mode == "fast" else "")
                 print(f"{'+'.join(mods):<28} {label:<9} {d.line():<36} {m.line():<36} {e.line():<36} "
-                      f"{m.seconds / e.seconds:5.2f} {d.cpu:8.2f} {m.cpu:8.2f} {busy:5.2f}", flush=True)
+                      f"{m.seconds / e.seconds:5.2f} {d.cpu:8.2f} {m.cpu:8.2f} {busy:5.2f}  "
+                      f"({decoded[0]} frames decoded)", flush=True)
         if "clip_frames" in modalities and {"exact", "fast"} <= set(modes):
             sims = cosine_fast_vs_exact(config(["clip_frames"]), manifest)
             print(f"clip_frames features, fast vs exact frames: cosine similarity per frame min {sims.min():.6f}, "

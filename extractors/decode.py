@@ -28,12 +28,14 @@ decoder, not waiting for the models) exceeds ``DecodeOptions.budget_s`` fails wi
 
 **Fast mode** (``DecodeOptions.mode = "fast"``, the default), for streams that reorder frames
 (``has_b_frames``, i.e. B-frames; other streams have next to no frame nobody refers to, and are
-decoded whole): one demux pass without decoding reads the video packets' timestamps; the samplers are run on those times to find exactly the
-frames they will take; then, while decoding, every other packet is decoded with
-``skip_frame = "NONREF"`` (FFmpeg skips frames no other frame refers to, such as most B-frames).
-Reference frames are all decoded, so the taken frames are bit-identical to the exact path's, with
-the same times (time error 0). Files whose timestamps need clamping (gaps, wrap-around, packets
-without timestamps) use the exact path. Decoder threads (``thread_type = "AUTO"``, frame and slice
+decoded whole): one demux pass without decoding reads the video packets' timestamps; the samplers
+are run on those times to find exactly the frames they will take; then, while decoding, the
+packets after the last taken frame of a closed GOP are not decoded (``skip_frame = "ALL"``:
+nothing later refers to them) and the other packets skip the frames no other frame refers to
+(``"NONREF"``, most B-frames). Every frame a taken frame depends on is decoded, so the taken
+frames are bit-identical to the exact path's, with the same times (time error 0). Open GOPs get
+only ``NONREF``; files whose timestamps need clamping (gaps, wrap-around, packets without
+timestamps) use the exact path. Decoder threads (``thread_type = "AUTO"``, frame and slice
 threads) are used for pictures of at least :data:`THREADED_PIXELS`; smaller ones keep one thread.
 ``mode = "exact"`` is the path before this (every frame decoded, one slice thread).
 
