@@ -24,6 +24,7 @@ from typing import Callable
 from data import activitynet, didemo, folder, lsmdc, msrvtt, msvd, synthetic
 from data.annotations import DatasetInfo, DatasetRead
 from data.atomic import write_json_atomic
+from data.cli import add_version
 from data.manifest import ManifestError, build_manifest, write_manifest, write_missing_report
 from data.settings import Settings, get_settings
 
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                    "validation (default 1000; 0 for none; not for msrvtt 'full', which has its own)")
     p.add_argument("--n", type=int, default=300, help="synthetic only: number of videos")
     p.add_argument("--seed", type=int, default=0, help="synthetic only: seed")
+    add_version(p)
     args = p.parse_args(argv)
     try:
         if args.dataset == "synthetic" and not args.annotations:

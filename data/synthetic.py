@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from data.atomic import atomic_path, write_json_atomic, write_text_atomic
+from data.cli import add_version
 
 SAMPLE_RATE = 16_000
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
@@ -430,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test", type=int, default=None, help="test videos (default min(100, n/4))")
     p.add_argument("--val", type=int, default=None, help="validation videos (default n/10)")
     p.add_argument("--workers", type=int, default=None, help="render processes (default: all cores)")
+    add_version(p)
     args = p.parse_args(argv)
     start = time.time()
     ann = generate(args.out, args.n, args.seed, args.workers, args.test, args.val)

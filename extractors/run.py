@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator
 from data.manifest import Manifest, VideoRecord, read_manifest
 from data.settings import Settings, get_settings
 from data.store import RANDOM_WARNING, FeatureRow, FeatureSet
+from data.progress import ProgressEvent, ProgressFn
 from extractors.base import Extractor, VideoItem, push_video, resolve_device
 from extractors.decode import DecodeError, DecodeOptions, DecodeRequest, stream_video
 from extractors.registry import DEFAULT_MODELS, MODALITIES, build_extractor
@@ -268,8 +269,11 @@ def iter_decoded(jobs: Iterable[tuple[VideoRecord, DecodeRequest]], video_root, 
 
 
 def extract_shard(dataset: str, video_ids: list[str], config: ExtractConfig | dict, *,
-                  settings: Settings | None = None, progress: Log | None = None) -> dict[str, ModalityCounts]:
+                  settings: Settings | None = None, progress: Log | None = None,
+                  on_progress: ProgressFn | None = None) -> dict[str, ModalityCounts]:
     """Extract every requested modality for ``video_ids`` (one decode per video); write the shards.
+
+    ``on_progress`` gets an event per video (info: rows produced so far per modality).
 
     Videos already ``ok`` / ``empty`` for the same extractor-id are skipped; a video that fails is
     recorded as ``failed`` with its error and the others go on. Returns counts per modality.
@@ -303,6 +307,9 @@ def extract_shard(dataset: str, video_ids: list[str], config: ExtractConfig | di
                                           prefetch=config.prefetch), 1):
         for modality, new in push_video([e for e in extractors if item.video_id in todo[e.modality]], item).items():
             rows[modality] += new
+        if on_progress:
+            on_progress(ProgressEvent(f"{dataset} shard", n, len(jobs), "video",
+                                      {m: len(r) for m, r in rows.items()}))
         if time.time() - last_report > 10 or n == len(jobs):
             say(f"{dataset}: {n}/{len(jobs)} videos of this shard decoded and queued "
                 f"({time.time() - start:.1f} s)")
@@ -330,7 +337,8 @@ def _count(c: ModalityCounts, rows: list[FeatureRow]) -> None:
 
 
 def extract_dataset(dataset: str, config: ExtractConfig | None = None, *, shard_size: int | None = None,
-                    settings: Settings | None = None, progress: Log | None = None) -> dict[str, ModalityCounts]:
+                    settings: Settings | None = None, progress: Log | None = None,
+                    on_progress: ProgressFn | None = None) -> dict[str, ModalityCounts]:
     """Plan and extract every shard in this process; returns the summed counts per modality."""
     config = config or ExtractConfig()
     settings = settings or get_settings()
@@ -338,8 +346,10 @@ def extract_dataset(dataset: str, config: ExtractConfig | None = None, *, shard_
     shards = plan_shards(dataset, config, shard_size=shard_size, settings=settings)
     total: dict[str, ModalityCounts] = {}
     for k, ids in enumerate(shards, 1):
-        result = extract_shard(dataset, ids, config, settings=settings, progress=say)
+        result = extract_shard(dataset, ids, config, settings=settings, progress=say, on_progress=on_progress)
         merge_counts(total, result)
+        if on_progress:
+            on_progress(ProgressEvent(f"{dataset} shards", k, len(shards), "shard"))
         say(f"{dataset}: shard {k}/{len(shards)} finished: " + "; ".join(
             f"{m} {c.done} ok, {c.empty} empty, {c.failed} failed, {c.skipped} skipped" for m, c in result.items()))
     return total

@@ -10,25 +10,39 @@ this module is imported, or ``extract.with_options(task_runner=task_runner(...))
 resolves to CUDA the shard tasks carry the tag ``gpu``, so ``prefect concurrency-limit create gpu N``
 caps how many run at once (docs/dask.md).
 
-``python -m flows.extract <dataset> [options]`` runs the same work WITHOUT Prefect (plain Python);
-add ``--prefect`` to run it as a Prefect flow run instead (``--dask-address`` /
-``--dask-workers`` choose the runner there). ``--help`` lists the options.
+``python -m flows.extract <dataset> [options]`` (console script ``tvr-extract``) runs the same work
+WITHOUT Prefect (plain Python, progress bars on a terminal); add ``--prefect`` to run it as a
+Prefect flow run instead (``--dask-address`` / ``--dask-workers`` choose the runner there).
+``--help`` lists the options. Exit codes: 0 done; 1 every video failed in some modality, or the
+flow run could not start or failed; 2 bad input (a missing manifest, unknown modality: one line).
+
+The deployment ``extract/<dataset>`` has a concurrency limit of 1 (prefect.yaml): a second run of
+the same dataset waits (``AwaitingConcurrencySlot``) until the first ends. A flow run ends after
+``TIMEOUTS["extract"]`` seconds at most; ``decode_budget_s`` (seconds of decoding per video; None:
+the decoder's default) is handed to the decoder as ``ExtractConfig.decode_budget_s``, which
+fails a video whose decoding exceeds it (extractors/decode.py).
 """
 from __future__ import annotations
 
 import logging
 import sys
 
+from data.manifest import ManifestError
+from data.progress import Bars
+from data.store import StoreError
+
 import torch
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 
+from data.cli import add_version
 from data.settings import get_settings
 from extractors.base import resolve_device
 from extractors.registry import MODALITIES
 from extractors.run import (ExtractConfig, build_parser, config_from_args, extract_dataset, extract_shard,
                             merge_counts, plan_shards, summary_lines, summary_markdown)
+from flows.common import TIMEOUTS, artifact_key, check_names
 from flows.runners import describe, require_api_server, task_runner
 
 GPU_TAG = "gpu"  # limit with: prefect concurrency-limit create gpu <N>
@@ -37,22 +51,42 @@ GPU_TAG = "gpu"  # limit with: prefect concurrency-limit create gpu <N>
 @task(name="extract-shard", retries=2, retry_delay_seconds=5)
 def extract_shard_task(dataset: str, video_ids: list[str], config: dict, shard_name: str) -> dict:
     logger = get_run_logger()
-    counts = extract_shard(dataset, video_ids, config, progress=logger.info)
+    counts = extract_shard(dataset, video_ids, config, progress=logger.info,
+                           on_progress=Bars(tty=False, log_fn=logger.info, interval_s=30))
     logger.info(f"{shard_name}: " + "; ".join(f"{m} {c.done} ok / {c.empty} empty / {c.failed} failed / "
                                                f"{c.skipped} skipped" for m, c in counts.items()))
     return counts
 
 
-@flow(name="extract", task_runner=task_runner())
+class AllVideosFailed(RuntimeError):
+    """Every video attempted failed in at least one modality (nothing was extracted there)."""
+
+
+def all_failed(dataset: str, counts: dict) -> str | None:
+    """A message when some modality attempted videos and every one of them failed, else None."""
+    bad = [m for m, c in counts.items() if c.failed and not (c.done or c.empty)]
+    if not bad:
+        return None
+    first = next((e for m in bad for e in counts[m].errors), "")
+    return f"{dataset}: every video failed in {', '.join(bad)}" + (f" (first error: {first})" if first else "")
+
+
+@flow(name="extract", task_runner=task_runner(), timeout_seconds=TIMEOUTS["extract"])
 def extract(dataset: str, modalities: list[str] = list(MODALITIES), weights: dict[str, str] | None = None,
             models: dict[str, str] | None = None, shard_size: int | None = None, device: str = "auto",
             precision: str = "auto", seed: int | None = None, batch_sizes: dict[str, int] | None = None,
-            options: dict[str, dict] | None = None, decode_workers: int = 1) -> dict:
-    """Extract ``modalities`` of ``dataset`` into the feature store; returns the summary dict."""
+            options: dict[str, dict] | None = None, decode_workers: int = 1,
+            decode_budget_s: float | None = None) -> dict:
+    """Extract ``modalities`` of ``dataset`` into the feature store; returns the summary dict.
+
+    Raises :class:`AllVideosFailed` (the run ends Failed, after publishing its summary) when
+    every video attempted failed in some modality."""
+    check_names(dataset=dataset)
     logger = get_run_logger()
     settings = get_settings()
     config = ExtractConfig(tuple(modalities), weights or {}, models or {}, batch_sizes or {}, options or {},
-                           settings.seed if seed is None else seed, device, precision, decode_workers)
+                           settings.seed if seed is None else seed, device, precision, decode_workers,
+                           **({} if decode_budget_s is None else {"decode_budget_s": decode_budget_s}))
     shards = plan_shards(dataset, config, shard_size=shard_size, settings=settings)
     shard_task = shard_task_for(config.device)
     on_gpu = GPU_TAG in shard_task.tags
@@ -68,8 +102,11 @@ def extract(dataset: str, modalities: list[str] = list(MODALITIES), weights: dic
         update_progress_artifact(progress, 100.0 * k / len(shards))
     for line in summary_lines(dataset, total):
         logger.warning(line) if "RANDOM" in line else logger.info(line)
-    create_markdown_artifact(summary_markdown(dataset, total), key=f"extract-{_artifact_key(dataset)}",
+    create_markdown_artifact(summary_markdown(dataset, total), key=artifact_key("extract", dataset),
                              description=f"extraction summary of {dataset}")
+    failure = all_failed(dataset, total)
+    if failure:
+        raise AllVideosFailed(failure)
     return {m: vars(c) for m, c in total.items()}
 
 
@@ -77,10 +114,6 @@ def shard_task_for(device: str):
     """The shard task, tagged ``gpu`` when ``device`` resolves to CUDA (for a tag concurrency limit)."""
     on_gpu = resolve_device(device).type == "cuda"
     return extract_shard_task.with_options(tags={GPU_TAG}) if on_gpu else extract_shard_task
-
-
-def _artifact_key(name: str) -> str:
-    return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-") or "dataset"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dask-workers", type=int, default=None,
                         help="with --prefect: run the shard tasks on a temporary local Dask cluster of N worker "
                              "processes (default $TVR_DASK_LOCAL_WORKERS; 0 = in the flow's process)")
+    add_version(parser)
     args = parser.parse_args(argv)
     if (args.dask_address or args.dask_workers is not None) and not args.prefect:
         parser.error("--dask-address / --dask-workers need --prefect")
@@ -100,20 +134,43 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = get_settings()
-    config = config_from_args(args, settings)
+    try:
+        config = config_from_args(args, settings)
+        check_names(dataset=args.dataset)
+        if not settings.manifest_path(args.dataset).is_file():
+            raise ManifestError(f"{settings.manifest_path(args.dataset)}: no manifest here; build it first "
+                                f"(python -m data.prepare {args.dataset} ...)")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.prefect:
         # an option given on the command line overrides both settings
         address, workers = args.dask_address, args.dask_workers
         if address or workers is not None:
             address, workers = address or "", workers or 0
-        runner = task_runner(address, workers, settings)
-        require_api_server(runner)
-        run = extract.with_options(task_runner=runner)
-        run(args.dataset, list(config.modalities), config.weights, config.models, args.shard_size, config.device,
-            config.precision, config.seed, config.batch_sizes, config.options, config.decode_workers)
+        try:
+            runner = task_runner(address, workers, settings)
+            require_api_server(runner)
+            run = extract.with_options(task_runner=runner)
+            run(args.dataset, list(config.modalities), config.weights, config.models, args.shard_size,
+                config.device, config.precision, config.seed, config.batch_sizes, config.options,
+                config.decode_workers, config.to_dict().get("decode_budget_s"))
+        except Exception as err:  # noqa: BLE001 - the flow run's own log has the traceback
+            print(f"error: the extract flow run did not finish: {err.__class__.__name__}: {err}", file=sys.stderr)
+            return 1
         return 0
-    counts = extract_dataset(args.dataset, config, shard_size=args.shard_size, settings=settings)
+    try:
+        with Bars.for_cli() as bars:
+            counts = extract_dataset(args.dataset, config, shard_size=args.shard_size, settings=settings,
+                                     on_progress=bars)
+    except (ManifestError, StoreError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print("\n".join(summary_lines(args.dataset, counts)))
+    failure = all_failed(args.dataset, counts)
+    if failure:
+        print(f"error: {failure}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -4,10 +4,19 @@ deployments from ``prefect.yaml``, and a process worker; then stop them in the r
 ``python -m flows.local up``      start server -> create pool -> deploy --all -> start worker
 ``python -m flows.local down``    stop the worker first, then the server (the reverse hangs)
 ``python -m flows.local status``  what is running, and the environment to talk to it
-``python -m flows.local env``     ``export`` lines for your shell (PREFECT_API_URL, PREFECT_HOME)
+``python -m flows.local env``     ``export`` lines for your shell (PREFECT_API_URL, the auth string, ...)
 
-Everything lives under ``$TVR_HOME/prefect`` (database, logs, pid files). The API listens on
-127.0.0.1:``$TVR_PREFECT_PORT`` (default 4200). Then, from another shell::
+Everything lives under ``$TVR_HOME/prefect`` (database, logs, pid files). The API and the Prefect
+UI listen on 127.0.0.1:``$TVR_PREFECT_PORT`` (default 4200); ``up`` prints the UI's URL.
+``--host 0.0.0.0`` (or an interface address) lets workers on other machines connect: anyone who
+can reach that port and knows the auth string can run code on the workers, so only do that on a
+trusted network or behind a tunnel.
+
+The API is authenticated: ``up`` creates a random auth string once per ``TVR_HOME``
+(``$TVR_HOME/prefect/auth``, mode 0600), starts the server with it
+(``PREFECT_SERVER_API_AUTH_STRING``, CSRF protection on) and gives it to the worker
+(``PREFECT_API_AUTH_STRING``); a request without it gets 401. The UI asks for it as its password.
+Then, from another shell::
 
     eval "$(.venv/bin/python -m flows.local env)"
     prefect deployment run extract/synthetic --watch
@@ -16,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,24 +34,67 @@ import time
 import urllib.request
 from pathlib import Path
 
+from data.cli import add_version
 from data.settings import Settings, get_settings
 
 PROJECT = Path(__file__).resolve().parents[1]
 POOL = "tvr-process"
+AUTH_FILE = "auth"
+# what `flows.local env` exports (the server-only settings stay in the server's own environment)
+CLIENT_KEYS = ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_ANALYTICS_ENABLED",
+               "TVR_HOME", "PYTHONPATH")
+
+
+def auth_string(home: Path) -> str:
+    """This ``PREFECT_HOME``'s API auth string (``tvr:<random>``), created once with mode 0600."""
+    path = home / AUTH_FILE
+    home.mkdir(parents=True, exist_ok=True)
+    if not path.exists():  # written whole under a private name, then linked: a reader never sees it half done
+        tmp = home / f".{AUTH_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"tvr:{secrets.token_urlsafe(32)}\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another process made it first: use theirs
+            pass
+        finally:
+            tmp.unlink()
+    if path.stat().st_mode & 0o077:
+        raise PermissionError(f"{path}: readable by others; run `chmod 600 {path}`")
+    return path.read_text().strip()
 
 
 def prefect_env(settings: Settings | None = None, port: int | None = None) -> dict[str, str]:
-    """Environment variables that point Prefect at this project's local server."""
+    """Environment variables that point Prefect at this project's local, authenticated server."""
     settings = settings or get_settings()
     port = port or int(os.environ.get("TVR_PREFECT_PORT", "4200"))
+    home = settings.root / "prefect"
+    api = f"http://127.0.0.1:{port}/api"
     return {
-        "PREFECT_HOME": str(settings.root / "prefect"),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api,
+        "PREFECT_API_AUTH_STRING": auth_string(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "true",
+        "PREFECT_UI_API_URL": api,
+        "PREFECT_SERVER_CSRF_PROTECTION_ENABLED": "true",
         "TVR_HOME": str(settings.root),
         "PYTHONPATH": str(PROJECT),
     }
+
+
+def export_lines(env: dict[str, str]) -> list[str]:
+    """``export KEY=VALUE`` lines, values shell-quoted."""
+    return [f"export {key}={shlex.quote(env[key])}" for key in CLIENT_KEYS]
+
+
+def _reaped(pid: int) -> bool:
+    """True when ``pid`` is our own child that has exited (reaped now, so it is no zombie)."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:  # not our child: os.kill(pid, 0) alone tells
+        return False
 
 
 def _prefect() -> list[str]:
@@ -50,10 +104,17 @@ def _prefect() -> list[str]:
 class LocalPrefect:
     """Start and stop a local server and worker; pid files and logs under ``PREFECT_HOME``."""
 
-    def __init__(self, settings: Settings | None = None, port: int | None = None):
+    def __init__(self, settings: Settings | None = None, port: int | None = None, host: str = "127.0.0.1"):
         self.env = {**os.environ, **prefect_env(settings, port)}
         self.home = Path(self.env["PREFECT_HOME"])
         self.api = self.env["PREFECT_API_URL"]
+        self.host = host
+        self.ui = self.api.removesuffix("/api")
+
+    def _spawn_env(self, name: str) -> dict[str, str]:
+        if name != "server":
+            return self.env
+        return {**self.env, "PREFECT_SERVER_API_AUTH_STRING": self.env["PREFECT_API_AUTH_STRING"]}
 
     def _pidfile(self, name: str) -> Path:
         return self.home / f"{name}.pid"
@@ -61,7 +122,7 @@ class LocalPrefect:
     def _spawn(self, name: str, args: list[str]) -> int:
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         log = open(self.home / "logs" / f"{name}.log", "ab")
-        proc = subprocess.Popen(_prefect() + args, env=self.env, cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(_prefect() + args, env=self._spawn_env(name), cwd=PROJECT, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         self._pidfile(name).write_text(str(proc.pid))
         return proc.pid
@@ -70,6 +131,8 @@ class LocalPrefect:
         try:
             pid = int(self._pidfile(name).read_text())
             os.kill(pid, 0)
+            if _reaped(pid):
+                return None
             return pid
         except (FileNotFoundError, ValueError, ProcessLookupError):
             return None
@@ -90,7 +153,7 @@ class LocalPrefect:
         if self.healthy():
             return
         port = self.api.rsplit(":", 1)[1].split("/")[0]
-        self._spawn("server", ["server", "start", "--host", "127.0.0.1", "--port", port])
+        self._spawn("server", ["server", "start", "--host", self.host, "--port", port])
         deadline = time.time() + timeout_s
         while time.time() < deadline:
             if self.healthy():
@@ -138,22 +201,35 @@ def main(argv: list[str] | None = None) -> int:
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["up", "down", "status", "env", "deploy"])
     p.add_argument("--port", type=int, default=None, help="API port (default $TVR_PREFECT_PORT or 4200)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address the server listens on (default 127.0.0.1; 0.0.0.0 for remote workers: "
+                        "see the security note above)")
+    add_version(p)
     args = p.parse_args(argv)
-    local = LocalPrefect(port=args.port)
+    local = LocalPrefect(port=args.port, host=args.host)
     if args.command == "env":
-        for key in ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED", "TVR_HOME", "PYTHONPATH"):
-            print(f"export {key}={local.env[key]}")
+        print("\n".join(export_lines(local.env)))
     elif args.command == "up":
         print(f"starting Prefect server at {local.api} (PREFECT_HOME={local.home}) ...", flush=True)
-        local.up()
+        try:
+            local.up()
+        except (RuntimeError, subprocess.CalledProcessError) as err:
+            detail = getattr(err, "stderr", "") or ""
+            print(f"error: {err}{(': ' + detail.strip().splitlines()[-1]) if detail.strip() else ''}", file=sys.stderr)
+            return 1
         print(f"server, work pool '{POOL}', deployments and worker are up; logs in {local.home / 'logs'}")
+        print(f"Prefect UI: {local.ui} (password: the auth string in {local.home / AUTH_FILE})")
+        if args.host != "127.0.0.1":
+            print(f"listening on {args.host}: remote workers need PREFECT_API_URL=http://<this-host>:"
+                  f"{local.api.rsplit(':', 1)[1]} and PREFECT_API_AUTH_STRING; keep the port off untrusted networks")
     elif args.command == "deploy":
         print(local.deploy())
     elif args.command == "down":
         local.down()
         print("worker and server stopped")
     else:
-        print(f"server: {'healthy' if local.healthy() else 'down'} at {local.api} (pid {local.pid('server')})")
+        print(f"server: {'healthy' if local.healthy() else 'down'} at {local.api} (pid {local.pid('server')}); "
+              f"UI {local.ui}")
         print(f"worker: pid {local.pid('worker')}")
     return 0
 

@@ -6,6 +6,7 @@ temporary local API starts when no server is configured) and prints where the re
 ``$TVR_HOME/runs/pipeline-synthetic/report.{md,html}``. A second run reuses the rendered videos,
 the extracted features and finished training runs. The models trained are the rows of
 ``fusion/configs/ablation/pipeline.yaml`` (the five models plus the M2HF modality ablation).
+The report is also published as the markdown artifact ``pipeline-synthetic`` of the flow run.
 """
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 
+from data.cli import add_version
 from data.prepare import prepare_synthetic
 from data.settings import get_settings
 from data.synthetic import load_attributes
+from flows.common import TIMEOUTS, artifact_key
 from flows.extract import extract
 from fusion.ablation import attribute_match, read_rows
 from fusion.config import CONFIG_DIR, merge
@@ -95,7 +99,7 @@ def _test_captions(settings) -> list[tuple[str, list[str]]]:
     return [(r.video_id, list(r.captions)) for r in test.records()]
 
 
-@flow(name="pipeline")
+@flow(name="pipeline", timeout_seconds=TIMEOUTS["pipeline"])
 def pipeline_flow(n: int = 300, seed: int = 0, epochs: int | None = None) -> str:
     """Run every stage on the synthetic dataset; returns the path of ``report.md``."""
     logger = get_run_logger()
@@ -122,6 +126,8 @@ def pipeline_flow(n: int = 300, seed: int = 0, epochs: int | None = None) -> str
     t = time.time()
     report = report_task(done, seconds)
     seconds["report"] = time.time() - t
+    create_markdown_artifact(Path(report).read_text(), key=artifact_key("pipeline", DATASET),
+                             description=f"pipeline report ({report})")
     logger.info(f"report: {report} (and report.html beside it)")
     return report
 
@@ -132,9 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=300, help="synthetic videos (default 300)")
     p.add_argument("--seed", type=int, default=0, help="seed of the dataset and the training runs (default 0)")
     p.add_argument("--epochs", type=int, default=None, help="override the training epochs of every model")
+    add_version(p)
     args = p.parse_args(argv)
     start = time.time()
-    report = pipeline_flow(n=args.n, seed=args.seed, epochs=args.epochs)
+    try:
+        report = pipeline_flow(n=args.n, seed=args.seed, epochs=args.epochs)
+    except Exception as err:  # noqa: BLE001 - the flow run's log (and Prefect) hold the traceback
+        print(f"error: the pipeline flow run did not finish: {err.__class__.__name__}: {err}", file=sys.stderr)
+        return 1
     print(f"\nreport: {report}\n        {Path(report).with_suffix('.html')}\n"
           f"pipeline finished in {time.time() - start:.0f} s")
     print(Path(report).read_text())

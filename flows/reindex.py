@@ -1,41 +1,55 @@
 """The ``reindex`` flow: a thin Prefect wrapper over :func:`retrieval.reindex.reindex`.
 
-Deployed as ``reindex/<dataset>`` with a daily cron schedule (``prefect.yaml``). It logs the summary
-(added / changed / removed / reused counts, RANDOM WEIGHTS when the features come from random
-weights) and, inside a flow run, publishes it as the markdown artifact ``reindex-<dataset>``.
+Deployed as ``reindex/<dataset>`` with a daily cron schedule (``prefect.yaml``, staggered per
+dataset) and a deployment concurrency limit of 1 (a second run while one is running is cancelled).
+``run`` defaults to the dataset's *serving run* (:func:`retrieval.serving.serving_run`, set with
+``python -m retrieval.index --dataset D --run R --serve``), so the nightly job keeps fresh the index
+the search service answers from. It logs the summary (added / changed / removed / reused counts,
+RANDOM WEIGHTS when the features come from random weights) and, inside a flow run, publishes it as
+the markdown artifact ``reindex-<dataset>``.
+
 A dataset without a manifest (or, for zero-shot, without extracted CLIP features) ends cleanly with
-a "nothing to index" message; another reindex of the same index still running ends as ``busy``.
-Real failures (a missing run, an extractor that cannot be re-created) fail the flow run and leave
-the old index current.
+a "nothing to index" message. Another re-index of the same index still running makes this run FAIL
+with a clear message (:class:`ReindexBusy`), as do real failures (a missing run, an extractor that
+cannot be re-created); the old index stays current.
 
 Plain Python, no Prefect: ``python -m retrieval.reindex <dataset> [--run R]``.
 """
 from __future__ import annotations
 
-import logging
-
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect.context import FlowRunContext
 
+from flows.common import TIMEOUTS, artifact_key, check_names, flow_logger, in_flow_run
 from retrieval.reindex import reindex
+from retrieval.serving import serving_run
 
 
-def _logger():
-    """The flow run's logger, or a plain one when called without a run (``reindex_flow.fn``)."""
-    return get_run_logger() if FlowRunContext.get() is not None else logging.getLogger("tvr.reindex")
+class ReindexBusy(RuntimeError):
+    """Another re-index of the same dataset and run holds the index's lock."""
 
 
-@flow(name="reindex")
-def reindex_flow(dataset: str, run: str = "zero-shot", index_type: str = "auto", shard_size: int | None = None,
+@flow(name="reindex", timeout_seconds=TIMEOUTS["reindex"])
+def reindex_flow(dataset: str, run: str | None = None, index_type: str = "auto", shard_size: int | None = None,
                  device: str | None = None) -> dict:
-    """Bring ``indexes/<dataset>/<run>`` up to date with the dataset's manifest; returns the summary dict."""
-    logger = _logger()
+    """Bring ``indexes/<dataset>/<run>`` up to date with the dataset's manifest; returns the summary dict.
+
+    ``run`` None: the dataset's serving run. Raises :class:`ReindexBusy` when another re-index of
+    the same index is running (the flow run ends Failed, the summary artifact says why).
+    """
+    check_names(dataset=dataset, run=run)
+    logger = flow_logger("reindex")
+    if run is None:
+        run = serving_run(dataset)
+        logger.info(f"{dataset}: re-indexing the serving run {run!r}")
     result = reindex(dataset, run, index_type=index_type, shard_size=shard_size, device=device,
                      progress=logger.info)
     for line in result.lines():
         (logger.warning if "RANDOM" in line or result.status == "busy" else logger.info)(line)
-    if FlowRunContext.get() is not None:
-        key = "".join(ch if ch.isalnum() else "-" for ch in f"reindex-{dataset}".lower()).strip("-")
-        create_markdown_artifact(result.markdown(), key=key, description=f"re-indexing summary of {dataset}")
+    if in_flow_run():
+        create_markdown_artifact(result.markdown(), key=artifact_key("reindex", dataset),
+                                 description=f"re-indexing summary of {dataset}")
+    if result.status == "busy":
+        raise ReindexBusy(f"reindex {dataset} / {result.run}: another re-index of this index is running; "
+                          f"this run changed nothing")
     return result.to_dict()

@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 
 from data.atomic import write_json_atomic, write_text_atomic
+from data.cli import add_version
 from data.settings import Settings, get_settings
 from data.synthetic import load_attributes
 from fusion.config import CONFIG_DIR, merge
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=Path, default=DEFAULT_ROWS, help="YAML list of rows (default: the synthetic ablation)")
     p.add_argument("--only", type=int, nargs="+", help="row indices to run (default: all)")
     p.add_argument("--workers", type=int, default=2, help="training processes in parallel, 1 thread each")
+    add_version(p)
     args = p.parse_args(argv)
     try:
         out = run_ablation(args.dataset, args.seeds, args.rows, args.workers, only=args.only)

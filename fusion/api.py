@@ -31,10 +31,12 @@ class LoadedModel:
     extractor_ids: dict[str, str]
     random_weights: bool
     fine_grained: bool
+    text_extractor: dict | None = None  # a bundle's clip_text description (else read from the store)
 
 
 def load_model(run: str | Path, *, dataset: str | None = None, settings: Settings | None = None) -> LoadedModel:
-    """A run folder, a run id under ``settings.runs_dir``, or ``"zero-shot"`` (needs ``dataset``)."""
+    """A run folder, a run id under ``settings.runs_dir``, ``"zero-shot"`` (needs ``dataset``), or an
+    exported bundle folder (:mod:`fusion.export`, no feature store needed)."""
     settings = settings or get_settings()
     if str(run) == "zero-shot":
         if not dataset:
@@ -47,6 +49,9 @@ def load_model(run: str | Path, *, dataset: str | None = None, settings: Setting
     folder = Path(run)
     if not folder.is_dir():
         folder = settings.runs_dir / str(run)
+    from fusion.export import is_bundle, load_bundle
+    if is_bundle(folder):
+        return load_bundle(folder)
     meta_path = folder / "config.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{run!r}: no run folder with config.json (looked at {Path(run)} and {folder})")
@@ -117,19 +122,68 @@ def encode_split(loaded: LoadedModel, dataset: str, split: str, *, settings: Set
                         loaded.fine_grained, loaded.model, t_enc, v_enc)
 
 
+@dataclass
+class EncodedQueries:
+    """Free texts encoded by :class:`QueryEncoder`."""
+
+    vectors: np.ndarray          # [Q, E] float32 FAISS query vectors
+    encoding: Encoding           # the model's text encoding, for exact scores (:class:`VideoScorer`)
+    clip: np.ndarray             # [Q, D] float32 unit clip_text EOT embeddings (the clip_frames space)
+
+
+class QueryEncoder:
+    """The run's text side built once (the stored clip_text extractor's own tower, then the model);
+    :meth:`encode` answers many calls (the search service batches queries through it)."""
+
+    def __init__(self, loaded: LoadedModel, *, settings: Settings | None = None, device: str = "auto"):
+        from extractors.registry import build_text_encoder  # the one fusion -> extractors arrow, kept lazy
+
+        settings = settings or get_settings()
+        self.loaded = loaded
+        info = loaded.text_extractor or pick_extractor(settings, loaded.dataset, TEXT,
+                                                           loaded.extractor_ids.get(TEXT))
+        self.tower = build_text_encoder(info) if device == "auto" else build_text_encoder(info, device=device)
+
+    def encode(self, texts: list[str]) -> EncodedQueries:
+        encoded = self.tower.encode(list(texts))
+        model = self.loaded.model
+        text = Ragged.from_arrays([np.asarray(tokens, np.float32) for tokens, _ in encoded])
+        eot = torch.tensor([int(e) for _, e in encoded], dtype=torch.int64)
+        clip = np.stack([np.asarray(tokens[e], np.float32) for tokens, e in encoded])
+        clip /= np.maximum(np.linalg.norm(clip, axis=1, keepdims=True), 1e-12)
+        batch = truncate_tokens(text, torch.arange(len(encoded)), eot, self.loaded.config["max_words"])
+        with torch.no_grad():
+            model.eval()
+            encoding = {k: v.cpu() for k, v in model.encode_text(batch.to(model_device(model))).items()}
+            vectors = model.text_vectors(encoding).numpy().astype(np.float32)
+        return EncodedQueries(vectors, encoding, clip)
+
+
 def encode_queries(loaded: LoadedModel, texts: list[str], *, settings: Settings | None = None) -> np.ndarray:
     """FAISS query vectors ``[Q, E]`` of free texts, via the stored clip_text extractor's own tower."""
-    from extractors.registry import build_text_encoder  # the one fusion -> extractors arrow, kept lazy
+    return QueryEncoder(loaded, settings=settings).encode(texts).vectors
 
-    settings = settings or get_settings()
-    info = pick_extractor(settings, loaded.dataset, TEXT, loaded.extractor_ids.get(TEXT))
-    encoded = build_text_encoder(info).encode(list(texts))
-    text = Ragged.from_arrays([np.asarray(tokens, np.float32) for tokens, _ in encoded])
-    eot = torch.tensor([int(e) for _, e in encoded], dtype=torch.int64)
-    batch = truncate_tokens(text, torch.arange(len(encoded)), eot, loaded.config["max_words"])
-    with torch.no_grad():
-        loaded.model.eval()
-        return loaded.model.text_vectors(loaded.model.encode_text(batch)).numpy().astype(np.float32)
+
+class VideoScorer:
+    """Exact scores of free-text queries against videos by id, for re-ranking a fine-grained
+    model's first-stage candidates. The videos' encodings are computed once from the stored
+    features (``video_ids``: which videos; those without features are left out, see :attr:`ids`)."""
+
+    def __init__(self, loaded: LoadedModel, dataset: str, video_ids: list[str], *,
+                 settings: Settings | None = None):
+        settings = settings or get_settings()
+        self.loaded = loaded
+        feats = _features(loaded, dataset, settings)
+        position = {v: i for i, v in enumerate(feats.video_ids)}
+        self.ids = [v for v in video_ids if v in position]
+        self.row = {v: i for i, v in enumerate(self.ids)}
+        rows = np.asarray([position[v] for v in self.ids], np.int64)
+        self.video = encode_videos(loaded.model, feats, rows, loaded.config, model_device(loaded.model))
+
+    def score(self, queries: EncodedQueries, video_ids: list[str]) -> np.ndarray:
+        """Exact scores ``[Q, len(video_ids)]`` float32 (every id must be in :attr:`ids`)."""
+        rows = torch.as_tensor([self.row[v] for v in video_ids], dtype=torch.int64)
+        return score_matrix(self.loaded.model, queries.encoding, take(self.video, rows))
 
 
 def encode_video_ids(loaded: LoadedModel, dataset: str, video_ids: list[str], *,

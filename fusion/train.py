@@ -21,11 +21,14 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from data.atomic import atomic_path, write_json_atomic, write_text_atomic
+from data.cli import add_version
+from data.progress import Bars, ProgressEvent, ProgressFn
 from data.settings import Settings, get_settings
 from fusion.config import load_config, model_names
 from fusion.data import DatasetFeatures, load_features
@@ -139,8 +142,12 @@ class Run:
 
 def train(dataset: str, model_name: str, *, config_file: str | Path | None = None, overrides=(),
           seed: int = 0, epochs: int | None = None, run_id: str | None = None,
-          settings: Settings | None = None, threads: int | None = None, quiet: bool = False) -> Path:
-    """Train (or resume) one run; returns its folder. See the module docstring."""
+          settings: Settings | None = None, threads: int | None = None, quiet: bool = False,
+          progress: ProgressFn | None = None, on_epoch: Callable[[dict], None] | None = None) -> Path:
+    """Train (or resume) one run; returns its folder. See the module docstring.
+
+    ``progress`` gets a step event per training step (task ``epoch E/N``, info: the epoch's mean
+    loss so far); ``on_epoch`` gets each epoch's log entry (as written to ``log.jsonl``)."""
     settings = settings or get_settings()
     config = load_config(model_name, config_file, list(overrides))
     if epochs is not None:
@@ -218,6 +225,9 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             step += 1
+            if progress:
+                progress(ProgressEvent(f"epoch {epoch + 1}/{tc['epochs']}", step, steps_per_epoch, "step",
+                                       {"loss": sums.get("loss", 0.0) / step}))
             if step % tc["checkpoint_every"] == 0 and step < steps_per_epoch:
                 save_state()
         val = evaluate(model, feats, "val", config, device, fit=True)
@@ -231,6 +241,8 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
             entry["WARNING"] = "RANDOM WEIGHTS"
         history.append(entry)
         say(json.dumps(entry))
+        if on_epoch:
+            on_epoch(entry)
         extra = {"val": val["t2v"], "random_weights": feats.random_weights}
         run.save_weights(f"checkpoint-epoch-{epoch:03d}.pt", model, epoch, extra)
         if val["t2v"]["R@1"] > best["val_R@1"]:
@@ -271,10 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--run-id", help="run folder name under runs/ (an existing one is resumed)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    add_version(p)
     args = p.parse_args(argv)
     try:
-        train(args.dataset, args.model, config_file=args.config, overrides=args.set, seed=args.seed,
-              epochs=args.epochs, run_id=args.run_id, threads=args.threads)
+        with Bars.for_cli() as bars:
+            train(args.dataset, args.model, config_file=args.config, overrides=args.set, seed=args.seed,
+                  epochs=args.epochs, run_id=args.run_id, threads=args.threads, progress=bars)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

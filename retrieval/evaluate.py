@@ -28,6 +28,8 @@ from typing import Sequence
 import numpy as np
 
 from data.atomic import write_json_atomic, write_text_atomic
+from data.cli import add_version
+from data.progress import Bars, ProgressEvent, ProgressFn
 from data.settings import Settings, get_settings
 from retrieval import report
 from retrieval.faiss_index import INDEX_TYPES, IndexFolderError, build_faiss
@@ -205,17 +207,23 @@ def write_outputs(result: dict, label: str, dataset: str | None, what: str,
 
 
 def evaluate_run(run: str, dataset: str, split: str = "test", *, v2t_protocol: str = "group-best",
-                 settings: Settings | None = None) -> tuple[dict, Path, str]:
+                 settings: Settings | None = None, progress: ProgressFn | None = None) -> tuple[dict, Path, str]:
     """Evaluate ``run`` (a run folder / id, or ``zero-shot``) with the CLI's defaults and write
     ``evaluation.json`` / ``evaluation.md`` into the run folder (``runs/zero-shot-<dataset>/`` for
-    the zero-shot model). Returns (result, JSON path, printable table)."""
+    the zero-shot model). Returns (result, JSON path, printable table). ``progress``: one event
+    per stage (model loaded, split encoded and scored, outputs written)."""
     settings = settings or get_settings()
+    task = f"evaluate {run} on {dataset}/{split}"
+    tick = progress or (lambda event: None)
     loaded = load(run, dataset, settings)
+    tick(ProgressEvent(task, 1, 3, "stage", {"done": "model loaded"}))
     result = evaluate_model(loaded, dataset, split, v2t_protocols=(v2t_protocol,), settings=settings)
+    tick(ProgressEvent(task, 2, 3, "stage", {"done": "encoded and scored"}))
     out = loaded.run_dir or settings.runs_dir / f"zero-shot-{dataset}"
     out.mkdir(parents=True, exist_ok=True)
     text = write_outputs(result, loaded.name, dataset, f"{loaded.name} on {dataset}/{split}",
                          out / "evaluation.json", out / "evaluation.md")
+    tick(ProgressEvent(task, 3, 3, "stage", {"done": "written"}))
     return result, out / "evaluation.json", text
 
 
@@ -260,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    add_version(parser)
     args = parser.parse_args(argv)
     protocols = V2T_PROTOCOLS if args.v2t_protocol == "both" else (args.v2t_protocol,)
     if bool(args.similarity) == bool(args.run):
@@ -279,14 +288,16 @@ def main(argv: list[str] | None = None) -> int:
             if not args.dataset:
                 parser.error("--run needs --dataset")
             settings = get_settings()
-            results, labels = [], []
-            for run in args.run:
+            results, labels, bars = [], [], Bars.for_cli()
+            for k, run in enumerate(args.run):
+                bars(ProgressEvent(f"evaluate {args.dataset}/{args.split}", k, len(args.run), "run"))
                 loaded = load(run, args.dataset, settings)
                 labels.append(f"{loaded.name} ({run_name(loaded.run_dir)})")
                 results.append(evaluate_model(loaded, args.dataset, args.split, captions=args.captions,
                                               v2t_protocols=protocols, index_type=args.index_type,
                                               rerank_depth=args.rerank_depth, dual_softmax=args.dual_softmax,
                                               settings=settings))
+            bars(ProgressEvent(f"evaluate {args.dataset}/{args.split}", len(args.run), len(args.run), "run"))
             what = f"{args.dataset} / {args.split}"
             if args.json is None:
                 runs = "+".join(Path(str(run)).name for run in args.run)

@@ -12,9 +12,16 @@ Layout::
         videos.parquet     optional: per-video state of the build (written by retrieval.reindex)
     indexes/<dataset>/<run>/current   the live build-id (replaced atomically after a build)
 
-A build is written into a hidden temporary folder and renamed into place (:func:`stage_build`),
-then ``current`` is swapped with :func:`data.atomic.write_text_atomic` (:func:`publish_build`), so
-a reader never sees a half-built index. Writers of one ``indexes/<dataset>/<run>`` folder hold an
+A build is written into a hidden temporary folder, every file and the folder are fsynced, the
+build is verified (it loads, the vector count equals the id count, every file matches the sha256
+recorded in ``info.json["checksums"]``) and renamed into place (:func:`stage_build`); only then is
+``current`` swapped with :func:`data.atomic.write_text_atomic` and the folder fsynced
+(:func:`publish_build`, which verifies again), so a reader never sees a half-built index and a
+crash at any step leaves the previous build current. A reader that finds ``current`` missing or
+naming a missing or corrupt build falls back to the newest verified build with a warning
+(:attr:`IndexBuild.warning`); :func:`rebuild_reason` then asks for a rebuild, which repairs
+``current``. Tests inject a SIGKILL at each step with ``TVR_INDEX_CRASH_AT=<step>``
+(:data:`BUILD_STEPS`). Writers of one ``indexes/<dataset>/<run>`` folder hold an
 exclusive ``flock`` on its ``.lock`` file while they write, so :func:`remove_partial_builds` can
 tell a killed writer's ``.tmp-*`` debris from a build in progress.
 
@@ -27,8 +34,11 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import hashlib
+import logging
 import os
 import shutil
+import signal
 import sys
 import time
 import uuid
@@ -45,14 +55,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data.atomic import write_json_atomic, write_text_atomic
+from data.cli import add_version
 from data.manifest import Manifest, manifest_fingerprint, read_manifest
+from data.progress import Bars, ProgressEvent, ProgressFn
 from data.settings import Settings, get_settings
 from retrieval.faiss_index import (EXACT_UP_TO, INDEX_TYPES, IndexFolderError, apply_search_params, build_faiss,
                                    builds_on_gpu)
 from retrieval.runs import ZERO_SHOT, fusion_api, load, run_name
+from retrieval.serving import set_serving_run
 
 VECTORS_FILE = "vectors.npy"
 VIDEO_STATE_FILE = "videos.parquet"
+REQUIRED_FILES = ("index.faiss", "ids.json", "manifest.parquet", "info.json")
+CRASH_ENV = "TVR_INDEX_CRASH_AT"
+BUILD_STEPS = ("files-written", "synced", "verified", "renamed", "pointer-written", "published")
+log = logging.getLogger(__name__)
 RANDOM_WARNING = "RANDOM WEIGHTS: embeddings come from randomly initialised feature extractors"
 
 
@@ -72,6 +89,11 @@ class IndexBuild:
     ids: list[str]
     index: faiss.Index
     manifest: Manifest
+    warning: str | None = None       # set when ``current`` was unusable and this is a fallback build
+
+    @property
+    def build_id(self) -> str:
+        return self.folder.name
 
     @cached_property
     def paths(self) -> dict[str, str]:
@@ -184,8 +206,18 @@ def stage_build(dataset: str, run: str, vectors: np.ndarray, video_ids: Sequence
             }
             if full_info["random_weights"]:
                 full_info["WARNING"] = RANDOM_WARNING
+            full_info["checksums"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
             write_json_atomic(tmp / "info.json", full_info)
+            _crash_point("files-written")
+            for path in tmp.iterdir():
+                _fsync(path)
+            _fsync(tmp)
+            _crash_point("synced")
+            verify_build(tmp)
+            _crash_point("verified")
             os.replace(tmp, root / build_id)
+            _fsync(root)
+            _crash_point("renamed")
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
@@ -193,11 +225,72 @@ def stage_build(dataset: str, run: str, vectors: np.ndarray, video_ids: Sequence
 
 
 def publish_build(folder: Path, keep: int = 3) -> None:
-    """Make the staged build ``folder`` current (atomic pointer swap); keep the newest ``keep``."""
+    """Verify the staged build ``folder`` and make it current (atomic pointer swap, then the folder
+    is fsynced); keep the newest ``keep``. A build that fails verification is never published."""
     root = folder.parent
+    verify_build(folder)
     with _write_lock(root):
         write_text_atomic(root / "current", folder.name + "\n")
+        _crash_point("pointer-written")
+        _fsync(root)
+        _crash_point("published")
         prune_builds(root, keep)
+
+
+def _crash_point(step: str) -> None:
+    """Tests only: SIGKILL this process at ``step`` when ``$TVR_INDEX_CRASH_AT`` names it."""
+    if os.environ.get(CRASH_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's (its entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_build(folder: Path) -> IndexBuild:
+    """Open the build ``folder`` and check it: every required file present, every file matching
+    the sha256 recorded in ``info.json`` (builds written before checksums were recorded are checked
+    by loading only), the FAISS index loading with as many vectors as ``ids.json`` has ids and the
+    dimension ``info.json`` states. Returns the opened build; raises :class:`IndexFolderError`
+    naming the first problem."""
+    needed = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if needed:
+        raise IndexFolderError(f"{folder} lacks {needed}")
+    try:
+        info = json.loads((folder / "info.json").read_text(encoding="utf-8"))
+        ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise IndexFolderError(f"{folder}: unreadable info.json or ids.json ({err})") from None
+    if not isinstance(info, dict) or not isinstance(ids, list):
+        raise IndexFolderError(f"{folder}: info.json is not an object or ids.json is not a list")
+    for name, digest in (info.get("checksums") or {}).items():
+        path = folder / name
+        if name == "info.json" or not path.is_file() or _sha256(path) != digest:
+            raise IndexFolderError(f"{path}: missing or its sha256 differs from the one recorded in info.json "
+                                   f"(a damaged or partly written build)")
+    try:
+        index = faiss.read_index(str(folder / "index.faiss"))
+        manifest = read_manifest(folder / "manifest.parquet")
+    except (RuntimeError, ValueError, OSError) as err:
+        raise IndexFolderError(f"{folder}: index.faiss or manifest.parquet cannot be read ({str(err)[:200]})") from None
+    if index.ntotal != len(ids) or index.d != info.get("dim"):
+        raise IndexFolderError(f"{folder}: index holds {index.ntotal} x {index.d} vectors but ids.json has "
+                               f"{len(ids)} ids and info.json says dim {info.get('dim')}")
+    apply_search_params(index, info.get("params", {}))
+    return IndexBuild(folder, info, ids, index, manifest)
 
 
 def remove_partial_builds(dataset: str, run: str, settings: Settings | None = None) -> list[str]:
@@ -213,39 +306,68 @@ def remove_partial_builds(dataset: str, run: str, settings: Settings | None = No
     return [p.name for p in debris]
 
 
+def build_ids(root: Path) -> list[str]:
+    """The build folders of ``indexes/<dataset>/<run>``, oldest first (build ids start with their UTC time)."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+
+
 def prune_builds(root: Path, keep: int) -> list[str]:
     """Remove all but the newest ``keep`` builds (the current one always stays), so a reader that
     opened the previous build a moment ago still finds it. Returns the removed build ids."""
-    current = (root / "current").read_text(encoding="utf-8").strip()
-    builds = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    removed = [b for b in builds[:-max(keep, 1)] if b != current]
+    pointer = root / "current"
+    current = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+    removed = [b for b in build_ids(root)[:-max(keep, 1)] if b != current]
     for build_id in removed:
         shutil.rmtree(root / build_id, ignore_errors=True)
     return removed
 
 
-def open_build(dataset: str, run: str, settings: Settings | None = None) -> IndexBuild:
-    """Open the ``current`` build of ``indexes/<dataset>/<run>``; refuse a missing one."""
+def current_build_id(dataset: str, run: str, settings: Settings | None = None) -> str | None:
+    """The build id ``current`` names (None when there is no pointer); cheap, for watchers."""
+    try:
+        return (index_root(dataset, run, settings) / "current").read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def open_build(dataset: str, run: str, settings: Settings | None = None, *, fallback: bool = True) -> IndexBuild:
+    """Open and verify the ``current`` build of ``indexes/<dataset>/<run>``.
+
+    When ``current`` is missing, empty, or names a missing or corrupt build, the newest other build
+    that verifies is opened instead, with :attr:`IndexBuild.warning` set (and logged); with
+    ``fallback=False``, or when no build verifies, :class:`IndexFolderError` names the problem.
+    """
     root = index_root(dataset, run, settings)
     pointer = root / "current"
-    if not pointer.is_file():
+    rebuild = f"rebuild with: python -m retrieval.reindex {dataset} --run {run} (or python -m retrieval.index)"
+    builds = build_ids(root)
+    if not pointer.is_file() and not builds:
         raise IndexFolderError(f"no index for dataset {dataset!r}, run {run!r}: {pointer} does not exist; "
-                          f"build it with: python -m retrieval.index --dataset {dataset} --run {run}")
-    build_id = pointer.read_text(encoding="utf-8").strip()
-    folder = root / build_id
-    needed = [name for name in ("index.faiss", "ids.json", "manifest.parquet", "info.json")
-              if not (folder / name).is_file()]
-    if not build_id or needed:
-        raise IndexFolderError(f"{pointer} names build {build_id!r}, but {folder} lacks {needed or 'a name'}; "
-                          f"rebuild with: python -m retrieval.index --dataset {dataset} --run {run}")
-    info = json.loads((folder / "info.json").read_text(encoding="utf-8"))
-    ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
-    index = faiss.read_index(str(folder / "index.faiss"))
-    if index.ntotal != len(ids) or index.d != info.get("dim"):
-        raise IndexFolderError(f"{folder}: index holds {index.ntotal} x {index.d} vectors but ids.json has "
-                          f"{len(ids)} ids and info.json says dim {info.get('dim')}")
-    apply_search_params(index, info.get("params", {}))
-    return IndexBuild(folder, info, ids, index, read_manifest(folder / "manifest.parquet"))
+                               f"build it with: python -m retrieval.index --dataset {dataset} --run {run}")
+    named = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else ""
+    if not pointer.is_file():
+        problem = f"{pointer} does not exist"
+    elif not named or named.startswith(".") or "/" in named:
+        problem = f"{pointer} names no valid build ({named!r})"
+    else:
+        try:
+            return verify_build(root / named)
+        except IndexFolderError as err:
+            problem = f"{pointer} names build {named!r}, which cannot be used: {err}"
+    if fallback:
+        for candidate in reversed(builds):
+            if candidate == named:
+                continue
+            try:
+                build = verify_build(root / candidate)
+            except IndexFolderError:
+                continue
+            build.warning = (f"{problem}; answering from the newest verified build {candidate}; "
+                             f"the next re-index repairs 'current' ({rebuild})")
+            log.warning(build.warning)
+            return build
+        problem += " and no other build verifies"
+    raise IndexFolderError(f"{problem}; {rebuild}")
 
 
 def check_build(build: IndexBuild, *, extractor_ids: dict, manifest: Manifest | None, dim: int,
@@ -293,6 +415,8 @@ def rebuild_reason(dataset: str, run: str, *, extractor_ids: dict | None = None,
     settings = settings or get_settings()
     try:
         build = open_build(dataset, run, settings)
+        if build.warning:
+            return build.warning
         check_build(build, extractor_ids=build.info.get("extractor_ids", {}) if extractor_ids is None
                     else extractor_ids, manifest=read_manifest(settings.manifest_path(dataset)),
                     dim=build.index.d)
@@ -312,20 +436,27 @@ def model_info(loaded) -> dict:
 
 def build_from_model(dataset: str, run: str = ZERO_SHOT, *, splits: Sequence[str] | None = None,
                      index_type: str = "auto", settings: Settings | None = None,
-                     use_gpu: bool | None = None) -> Path:
+                     use_gpu: bool | None = None, progress: ProgressFn | None = None) -> Path:
     """Encode the videos of ``splits`` (default: every split of the manifest) with the model of
-    ``run`` and write an index build. Fine-grained models are indexed by their coarse vector."""
+    ``run`` and write an index build. Fine-grained models are indexed by their coarse vector.
+    ``progress`` gets one event per split encoded and one when the build is written."""
     settings = settings or get_settings()
     loaded = load(run, dataset, settings)
     if splits is None:
         splits = sorted(set(read_manifest(settings.manifest_path(dataset)).table.column("split").to_pylist()))
-    parts = [fusion_api().encode_split(loaded, dataset, split, settings=settings, captions="first")
-             for split in splits]
+    parts, steps = [], len(splits) + 1
+    for split in splits:
+        parts.append(fusion_api().encode_split(loaded, dataset, split, settings=settings, captions="first"))
+        if progress:
+            progress(ProgressEvent(f"index {dataset}/{run}", len(parts), steps, "step", {"encoded": split}))
     vectors = np.concatenate([p.video_vectors for p in parts])
     ids = [vid for p in parts for vid in p.video_ids]
     info = {**model_info(loaded), "splits": list(splits)}
-    return write_build(dataset, run_name(loaded.run_dir), vectors, ids, info=info,
-                       index_type=index_type, settings=settings, use_gpu=use_gpu)
+    folder = write_build(dataset, run_name(loaded.run_dir), vectors, ids, info=info,
+                         index_type=index_type, settings=settings, use_gpu=use_gpu)
+    if progress:
+        progress(ProgressEvent(f"index {dataset}/{run}", steps, steps, "step", {"built": folder.name}))
+    return folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,10 +471,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index-type", default="auto", choices=("auto",) + INDEX_TYPES,
                         help=f"auto = flat up to {EXACT_UP_TO:,} vectors, hnsw above")
     parser.add_argument("--no-gpu", action="store_true", help="never use a GPU even if FAISS has one")
+    parser.add_argument("--serve", action="store_true",
+                        help="also record this run as the dataset's serving run: the index the search service "
+                             "answers from and the nightly reindex/<dataset> deployment keeps fresh")
+    add_version(parser)
     args = parser.parse_args(argv)
     try:
-        folder = build_from_model(args.dataset, args.run, splits=args.splits, index_type=args.index_type,
-                                  use_gpu=False if args.no_gpu else None)
+        with Bars.for_cli() as bars:
+            folder = build_from_model(args.dataset, args.run, splits=args.splits, index_type=args.index_type,
+                                      use_gpu=False if args.no_gpu else None, progress=bars)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -352,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
           f"built in {info['build_seconds']} s")
     if info["random_weights"]:
         print(f"!!! {RANDOM_WARNING} !!!")
+    if args.serve:
+        record = set_serving_run(args.dataset, folder.parent.name)
+        print(f"serving run of {args.dataset}: {folder.parent.name} (recorded in {record})")
     return 0
 
 

@@ -41,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from data.cli import add_version
 from data.manifest import Manifest, ManifestError, manifest_fingerprint, read_manifest
 from data.settings import Settings, get_settings
 from data.store import FeatureSet, StoreError, list_extractors
@@ -396,7 +397,7 @@ def _reindex_locked(dataset: str, run: str, loaded, *, index_type: str, shard_si
             plan.reused = []
     result.added, result.changed, result.removed = len(plan.added), len(plan.changed), len(plan.removed)
     result.reused = len(plan.reused)
-    if (old_vectors is not None and plan.empty
+    if (old_vectors is not None and plan.empty and previous.warning is None   # a fallback build: repair 'current'
             and previous.info.get("manifest_fingerprint") == manifest_fingerprint(manifest)):
         result.n_indexed, result.without_features = len(previous.ids), len(plan.unindexable)
         result.message = "nothing new: the current build covers the manifest"
@@ -468,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="extraction device: auto, cpu, cuda (default $TVR_DEVICE)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_version(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:

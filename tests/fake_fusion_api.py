@@ -56,6 +56,13 @@ class EncodedSplit:
 
 
 @dataclass
+class EncodedQueries:
+    vectors: np.ndarray
+    encoding: object
+    clip: np.ndarray
+
+
+@dataclass
 class FakeFusion:
     dim: int = 16
     query_dim: int | None = None          # encode_queries dimension (None: same as dim)
@@ -90,10 +97,37 @@ class FakeFusion:
         dim = self.query_dim or self.dim
         return np.stack([_unit(t.split(" of ")[-1], dim) for t in texts])   # "a clip of v3" -> near v3
 
+    def exact(self, vectors, video_ids):
+        """The fake fine-grained exact score: the coarse one plus a wiggle that reorders near ties."""
+        coarse = vectors @ np.stack([_unit(v, self.dim) for v in video_ids]).T
+        return (coarse + 0.01 * np.sin(50 * coarse)).astype(np.float32)
+
+    def query_encoder(self, loaded, *, settings=None, device="auto"):
+        fake = self
+
+        class QueryEncoder:
+            def encode(self, texts):
+                fake.calls.append(("encode", len(texts)))
+                vectors = fake.encode_queries(loaded, texts)
+                return EncodedQueries(vectors, vectors, vectors)
+        return QueryEncoder()
+
+    def video_scorer(self, loaded, dataset, video_ids, *, settings=None):
+        fake = self
+
+        class VideoScorer:
+            ids = list(video_ids)
+            row = {v: i for i, v in enumerate(video_ids)}
+
+            def score(self, queries, ids):
+                return fake.exact(queries.vectors, ids)
+        return VideoScorer()
+
     def install(self, monkeypatch) -> "FakeFusion":
         module = types.ModuleType("fusion.api")
         for name in ("load_model", "encode_split", "encode_queries"):
             setattr(module, name, getattr(self, name))
+        module.QueryEncoder, module.VideoScorer = self.query_encoder, self.video_scorer
         module.LoadedModel, module.EncodedSplit = LoadedModel, EncodedSplit
         monkeypatch.setitem(sys.modules, "fusion.api", module)
         return self

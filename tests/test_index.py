@@ -13,6 +13,7 @@ from retrieval import faiss_index
 from retrieval import index as rindex
 from retrieval.metrics import GroundTruth, VectorScores, evaluate_scores, text_to_video_counts
 from retrieval.ranked import counts_from_index, counts_with_rerank
+from test_reindex import home  # noqa: F401 (a fixture: tiny synthetic videos, real extraction, first reindex)
 
 INFO = {"extractor_ids": {"clip_frames": "aaa", "clip_text": "bbb"}, "random_weights": True, "model": "zero-shot"}
 
@@ -144,3 +145,148 @@ def test_refusals(tvr_home):
         rindex.write_build("toy", "zero-shot", _vectors(2), ["v1", "nope"], info=INFO, use_gpu=False)
     with pytest.raises(rindex.IndexFolderError, match="row 1 holds NaN"):
         faiss_index.build_faiss(np.array([[1.0, 0.0], [np.nan, 1.0]], np.float32), use_gpu=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Durable builds: checksums, verification, kill -9 at every step, damaged `current`
+# ---------------------------------------------------------------------------------------------
+def _still_working(tmp_path, capsys, expect_build: str, note: str | None, degraded: bool = False) -> None:
+    """search, evaluate and the service answer from ``expect_build``; ``note`` in the search note,
+    and the service's /healthz status is degraded (a fallback build) or ok."""
+    from retrieval import evaluate, search
+    from retrieval.search import Searcher
+    from retrieval.service.core import SearchService
+
+    capsys.readouterr()
+    assert search.main(["a clip of v3", "--dataset", "toy", "-k", "2", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["index"]["build_id"] == expect_build and found["results"][0]["video_id"] == "v3"
+    assert (note is None and "note" not in found) or (note is not None and note in found["note"])
+    assert evaluate.main(["--run", "zero-shot", "--dataset", "toy", "--index-type", "flat",
+                          "--json", str(tmp_path / "eval.json")]) == 0
+    service = SearchService(Searcher("toy"), poll_s=0)
+    try:
+        health = service.health()
+        assert health["build_id"] == expect_build and service.query("a clip of v5", 1)["results"][0]["video_id"] == "v5"
+        assert health["status"] == ("degraded" if degraded else "ok")
+        assert not degraded or note in health["problem"]
+    finally:
+        service.close()
+
+
+def test_build_records_checksums_and_verify_catches_damage(tvr_home):
+    ids = write_dataset("toy", 20)
+    folder = rindex.write_build("toy", "zero-shot", _vectors(20), ids, info=INFO, use_gpu=False, store_vectors=True)
+    info = json.loads((folder / "info.json").read_text())
+    assert sorted(info["checksums"]) == ["ids.json", "index.faiss", "manifest.parquet", "vectors.npy"]
+    assert rindex.verify_build(folder).ids == ids
+    data = bytearray((folder / "index.faiss").read_bytes())
+    data[len(data) // 2] ^= 0xFF                      # one flipped byte: FAISS still loads it
+    (folder / "index.faiss").write_bytes(bytes(data))
+    import faiss
+    assert faiss.read_index(str(folder / "index.faiss")).ntotal == 20
+    with pytest.raises(rindex.IndexFolderError, match=r"index.faiss: missing or its sha256 differs"):
+        rindex.verify_build(folder)
+    with pytest.raises(rindex.IndexFolderError, match="sha256 differs"):
+        rindex.publish_build(folder)                   # a damaged build is never published
+
+
+DAMAGE = {
+    "zeroed tail of index.faiss": lambda b: b.joinpath("index.faiss").write_bytes(
+        b.joinpath("index.faiss").read_bytes()[:-9] + b"\x00" * 9),
+    "truncated ids.json": lambda b: b.joinpath("ids.json").write_text('["v0", "v1"'),
+    "missing manifest snapshot": lambda b: b.joinpath("manifest.parquet").unlink(),
+    "missing build folder": lambda b: __import__("shutil").rmtree(b),
+    "no current pointer": lambda b: b.parent.joinpath("current").unlink(),
+    "garbage current pointer": lambda b: b.parent.joinpath("current").write_text("../../etc\n"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_current_falls_back_to_a_verified_build_and_the_next_build_repairs_it(
+        tvr_home, monkeypatch, tmp_path, capsys, damage):
+    from fake_fusion_api import FakeFusion
+
+    FakeFusion().install(monkeypatch)
+    write_dataset("toy", 20)
+    assert rindex.main(["--dataset", "toy", "--no-gpu"]) == 0
+    first = rindex.open_build("toy", "zero-shot").build_id
+    assert rindex.main(["--dataset", "toy", "--no-gpu"]) == 0
+    second = rindex.open_build("toy", "zero-shot")
+    DAMAGE[damage](second.folder)
+    expected = second.build_id if "pointer" in damage else first    # the newest build that verifies
+    build = rindex.open_build("toy", "zero-shot")
+    assert build.build_id == expected and "answering from the newest verified build" in build.warning
+    with pytest.raises(rindex.IndexFolderError):
+        rindex.open_build("toy", "zero-shot", fallback=False)
+    assert "answering from the newest verified build" in rindex.rebuild_reason("toy", "zero-shot")
+    _still_working(tmp_path, capsys, expected, "answering from the newest verified build", degraded=True)
+    assert rindex.main(["--dataset", "toy", "--no-gpu"]) == 0          # the next build repairs `current`
+    repaired = rindex.open_build("toy", "zero-shot", fallback=False)
+    assert repaired.build_id not in (first, second.build_id) and repaired.warning is None
+    assert rindex.rebuild_reason("toy", "zero-shot") is None
+    _still_working(tmp_path, capsys, repaired.build_id, None)
+
+
+def test_no_verified_build_at_all_is_refused_clearly(tvr_home):
+    ids = write_dataset("toy", 8)
+    folder = rindex.write_build("toy", "zero-shot", _vectors(8), ids, info=INFO, use_gpu=False)
+    (folder / "ids.json").write_text("[]")
+    with pytest.raises(rindex.IndexFolderError, match=r"names build .* cannot be used.*and no other build verifies"):
+        rindex.open_build("toy", "zero-shot")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", rindex.BUILD_STEPS)
+def test_kill_9_at_every_build_step_leaves_a_verified_build(tvr_home, monkeypatch, tmp_path, capsys, step):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fake_fusion_api import FakeFusion
+
+    FakeFusion().install(monkeypatch)
+    write_dataset("toy", 20)
+    assert rindex.main(["--dataset", "toy", "--no-gpu"]) == 0
+    first = rindex.open_build("toy", "zero-shot").build_id
+    write_dataset("toy", 24)                                   # the killed build would index 24 videos
+    tests = Path(__file__).parent
+    env = {**os.environ, "TVR_INDEX_CRASH_AT": step, "PYTHONPATH": f"{tests.parent}{os.pathsep}{tests}"}
+    child = subprocess.run([sys.executable, str(tests / "index_build_child.py")], env=env, timeout=300,
+                           capture_output=True, text=True)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    build = rindex.open_build("toy", "zero-shot", fallback=False)      # `current` is always usable
+    published = rindex.BUILD_STEPS.index(step) >= rindex.BUILD_STEPS.index("pointer-written")
+    assert (build.build_id != first and len(build.ids) == 24) if published else build.build_id == first
+    _still_working(tmp_path, capsys, build.build_id, None if published else "stale index")
+    assert rindex.main(["--dataset", "toy", "--no-gpu"]) == 0           # and the next build works
+    assert len(rindex.open_build("toy", "zero-shot", fallback=False).ids) == 24
+
+
+@pytest.mark.slow
+def test_reindex_repairs_a_damaged_current_even_with_nothing_new(home, capsys):  # noqa: F811 (fixture)
+    """Real extraction and zero-shot model (tests/test_reindex.py's fixture): `current` damaged while
+    the fallback build already covers the manifest; the scheduled re-index still rebuilds."""
+    from retrieval import reindex as rx
+    from retrieval.search import search_text
+
+    home.manifest(home.ids[:11])
+    assert rx.reindex("syn").status == "rebuilt"
+    second = rindex.open_build("syn", "zero-shot").build_id
+    home.manifest(home.ids[:10])
+    assert rx.reindex("syn").status == "rebuilt"
+    third = rindex.open_build("syn", "zero-shot")
+    data = bytearray((third.folder / "index.faiss").read_bytes())
+    data[-5] ^= 0xFF
+    (third.folder / "index.faiss").write_bytes(bytes(data))
+    home.manifest(home.ids[:11])                                  # what the fallback build covers
+    fallback = rindex.open_build("syn", "zero-shot")
+    assert fallback.build_id == second and "sha256 differs" in fallback.warning
+    found = search_text("a red circle", "syn", k=3)
+    assert found["index"]["build_id"] == second and "newest verified build" in found["note"]
+    result = rx.reindex("syn")
+    assert result.status == "rebuilt" and result.n_indexed == 11
+    repaired = rindex.open_build("syn", "zero-shot", fallback=False)
+    assert repaired.build_id == result.build_id and repaired.warning is None

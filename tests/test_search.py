@@ -94,3 +94,144 @@ def test_stale_index_answers_and_hides_removed_videos(indexed, capsys):
     assert search.main(["a clip of v1", "--dataset", "toy", "-k", "1", "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert found["results"][0]["video_id"] == "v1" and "1 videos are not indexed yet" in found["note"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-grained models: two stages for free text; spans from the stored frame features
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hcmi_home(tmp_path_factory):
+    """A fake feature store (30 videos, 32-d) and a tiny HCMI trained one epoch on it."""
+    import torch
+
+    from data.settings import get_settings
+    from fusion.fakes import write_fake_dataset
+    from fusion.train import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    settings = get_settings(tmp_path_factory.mktemp("tvr_home"))
+    write_fake_dataset(settings, "fake", 30, seed=0, dims={"clip_frames": 32, "clip_text": 32})
+    train("fake", "hcmi", overrides=["frame_layers=1", "text_layers=1", "train.batch_size=8", "heads=4"],
+          epochs=1, run_id="hcmi", settings=settings, quiet=True)
+    yield settings
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def stored_text_tower(hcmi_home, monkeypatch):
+    """The text tower replaced by a look-up of the stored caption tokens (random CLIP offline)."""
+    import sys
+    import types
+
+    from fusion.data import load_features
+
+    feats = load_features("fake", [], settings=hcmi_home)
+    tokens = {feats.captions[q]: (feats.text.flat[feats.text.offsets[q]: feats.text.offsets[q + 1]].numpy(),
+                                  int(feats.eot[q])) for q in range(len(feats.captions))}
+
+    class Tower:
+        def encode(self, captions):
+            return [tokens[c] for c in captions]
+
+    registry = types.ModuleType("extractors.registry")
+    registry.build_text_encoder = lambda info, **kw: Tower()
+    monkeypatch.setitem(sys.modules, "extractors.registry", registry)
+    monkeypatch.setenv("TVR_HOME", str(hcmi_home.root))
+    return list(tokens)
+
+
+def test_hcmi_free_text_equals_brute_force_exact_ranking(hcmi_home, stored_text_tower):
+    """With a first-stage depth covering the collection, the two-stage ranking of free text is the
+    exact ranking over every video; a shallow depth re-ranks only its candidates."""
+    import numpy as np
+
+    from fusion.api import QueryEncoder, load_model
+    from fusion.data import load_features
+    from fusion.encoding import encode_videos, model_device, score_matrix
+    from fusion.factory import modalities_for
+    from retrieval.search import Searcher
+
+    rindex.build_from_model("fake", "hcmi", settings=hcmi_home, use_gpu=False)
+    texts = stored_text_tower[::17][:6]
+    searcher = Searcher("fake", "hcmi", settings=hcmi_home, rerank_depth=1000)
+    found = searcher.search(texts, k=30)
+    assert all(f["first_stage"]["depth"] == 1000 and f["model"] == "hcmi" for f in found)
+
+    loaded = load_model("hcmi", settings=hcmi_home)               # brute force: every video, exactly
+    feats = load_features("fake", modalities_for(loaded.config), settings=hcmi_home)
+    video = encode_videos(loaded.model, feats, np.arange(len(feats.video_ids)), loaded.config,
+                          model_device(loaded.model))
+    queries = QueryEncoder(loaded, settings=hcmi_home).encode(texts)
+    exact = score_matrix(loaded.model, queries.encoding, video)
+    _, coarse = searcher.state.build.index.search(queries.vectors, 30)
+    coarse_differs = 0
+    for q, f in enumerate(found):
+        order = np.argsort(-exact[q], kind="stable")
+        assert [r["video_id"] for r in f["results"]] == [feats.video_ids[i] for i in order]
+        np.testing.assert_allclose([r["score"] for r in f["results"]], exact[q][order], atol=1e-5)
+        coarse_differs += [r["video_id"] for r in f["results"]] != [searcher.state.build.ids[i] for i in coarse[q]]
+    assert coarse_differs > 0                 # the exact score really re-orders the coarse ranking
+    shallow = Searcher("fake", "hcmi", settings=hcmi_home, rerank_depth=5).search(texts[:1], k=3)[0]
+    assert shallow["first_stage"]["depth"] == 5 and len(shallow["results"]) == 3
+
+
+def test_search_cli_states_the_first_stage_depth(hcmi_home, stored_text_tower, capsys):
+    rindex.build_from_model("fake", "hcmi", settings=hcmi_home, use_gpu=False)
+    assert search.main([stored_text_tower[0], "--dataset", "fake", "--run", "hcmi", "-k", "4",
+                        "--depth", "12", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["first_stage"]["depth"] == 12 and len(found["results"]) == 4
+    assert search.main([stored_text_tower[0], "--dataset", "fake", "--run", "hcmi", "-k", "4"]) == 0
+    assert "first stage: top 100 by the coarse vector, re-ranked exactly" in capsys.readouterr().out
+
+
+def test_spans_overlap_the_window_where_the_object_appears(tvr_home, monkeypatch):
+    """Generated frame features: each video shows its object only in a known window (noise
+    elsewhere); the span returned for a query naming the object must overlap that window for a
+    clear majority of queries (the figure is printed: 59 of 60, seed 11)."""
+    import numpy as np
+
+    from data.settings import get_settings
+    from data.store import ExtractorSpec, FeatureRow, FeatureSet
+    from fake_fusion_api import IDS, _unit
+    from retrieval.search import Searcher
+
+    FakeFusion().install(monkeypatch)
+    n, frames, step, dim = 60, 24, 0.5, 16
+    ids = write_dataset("toy", n)
+    rng = np.random.default_rng(11)
+    windows, rows = {}, []
+    for i, vid in enumerate(ids):
+        length = int(rng.integers(3, 7))
+        start = int(rng.integers(0, frames - length))
+        values = rng.normal(size=(frames, dim)).astype(np.float32) * 0.35
+        values[start:start + length] += _unit(f"object{i}", dim)
+        windows[vid] = (start * step, (start + length) * step)
+        rows.append(FeatureRow(vid, values, np.arange(frames) * step))
+    spec = ExtractorSpec("clip_frames", dim, {"model": "generated"}, True)
+    FeatureSet(get_settings().feature_dir("toy", "clip_frames", IDS["clip_frames"]), spec).write_shard(rows)
+    assert rindex.main(["--dataset", "toy", "--no-gpu"]) == 0
+    found = Searcher("toy").search([f"a clip of object{i}" for i in range(n)], k=n)
+    overlaps = 0
+    for i, f in enumerate(found):
+        hit = next(r for r in f["results"] if r["video_id"] == ids[i])
+        (span,) = hit["spans"]
+        lo, hi = windows[ids[i]]
+        overlaps += span["start_s"] < hi and span["end_s"] > lo
+        assert span["start_s"] <= span["peak_s"] < span["end_s"]
+    print(f"spans overlapping the object's window: {overlaps}/{n} ({100 * overlaps / n:.0f}%)")
+    assert overlaps / n >= 0.8
+
+
+def test_serving_run_is_the_default_run(indexed, tvr_home, capsys):
+    """`retrieval.index --serve` records the run; search (and the service) default to it."""
+    run = tvr_home / "runs" / "meanP-7"
+    run.mkdir(parents=True)
+    assert rindex.main(["--dataset", "toy", "--run", str(run), "--no-gpu", "--serve"]) == 0
+    assert "serving run of toy: meanP-7" in capsys.readouterr().out
+    assert search.main(["a clip of v2", "--dataset", "toy", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["run"] == "meanP-7" and found["model"] == "meanP"
+    assert search.main(["a clip of v2", "--dataset", "toy", "--run", "zero-shot", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["run"] == "zero-shot"

@@ -1,0 +1,171 @@
+"""Search-service benchmark: p50 / p99 latency and queries per second at 1 and 16 concurrent clients.
+
+    python -m bench.serve [--videos 10000] [--queries 400] [--clients 1,16] [--model ViT-B-32]
+
+Builds, in a temporary ``TVR_HOME`` (or ``--home``), a dataset of ``--videos`` manifest rows (no
+video files: thumbnails are not exercised), the ``_extractor.json`` of a RANDOM-weights CLIP
+(``--model``) for clip_frames and clip_text (no features: the zero-shot model only needs their
+description), and an index build of GENERATED unit vectors (not model embeddings; the search cost
+does not depend on what the vectors mean). Then the real service answers: the zero-shot model
+with the real CLIP text tower encodes every query (micro-batched across concurrent requests) and
+FAISS searches the build. The service runs as ``python -m retrieval.serve`` in its own process on
+loopback; the clients are threads of this process (httpx), so they do not share its interpreter.
+Each client sends ``--queries`` / clients distinct queries over HTTP, one after another; latency is
+measured per request at the client, QPS = all requests / wall time; the service's own time per
+batch (text tower + FAISS, from ``/api/info``) shows what the model costs. Device: ``$TVR_DEVICE``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+
+def build_home(root: Path, dataset: str, n: int, model: str) -> None:
+    """Manifest + extractor descriptions + an index of generated vectors under ``root``."""
+    from data.manifest import VideoRecord, build_manifest, write_manifest
+    from data.settings import get_settings
+    from data.store import FeatureSet
+    from extractors.registry import build_extractor
+    from retrieval.index import write_build
+
+    settings = get_settings(root)
+    ids = [f"video{i:06d}" for i in range(n)]
+    records = [VideoRecord(v, f"videos/{v}.mp4", "test", [f"generated caption {i}"]) for i, v in enumerate(ids)]
+    table, _ = build_manifest(records, root / "media", dataset=dataset)
+    write_manifest(table, settings.manifest_path(dataset))
+    extractor_ids, dim = {}, None
+    for modality in ("clip_frames", "clip_text"):
+        spec = build_extractor(modality, model, "random", device="cpu").spec
+        FeatureSet(settings.feature_dir(dataset, modality, spec.extractor_id), spec).prepare()
+        extractor_ids[modality], dim = spec.extractor_id, spec.dim
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    write_build(dataset, "zero-shot", vectors, ids, settings=settings, use_gpu=False,
+                info={"extractor_ids": extractor_ids, "random_weights": True, "model": "zero-shot",
+                      "fine_grained": False, "note": "GENERATED vectors (bench.serve)"})
+
+
+def load(base: str, clients: int, total: int) -> dict:
+    """``total`` requests from ``clients`` threads; latency percentiles (ms) and QPS."""
+    import httpx
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        with httpx.Client(base_url=base, timeout=60) as http:
+            for i in range(c, total, clients):
+                start = time.perf_counter()
+                try:
+                    r = http.get("/api/search", params={"q": f"a person doing thing number {i} in a video", "k": 10})
+                    problem = None if r.status_code == 200 else f"{r.status_code}: {r.text[:200]}"
+                except httpx.HTTPError as err:
+                    problem = repr(err)
+                took = time.perf_counter() - start
+                with lock:
+                    (latencies.append(took) if problem is None else errors.append(problem))
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    ms = np.asarray(latencies or [np.nan]) * 1000
+    return {"clients": clients, "requests": len(latencies), "errors": len(errors),
+            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "qps": len(latencies) / wall}
+
+
+@contextmanager
+def served(home: Path, wait_ms: float) -> Iterator[str]:
+    """``python -m retrieval.serve --dataset bench`` on a free loopback port; yields its base URL."""
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "TVR_HOME": str(home)}
+    proc = subprocess.Popen([sys.executable, "-m", "retrieval.serve", "--dataset", "bench", "--port", str(port),
+                             "--poll", "0", "--wait-ms", str(wait_ms)], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the service did not start")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--videos", type=int, default=10_000, help="indexed videos (default 10,000)")
+    parser.add_argument("--queries", type=int, default=400, help="requests per client setting (default 400)")
+    parser.add_argument("--clients", default="1,16", help="comma-separated concurrent clients (default 1,16)")
+    parser.add_argument("--model", default="ViT-B-32", help="open_clip model of the random CLIP (default ViT-B-32)")
+    parser.add_argument("--home", type=Path, help="TVR_HOME to build in (default: a temporary folder)")
+    parser.add_argument("--wait-ms", type=float, default=2.0, help="micro-batch wait (default 2 ms)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
+        return run(args, args.home or Path(scratch))
+
+
+def run(args: argparse.Namespace, home: Path) -> int:
+    os.environ["TVR_HOME"] = str(home)
+    import httpx
+    from tabulate import tabulate
+
+    start = time.perf_counter()
+    build_home(home, "bench", args.videos, args.model)
+    print(f"built {args.videos:,} generated vectors + random {args.model} extractor descriptions under {home} "
+          f"in {time.perf_counter() - start:.1f} s; {os.cpu_count()} cores, "
+          f"TVR_DEVICE={os.environ.get('TVR_DEVICE', 'auto')}")
+    rows = []
+    with served(home, args.wait_ms) as base:
+        health = httpx.get(base + "/api/info").json()
+        print(f"service: build {health['build_id']}, device {health['device']}")
+        load(base, 1, 10)                                    # warm-up
+        for clients in (int(c) for c in args.clients.split(",")):
+            before = httpx.get(base + "/api/info").json()["batching"]
+            row = load(base, clients, args.queries)
+            after = httpx.get(base + "/api/info").json()["batching"]
+            batches = max(after["batches"] - before["batches"], 1)
+            row["mean_batch"] = (after["queries"] - before["queries"]) / batches
+            row["batch_ms"] = 1000 * (after["busy_s"] - before["busy_s"]) / batches
+            rows.append(row)
+    print("!!! RANDOM WEIGHTS text tower and GENERATED index vectors: timings only, no retrieval quality !!!")
+    print(tabulate([[r["clients"], r["requests"], r["errors"], f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+                     f"{r['qps']:.1f}", f"{r['mean_batch']:.1f}", f"{r['batch_ms']:.1f}"] for r in rows],
+                   headers=["clients", "requests", "errors", "p50 ms", "p99 ms", "QPS", "mean batch",
+                            "ms per batch (model + FAISS)"]))
+    if len(rows) > 1:
+        print(f"throughput at {rows[-1]['clients']} clients = {rows[-1]['qps'] / rows[0]['qps']:.1f}x "
+              f"that at {rows[0]['clients']}")
+    return 0 if all(r["errors"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

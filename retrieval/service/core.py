@@ -1,0 +1,183 @@
+"""The search service without HTTP: one :class:`~retrieval.search.Searcher`, micro-batched queries,
+hot swaps of the ``current`` build.
+
+- :class:`MicroBatcher`: requests queue up; one worker thread takes what is waiting (up to
+  ``max_batch``, waiting at most ``wait_s`` after the first) and answers them with ONE call of the
+  model and one FAISS search, so concurrent clients share a forward pass.
+- :class:`SearchService`: a watcher thread polls ``current`` every ``poll_s`` seconds; a changed
+  build is opened in that thread (never in a request) and the searcher's state is replaced by one
+  reference assignment. Each batch reads the reference once, so a response comes from one build
+  and says which (``index.build_id``). A build that cannot be opened leaves the old one answering
+  and is reported by :meth:`SearchService.health`.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Callable
+
+from retrieval.index import current_build_id
+from retrieval.search import Searcher, check_query
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Request:
+    text: str
+    k: int
+    future: Future
+
+
+class MicroBatcher:
+    """Answer ``(text, k)`` requests in batches with ``answer(texts, ks) -> results``."""
+
+    def __init__(self, answer: Callable[[list[str], list[int]], list], *, max_batch: int = 64,
+                 wait_s: float = 0.002):
+        self.answer, self.max_batch, self.wait_s = answer, int(max_batch), float(wait_s)
+        self.n_batches = self.n_queries = 0     # counters for /api/info (mean batch size)
+        self.busy_s = 0.0                       # time spent answering batches (model + search)
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="query-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, text: str, k: int) -> Future:
+        future: Future = Future()
+        self._queue.put(_Request(text, k, future))
+        return future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _take(self) -> list[_Request] | None:
+        first = self._queue.get()
+        if first is None:
+            return None
+        batch, deadline = [first], time.monotonic() + self.wait_s
+        while len(batch) < self.max_batch:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)
+                break
+            batch.append(item)
+        return batch
+
+    def _loop(self) -> None:
+        while (batch := self._take()) is not None:
+            self.n_batches += 1
+            self.n_queries += len(batch)
+            start = time.perf_counter()
+            try:
+                results = self.answer([r.text for r in batch], [r.k for r in batch])
+            except Exception as err:            # handed to each waiting request, never lost
+                for r in batch:
+                    r.future.set_exception(err)
+                continue
+            finally:
+                self.busy_s += time.perf_counter() - start
+            for r, result in zip(batch, results):
+                r.future.set_result(result)
+
+
+class SearchService:
+    """A loaded :class:`Searcher` answering micro-batched queries, following ``current``.
+
+    ``searcher``: injectable (tests pass a searcher over a fake model). ``poll_s``: how often the
+    ``current`` pointer is read (0 = never: no hot swaps).
+    """
+
+    def __init__(self, searcher: Searcher, *, poll_s: float = 1.0, max_batch: int = 64, wait_s: float = 0.002):
+        self.searcher = searcher
+        self.problem: str | None = None         # why the newest build is not the one answering
+        self._seen = current_build_id(searcher.dataset, searcher.run, searcher.settings)
+        self.swaps = 0
+        self.batcher = MicroBatcher(self._answer, max_batch=max_batch, wait_s=wait_s)
+        self._stop = threading.Event()
+        self._watcher = None
+        if poll_s > 0:
+            self._watcher = threading.Thread(target=self._watch, args=(poll_s,), name="build-watcher", daemon=True)
+            self._watcher.start()
+        self._note_fallback()
+
+    # ---- answering ------------------------------------------------------------------------------
+    def _answer(self, texts: list[str], ks: list[int]) -> list[dict]:
+        state = self.searcher.state                 # one read: the whole batch answers from one build
+        return self.searcher.search(texts, ks, state=state)
+
+    def query(self, text: str, k: int = 10, timeout: float = 60.0) -> dict:
+        """The ``retrieval.search --json`` dict for ``text`` (validated first; raises QueryError)."""
+        check_query(text, k)
+        return self.batcher.submit(text, k).result(timeout)
+
+    def submit(self, text: str, k: int) -> Future:
+        """Validated, queued query; the future resolves to the result dict (for async callers)."""
+        check_query(text, k)
+        return self.batcher.submit(text, k)
+
+    # ---- hot swaps ------------------------------------------------------------------------------
+    def check_for_new_build(self) -> bool:
+        """Open the build ``current`` names when it is not the one answering; True when swapped."""
+        s = self.searcher
+        named = current_build_id(s.dataset, s.run, s.settings)
+        if named == self._seen:                      # each pointer value is tried once
+            return False
+        self._seen = named
+        try:
+            state = s.open()
+        except Exception as err:                    # keep the old build; say why in /healthz
+            self.problem = (f"build {named!r} could not be opened ({str(err)[:300]}); still answering "
+                            f"from build {s.state.build_id}")
+            log.warning(self.problem)
+            return False
+        swapped = state.build_id != s.state.build_id
+        s.state = state                              # the swap: one reference
+        self.swaps += swapped
+        self.problem = None
+        self._note_fallback()
+        if swapped:
+            log.info("now answering from build %s", state.build_id)
+        return swapped
+
+    def _note_fallback(self) -> None:
+        warning = self.searcher.state.build.warning
+        if warning:
+            self.problem = warning
+
+    def _watch(self, poll_s: float) -> None:
+        while not self._stop.wait(poll_s):
+            try:
+                self.check_for_new_build()
+            except Exception as err:                 # a watcher that dies silently would stop swaps
+                self.problem = f"watching for new builds failed: {str(err)[:300]}"
+                log.exception("build watcher")
+
+    # ---- status ---------------------------------------------------------------------------------
+    def health(self) -> dict:
+        s = self.searcher
+        return {"status": "degraded" if self.problem else "ok", "build_id": s.state.build_id,
+                "dataset": s.dataset, "run": s.run, "model": s.loaded.name,
+                "random_weights": bool(s.loaded.random_weights), "problem": self.problem}
+
+    def info(self) -> dict:
+        s = self.searcher
+        b = self.batcher
+        return {**self.health(), "index": dict(s.state.info), "device": s.device,
+                "fine_grained": bool(s.loaded.fine_grained),
+                "rerank_depth": s.rerank_depth if s.loaded.fine_grained else None,
+                "notes": list(s.state.notes), "swaps": self.swaps,
+                "batching": {"max_batch": b.max_batch, "wait_ms": 1000 * b.wait_s, "batches": b.n_batches,
+                             "queries": b.n_queries, "busy_s": round(b.busy_s, 4)}}
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
+        self.batcher.close()
