@@ -7,7 +7,10 @@ frames of 25 ms (400 samples) every 10 ms (160 samples), no padding, periodic Ha
 scale, triangles linear in mel, DC bin zeroed: VGGish's ``spectrogram_to_mel_matrix``; torchaudio's
 ``melscale_fbanks`` draws its triangles linear in Hz, so the VGGish matrix is built here) ->
 ``log(mel + 0.01)`` -> non-overlapping examples of 96 frames (0.96 s), shape ``[N, 1, 96, 64]``.
-A track with sound but shorter than one example is zero-padded to one example.
+A track with sound but shorter than one example is zero-padded to one example. Examples are cut
+from the decoder's windows as they arrive: a window's samples are joined to the carried-over tail
+and every complete example is computed (the log-mel framing restarts at each example boundary, a
+multiple of the hop, so the frames are those of the whole track); the rest is carried over.
 
 Network (VGGish, Hershey et al. 2017): conv3x3 64 - pool - conv 128 - pool - conv 256 x2 - pool -
 conv 512 x2 - pool (all ReLU, 2x2 max pools), flatten in [H, W, C] order (as TensorFlow), FC 4096 -
@@ -31,7 +34,7 @@ from torch import nn
 
 from data.store import FeatureRow
 from extractors.base import Extractor, VideoItem, Weights, cached_local_model
-from extractors.decode import DecodeRequest
+from extractors.decode import DecodedChunk, DecodeRequest
 
 SAMPLE_RATE = 16_000
 WINDOW = 400          # 25 ms
@@ -42,6 +45,8 @@ MEL_MIN_HZ, MEL_MAX_HZ = 125.0, 7500.0
 LOG_OFFSET = 0.01
 EXAMPLE_FRAMES = 96   # 0.96 s
 EXAMPLE_S = EXAMPLE_FRAMES * HOP / SAMPLE_RATE
+EXAMPLE_HOP = EXAMPLE_FRAMES * HOP                 # samples between example starts (15,360)
+EXAMPLE_SPAN = (EXAMPLE_FRAMES - 1) * HOP + WINDOW  # samples one example reads (15,600)
 
 
 def _hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
@@ -82,8 +87,8 @@ def examples(waveform: torch.Tensor, sample_rate: int = SAMPLE_RATE, pad_short: 
 
     ``pad_short``: a non-empty waveform shorter than one example is zero-padded to one example.
     """
-    if pad_short and 0 < waveform.numel() < (EXAMPLE_FRAMES - 1) * HOP + WINDOW:
-        waveform = torch.nn.functional.pad(waveform, (0, (EXAMPLE_FRAMES - 1) * HOP + WINDOW - waveform.numel()))
+    if pad_short and 0 < waveform.numel() < EXAMPLE_SPAN:
+        waveform = torch.nn.functional.pad(waveform, (0, EXAMPLE_SPAN - waveform.numel()))
     mel = log_mel(waveform, sample_rate)
     n = mel.shape[0] // EXAMPLE_FRAMES
     return mel[: n * EXAMPLE_FRAMES].reshape(n, 1, EXAMPLE_FRAMES, MEL_BANDS)
@@ -145,20 +150,37 @@ class AudioExtractor(Extractor):
                 "mel_range_hz": [MEL_MIN_HZ, MEL_MAX_HZ], "log_offset": LOG_OFFSET,
                 "example_s": EXAMPLE_S, "pad_short": True}
 
-    def units(self, item: VideoItem) -> torch.Tensor:
-        d = item.decoded
-        if not d.has_audio:
-            return torch.zeros(0, 1, EXAMPLE_FRAMES, MEL_BANDS)
-        return examples(torch.from_numpy(d.audio), d.audio_rate)
+    def units(self, item: VideoItem, chunk: DecodedChunk, state: dict) -> tuple[torch.Tensor, np.ndarray]:
+        """Complete examples of the carried-over + new samples: ``[n, 1, 96, 64]`` and their start times."""
+        if not item.decoded.has_audio or not len(chunk.audio):
+            return torch.zeros(0, 1, EXAMPLE_FRAMES, MEL_BANDS), np.zeros(0)
+        if item.decoded.audio_rate != SAMPLE_RATE:
+            raise ValueError(f"audio at {item.decoded.audio_rate} Hz: the decoder must deliver {SAMPLE_RATE} Hz")
+        tail = state.get("tail")
+        wave = torch.from_numpy(np.concatenate([tail, chunk.audio]) if tail is not None else chunk.audio)
+        state["samples"] = state.get("samples", 0) + len(chunk.audio)
+        n = (len(wave) - EXAMPLE_SPAN) // EXAMPLE_HOP + 1 if len(wave) >= EXAMPLE_SPAN else 0
+        state["tail"] = wave[n * EXAMPLE_HOP:].numpy().copy()
+        return self._examples(wave[:(n - 1) * EXAMPLE_HOP + EXAMPLE_SPAN] if n else wave[:0], state, pad=False)
+
+    def last_units(self, item: VideoItem, state: dict) -> tuple[torch.Tensor, np.ndarray]:
+        """A track with sound shorter than one example: that track zero-padded to one example."""
+        if state.get("done", 0) or not 0 < state.get("samples", 0) < EXAMPLE_SPAN:
+            return torch.zeros(0, 1, EXAMPLE_FRAMES, MEL_BANDS), np.zeros(0)
+        return self._examples(torch.from_numpy(state["tail"]), state, pad=True)
+
+    def _examples(self, wave: torch.Tensor, state: dict, pad: bool) -> tuple[torch.Tensor, np.ndarray]:
+        units = examples(wave, SAMPLE_RATE, pad_short=pad)
+        done = state.get("done", 0)
+        state["done"] = done + len(units)
+        return units, (done + np.arange(len(units))) * EXAMPLE_S
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """``[B, 1, 96, 64]`` -> ``[B, 128]`` float32 (CPU)."""
         return self.model(batch.to(self.device, self.dtype)).float().cpu()
 
-    def to_rows(self, item: VideoItem, outputs: list) -> list[FeatureRow]:
-        values = torch.stack(outputs).numpy()
-        starts = np.arange(len(values)) * EXAMPLE_S
-        return [FeatureRow(item.video_id, values, starts, "ok", None, {"has_audio": True})]
+    def to_rows(self, item: VideoItem, outputs: list, times: np.ndarray) -> list[FeatureRow]:
+        return [FeatureRow(item.video_id, torch.stack(outputs).numpy(), times, "ok", None, {"has_audio": True})]
 
     def no_unit_rows(self, item: VideoItem) -> list[FeatureRow]:
         """No audio stream (or an empty one): ``empty``, ``has_audio`` False; not an error."""

@@ -22,7 +22,7 @@ import torch
 
 from data.store import FeatureRow
 from extractors.base import Extractor, VideoItem, Weights, seeded_build
-from extractors.decode import DecodeRequest
+from extractors.decode import DecodedChunk, DecodeRequest
 
 _CLIP_CACHE: dict[tuple, torch.nn.Module] = {}
 _TOKENIZERS: dict[str, object] = {}
@@ -95,9 +95,9 @@ class ClipFramesExtractor(_ClipBase):
     def extra_params(self) -> dict:
         return {"fps": self.fps, "size": self.size, "resize": f"short side + centre crop, {self.interpolation}"}
 
-    def units(self, item: VideoItem) -> torch.Tensor:
-        """``[T, S, S, 3]`` uint8 frames."""
-        return torch.from_numpy(item.decoded.frames)
+    def units(self, item: VideoItem, chunk: DecodedChunk, state: dict) -> tuple[torch.Tensor, np.ndarray]:
+        """``[t, S, S, 3]`` uint8 frames of the window and their ``[t]`` times."""
+        return torch.from_numpy(chunk.frames), chunk.frame_times
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """``[B, S, S, 3]`` uint8 -> ``[B, D]`` float32 (CPU)."""
@@ -105,9 +105,8 @@ class ClipFramesExtractor(_ClipBase):
         x = ((x - self.mean) * self.inv_std).to(self.dtype)
         return self.model.encode_image(x).float().cpu()
 
-    def to_rows(self, item: VideoItem, outputs: list) -> list[FeatureRow]:
-        values = torch.stack(outputs).numpy()
-        return [FeatureRow(item.video_id, values, item.decoded.frame_times)]
+    def to_rows(self, item: VideoItem, outputs: list, times: np.ndarray) -> list[FeatureRow]:
+        return [FeatureRow(item.video_id, torch.stack(outputs).numpy(), times)]
 
 
 class ClipTextExtractor(_ClipBase):
@@ -137,8 +136,11 @@ class ClipTextExtractor(_ClipBase):
     def decode_error(self, item: VideoItem) -> str | None:
         return None  # captions do not depend on the video file
 
-    def units(self, item: VideoItem) -> list[tuple[int, str]]:
-        return list(enumerate(item.record.captions))
+    def units(self, item: VideoItem, chunk: DecodedChunk, state: dict) -> tuple[list, None]:
+        return [], None  # text rows do not depend on the video
+
+    def last_units(self, item: VideoItem, state: dict) -> tuple[list[tuple[int, str]], None]:
+        return list(enumerate(item.record.captions)), None
 
     def collate(self, parts: list) -> list[tuple[int, str]]:
         return [u for part in parts for u in part]
@@ -174,7 +176,7 @@ class ClipTextExtractor(_ClipBase):
         x = x.float().cpu().numpy()
         return [(i, cap, x[k, :int(eot[k]) + 1].copy(), int(eot[k])) for k, (i, cap) in enumerate(batch)]
 
-    def to_rows(self, item: VideoItem, outputs: list) -> list[FeatureRow]:
+    def to_rows(self, item: VideoItem, outputs: list, times: np.ndarray) -> list[FeatureRow]:
         return [FeatureRow(item.video_id, values, np.zeros(0), "ok", None,
                            {"caption_index": i, "eot_index": eot, "caption": cap})
                 for i, cap, values, eot in outputs]

@@ -6,7 +6,9 @@ cores; the Kinetics recipe uses 224 — pass ``--motion-size 224`` with pretrain
 Clips: consecutive non-overlapping runs of ``clip_frames`` (default 32, i.e. 2.13 s at 15 fps)
 dense frames for the fast pathway; the slow pathway takes ``clip_frames / alpha`` (alpha = 4)
 evenly spaced frames of the same clip. A last partial clip is kept when it holds at least half a
-clip (and a video always gives at least one clip), padded by repeating its last frame.
+clip (and a video always gives at least one clip), padded by repeating its last frame. Clips are
+cut from the decoder's windows as they arrive (fewer than ``clip_frames`` frames carried over), so
+the dense stream of a whole video is never held or copied at once.
 Normalisation: [0, 1] then mean 0.45 / std 0.225 per channel (pytorchvideo's Kinetics values;
 ``pytorchvideo.transforms`` does not import on this torchvision, so it is done here).
 
@@ -26,7 +28,7 @@ import torch
 
 from data.store import FeatureRow
 from extractors.base import Extractor, VideoItem, Weights, cached_local_model
-from extractors.decode import DecodeRequest
+from extractors.decode import DecodedChunk, DecodeRequest
 
 ALPHA = 4
 MEAN, STD = 0.45, 0.225
@@ -95,14 +97,25 @@ class MotionExtractor(Extractor):
         return {"fps": self.fps, "size": self.size, "clip_frames": self.clip_frames, "alpha": ALPHA,
                 "resize": "short side + centre crop, BILINEAR", "mean": MEAN, "std": STD}
 
-    def units(self, item: VideoItem) -> torch.Tensor:
-        """``[N_clips, clip_frames, S, S, 3]`` uint8 clips (last one padded by repetition)."""
-        dense = item.decoded.dense
-        clips = []
-        for start, end in clip_spans(len(dense), self.clip_frames):
-            idx = np.minimum(np.arange(start, start + self.clip_frames), end - 1)
-            clips.append(torch.from_numpy(dense[idx]))
-        return torch.stack(clips) if clips else torch.zeros(0, self.clip_frames, self.size, self.size, 3, dtype=torch.uint8)
+    def units(self, item: VideoItem, chunk: DecodedChunk, state: dict) -> tuple[torch.Tensor, np.ndarray]:
+        """Full clips of the carried-over + new dense frames: ``[n, clip_frames, S, S, 3]`` uint8 and
+        their ``[n]`` centre times; the remainder is carried to the next window."""
+        frames = np.concatenate([state["frames"], chunk.dense]) if "frames" in state else chunk.dense
+        times = np.concatenate([state["times"], chunk.dense_times]) if "times" in state else chunk.dense_times
+        n = len(frames) // self.clip_frames * self.clip_frames
+        state["frames"], state["times"] = frames[n:].copy(), times[n:]
+        state["clips"] = state.get("clips", 0) + n // self.clip_frames
+        clips = frames[:n].reshape(-1, self.clip_frames, *frames.shape[1:])
+        span = times[:n].reshape(-1, self.clip_frames)
+        return torch.from_numpy(clips), (span[:, 0] + span[:, -1]) / 2
+
+    def last_units(self, item: VideoItem, state: dict) -> tuple[torch.Tensor, np.ndarray]:
+        """The last partial clip (kept when at least half full, or when it is the only one), padded."""
+        frames, times = state.get("frames", []), state.get("times", [])
+        if not len(frames) or (state.get("clips", 0) and len(frames) < self.clip_frames / 2):
+            return torch.zeros(0, self.clip_frames, self.size, self.size, 3, dtype=torch.uint8), np.zeros(0)
+        idx = np.minimum(np.arange(self.clip_frames), len(frames) - 1)
+        return torch.from_numpy(frames[idx][None]), np.asarray([(times[0] + times[-1]) / 2])
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """``[B, T, S, S, 3]`` uint8 -> ``[B, 2304]`` float32 (CPU)."""
@@ -110,7 +123,5 @@ class MotionExtractor(Extractor):
         slow = fast.index_select(2, self.slow_index)
         return self.model([slow, fast]).float().cpu()  # a fresh list: the model mutates it
 
-    def to_rows(self, item: VideoItem, outputs: list) -> list[FeatureRow]:
-        times = item.decoded.dense_times
-        centres = [(times[s] + times[e - 1]) / 2 for s, e in clip_spans(len(times), self.clip_frames)]
-        return [FeatureRow(item.video_id, torch.stack(outputs).numpy(), np.asarray(centres))]
+    def to_rows(self, item: VideoItem, outputs: list, times: np.ndarray) -> list[FeatureRow]:
+        return [FeatureRow(item.video_id, torch.stack(outputs).numpy(), times)]

@@ -5,7 +5,8 @@ folder; ``extract_shard`` does one shard: it finds, per modality, the videos not
 same extractor-id *and the same content* (the rows' fingerprint must equal the video file's
 fingerprint now, or for text the caption digest: :mod:`data.fingerprint`), decodes each such video
 ONCE in background threads (running ahead of the models) with the union of what the modalities
-still need, feeds every modality from that decode, and writes one store shard per modality.
+still need, streams the decoded windows to every modality (bounded memory per video), and writes
+one store shard per modality.
 ``extract_dataset`` runs all shards in order and ends with :func:`finish_run` (debris removed and
 superseded rows compacted away, when no other writer is busy). Both are plain functions on
 picklable arguments, so a Prefect task (flows/extract.py) or a Dask worker can call
@@ -19,11 +20,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import queue
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Callable, ContextManager, Iterable, Iterator
 
@@ -31,9 +35,9 @@ from data.fingerprint import current_fingerprints
 from data.manifest import Manifest, ManifestError, VideoRecord, read_manifest, safe_video_path
 from data.settings import Settings, get_settings
 from data.store import RANDOM_WARNING, FeatureRow, FeatureSet
-from extractors.base import Extractor, VideoItem
 from data.progress import ProgressEvent, ProgressFn
-from extractors.decode import DecodeError, DecodeRequest, decode_video
+from extractors.base import Extractor, VideoItem, push_video, resolve_device
+from extractors.decode import DecodeError, DecodeOptions, DecodeRequest, stream_video
 from extractors.inprogress import crash_error, dead_records, decoding, records_dir
 from extractors.registry import DEFAULT_MODELS, MODALITIES, build_extractor
 
@@ -47,7 +51,9 @@ class ExtractConfig:
 
     ``weights`` / ``models`` / ``batch_sizes``: per modality (``clip_text`` defaults to the
     ``clip_frames`` model and weights). ``options``: per-modality parameters, e.g.
-    ``{"motion": {"size": 128, "fps": 15}, "clip_frames": {"fps": 1}}``.
+    ``{"motion": {"size": 128, "fps": 15}, "clip_frames": {"fps": 1}}``. ``decode``,
+    ``decode_threads``, ``decode_budget_s``, ``hwaccel``: see :class:`DecodeOptions` (``hwaccel``
+    ``auto`` = NVDEC when the device is CUDA).
     """
 
     modalities: tuple[str, ...] = MODALITIES
@@ -60,6 +66,10 @@ class ExtractConfig:
     precision: str = "auto"
     decode_workers: int = 1
     prefetch: int = 4
+    decode: str = "fast"
+    decode_threads: int = 0
+    decode_budget_s: float = 900.0
+    hwaccel: str = "auto"
 
     def __post_init__(self):
         self.modalities = tuple(self.modalities)
@@ -86,6 +96,15 @@ class ExtractConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def decode_options(self) -> DecodeOptions:
+        """How this run decodes; decoder threads default to the cores shared by the decode workers."""
+        hwaccel = self.hwaccel
+        if hwaccel == "auto":
+            hwaccel = "cuda" if resolve_device(self.device).type == "cuda" else "none"
+        threads = self.decode_threads or max(1, (os.cpu_count() or 1) // max(1, self.decode_workers))
+        return DecodeOptions(mode=self.decode, threads=threads, hwaccel=None if hwaccel == "none" else hwaccel,
+                             budget_s=self.decode_budget_s)
 
 
 @dataclass
@@ -157,37 +176,110 @@ def merged_request(extractors: Iterable[Extractor]) -> DecodeRequest:
     return request
 
 
+_END = object()
+
+
+class _Handoff:
+    """A bounded queue of one video's decode messages, from a decode thread to the consumer."""
+
+    def __init__(self, size: int, where: str):
+        self.where = where
+        self.queue: queue.Queue = queue.Queue(maxsize=size)
+        self.cancelled = threading.Event()
+
+    def put(self, message) -> bool:
+        """Wait for room (False: the consumer gave the video up)."""
+        while not self.cancelled.is_set():
+            try:
+                self.queue.put(message, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(self):
+        while True:
+            try:
+                return self.queue.get(timeout=0.2)
+            except queue.Empty:
+                if self.cancelled.is_set():
+                    raise DecodeError(f"{self.where}: decoding abandoned (the next video was asked for first)") from None
+
+    def chunks(self):
+        """The windows in order; re-raises the decoder's error; cancels the producer when left early."""
+        try:
+            while (message := self.get()) is not _END:
+                if isinstance(message, DecodeError):
+                    raise message
+                yield message
+        finally:
+            self.cancelled.set()
+
+
 def iter_decoded(jobs: Iterable[tuple[VideoRecord, DecodeRequest]], video_root, *, workers: int = 1,
-                 prefetch: int = 4, guard: Callable[[VideoRecord], ContextManager] | None = None
-                 ) -> Iterator[VideoItem]:
+                 prefetch: int = 4, window_queue: int = 2,
+                 guard: Callable[[VideoRecord], ContextManager] | None = None) -> Iterator[VideoItem]:
     """Decode each job once in ``workers`` background threads, up to ``prefetch`` videos ahead.
 
-    Yields :class:`VideoItem` in job order; a :class:`DecodeError` (or a path that leaves the video
-    root) becomes ``item.error``. Jobs with an empty request are not opened at all. ``guard(record)``
-    wraps each decode (the in-progress record of :func:`decoding`).
+    Yields :class:`VideoItem` in job order as soon as its file is open; ``item.chunks`` streams the
+    decoded windows, each decoder waiting when ``window_queue`` windows are unread (so memory is
+    about ``(prefetch + 1) * window_queue`` windows, whatever the videos' lengths). A file that cannot
+    be opened (or a path that leaves the video root) gives ``item.error``; a :class:`DecodeError`
+    later is raised from ``item.chunks``. Jobs with an empty request are not opened at all. Consume
+    (or drop) items in order. ``guard(record)`` wraps each decode (the in-progress record of
+    :func:`decoding`).
     """
-    def work(record: VideoRecord, request: DecodeRequest) -> VideoItem:
-        if request.empty:
-            return VideoItem(record)
+    def work(record: VideoRecord, request: DecodeRequest, box: _Handoff) -> None:
         path = video_root / record.path
         try:
             path = safe_video_path(video_root, record.path)
             with guard(record) if guard else nullcontext():
-                return VideoItem(record, decode_video(path, request))
-        except (DecodeError, ManifestError) as exc:
-            return VideoItem(record, error=str(exc))
+                with stream_video(path, request) as stream:
+                    if not box.put(stream.info):
+                        return
+                    for chunk in stream.chunks():
+                        if not box.put(chunk):
+                            return
+            box.put(_END)
+        except DecodeError as exc:
+            box.put(exc)
+        except ManifestError as exc:
+            box.put(DecodeError(str(exc)))
         except Exception as exc:  # noqa: BLE001 - an unforeseen decoder failure is still one video's failure
-            return VideoItem(record, error=f"{path}: decoding failed ({exc.__class__.__name__}: {exc})")
+            box.put(DecodeError(f"{path}: decoding failed ({exc.__class__.__name__}: {exc})"))
 
-    jobs = iter(jobs)
+    def item(record: VideoRecord, request: DecodeRequest, box: _Handoff | None) -> VideoItem:
+        if box is None:
+            return VideoItem(record)
+        first = box.get()
+        if isinstance(first, DecodeError):
+            return VideoItem(record, error=str(first))
+        return VideoItem(record, first, chunks=box.chunks())
+
+    ahead: deque = deque()
+    current: list = []  # the box of the item last yielded: dropped when the next one is asked for
+
+    def next_item() -> VideoItem:
+        for box in current:
+            box.cancelled.set()
+        record, request, box = ahead.popleft()
+        current[:] = [box] if box is not None else []
+        return item(record, request, box)
+
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
-        ahead: deque = deque()
-        for job in jobs:
-            ahead.append(pool.submit(work, *job))
-            if len(ahead) > prefetch:
-                yield ahead.popleft().result()
-        while ahead:
-            yield ahead.popleft().result()
+        try:
+            for record, request in jobs:
+                box = None if request.empty else _Handoff(window_queue, str(video_root / record.path))
+                if box is not None:
+                    pool.submit(work, record, request, box)
+                ahead.append((record, request, box))
+                if len(ahead) > prefetch:
+                    yield next_item()
+            while ahead:
+                yield next_item()
+        finally:
+            for box in current + [b for _, _, b in ahead if b is not None]:
+                box.cancelled.set()
 
 
 def extract_shard(dataset: str, video_ids: list[str], config: ExtractConfig | dict, *,
@@ -234,11 +326,11 @@ def extract_shard(dataset: str, video_ids: list[str], config: ExtractConfig | di
         if wanted:
             jobs.append((records[vid], merged_request(wanted)))
     start, last_report = time.time(), time.time()
+    jobs = [(record, replace(request, options=config.decode_options())) for record, request in jobs]
     for n, item in enumerate(iter_decoded(jobs, manifest.video_root, workers=config.decode_workers,
                                           prefetch=config.prefetch, guard=partial(decoding, in_progress)), 1):
-        for e in extractors:
-            if item.video_id in todo[e.modality]:
-                rows[e.modality] += e.push(item)
+        for modality, new in push_video([e for e in extractors if item.video_id in todo[e.modality]], item).items():
+            rows[modality] += new
         if on_progress:
             on_progress(ProgressEvent(f"{dataset} shard", n, len(jobs), "video",
                                       {m: len(r) for m, r in rows.items()}))
@@ -368,6 +460,15 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=None, help="videos per shard (default $TVR_SHARD_SIZE or 64)")
     p.add_argument("--decode-workers", type=int, default=1, help="background decode threads (default 1)")
     p.add_argument("--prefetch", type=int, default=4, help="videos decoded ahead of the models (default 4)")
+    p.add_argument("--decode", default="fast", choices=["fast", "exact"],
+                   help="fast: skip frames nothing refers to (same frames, fewer decoded); exact: decode every "
+                        "frame in one thread (default fast)")
+    p.add_argument("--decode-threads", type=int, default=0,
+                   help="FFmpeg threads per decoder (default 0: cores / decode workers for >= 640x360)")
+    p.add_argument("--decode-budget", type=float, default=900.0,
+                   help="seconds of decoding allowed per video before it is recorded failed (default 900)")
+    p.add_argument("--hwaccel", default="auto", choices=["auto", "none", "cuda"],
+                   help="GPU decoding (NVDEC); auto = when the device is CUDA; falls back to the CPU with a log line")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return p
 
@@ -384,4 +485,5 @@ def config_from_args(args: argparse.Namespace, settings: Settings) -> ExtractCon
         modalities=tuple(m.strip() for m in args.modalities.split(",") if m.strip()),
         weights=args.weights, models=args.model, batch_sizes=args.batch_size, options=options,
         seed=settings.seed if args.seed is None else args.seed, device=args.device or settings.device,
-        precision=args.precision, decode_workers=args.decode_workers, prefetch=args.prefetch)
+        precision=args.precision, decode_workers=args.decode_workers, prefetch=args.prefetch, decode=args.decode,
+        decode_threads=args.decode_threads, decode_budget_s=args.decode_budget, hwaccel=args.hwaccel)

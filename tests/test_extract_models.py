@@ -155,14 +155,19 @@ def test_slowfast_gives_2304_d_per_clip():
     ext = build_extractor("motion", "slowfast_r50", "random", device="cpu", size=64, fps=8.0, clip_frames=8)
     dense = np.random.default_rng(0).integers(0, 256, (20, 64, 64, 3), dtype=np.uint8)
     item = VideoItem(VideoRecord("v", "v.mp4", "train", ["x"]),
-                     DecodedVideo("v.mp4", dense=dense, dense_times=np.arange(20) / 8, has_video=True))
-    units = ext.units(item)
-    assert units.shape == (3, 8, 64, 64, 3)
+                     DecodedVideo(dense=dense, dense_times=np.arange(20) / 8, path="v.mp4", has_video=True))
+    state: dict = {}
+    units, times = ext.units(item, item.decoded.as_chunk(), state)
+    last, last_times = ext.last_units(item, state)
+    assert units.shape == (2, 8, 64, 64, 3) and last.shape == (1, 8, 64, 64, 3)
+    np.testing.assert_array_equal(last[0, 4:], np.repeat(dense[19:], 4, axis=0))  # padded with the last frame
     with torch.inference_mode():
-        out = ext.forward(units)
+        out = ext.forward(torch.cat([units, last]))
     assert out.shape == (3, 2304) and torch.isfinite(out).all()
-    rows = ext.to_rows(item, list(out))
-    np.testing.assert_allclose(rows[0].timestamps_s, [3.5 / 8, 11.5 / 8, 17.5 / 8])
+    np.testing.assert_allclose(np.concatenate([times, last_times]), [3.5 / 8, 11.5 / 8, 17.5 / 8])
+    (row,) = ext.push(item) + ext.flush()
+    np.testing.assert_allclose(row.values, out.numpy(), atol=1e-5)
+    np.testing.assert_allclose(row.timestamps_s, [3.5 / 8, 11.5 / 8, 17.5 / 8])
 
 
 def test_slowfast_weights_file_drops_the_classifier_and_loads_the_rest(tmp_path):
@@ -205,8 +210,11 @@ class _Sum(Extractor):
     def extra_params(self):
         return {}
 
-    def units(self, item):
-        return torch.tensor(item.record.captions, dtype=torch.float32)
+    def units(self, item, chunk, state):
+        return [], None
+
+    def last_units(self, item, state):
+        return torch.tensor(item.record.captions, dtype=torch.float32), np.arange(len(item.record.captions))
 
     def forward(self, batch):
         self.batches.append(len(batch))
@@ -214,8 +222,8 @@ class _Sum(Extractor):
             raise RuntimeError("bad unit")
         return torch.stack([batch, 2 * batch], 1)
 
-    def to_rows(self, item, outputs):
-        return [FeatureRow(item.video_id, torch.stack(outputs).numpy(), np.arange(len(outputs)))]
+    def to_rows(self, item, outputs, times):
+        return [FeatureRow(item.video_id, torch.stack(outputs).numpy(), times)]
 
 
 def _run(ext, videos):

@@ -38,7 +38,7 @@ def test_pipeline_report_matches_evaluate(tvr_home, tmp_path, capsys, monkeypatc
     def no_extraction(*args, **kwargs):
         raise AssertionError("the second run decoded or encoded a video again")
 
-    monkeypatch.setattr(extractors.run, "decode_video", no_extraction)
+    monkeypatch.setattr(extractors.run, "stream_video", no_extraction)
     for cls in (ClipFramesExtractor, AudioExtractor, MotionExtractor):  # the text tower still encodes
         monkeypatch.setattr(cls, "forward", no_extraction)               # the report's example queries
     assert pipeline_flow(n=16, seed=3, epochs=1) == report  # second run: every video already extracted

@@ -72,13 +72,13 @@ def home(tiny_synthetic, tvr_home, tmp_path):
 def decoded(monkeypatch):
     """Paths of the video files the extractors decode."""
     seen: list[str] = []
-    real = extract_run.decode_video
+    real = extract_run.stream_video
 
     def spy(path, request):
         seen.append(Path(path).stem)
         return real(path, request)
 
-    monkeypatch.setattr(extract_run, "decode_video", spy)
+    monkeypatch.setattr(extract_run, "stream_video", spy)
     return seen
 
 
@@ -162,7 +162,7 @@ def test_nothing_new_does_no_model_work(home, monkeypatch):
         raise AssertionError("model or decoder work during a reindex with nothing new")
 
     monkeypatch.setattr(torch.nn.Module, "__call__", forbidden)
-    monkeypatch.setattr(extract_run, "decode_video", forbidden)
+    monkeypatch.setattr(extract_run, "stream_video", forbidden)
     monkeypatch.setattr(extract_run, "extract_shard", forbidden)
     third = rx.reindex(DS)
     assert (third.status, third.added, third.changed, third.removed, third.encoded) == ("up-to-date", 0, 0, 0, 0)
