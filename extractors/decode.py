@@ -332,8 +332,6 @@ def stream_video(path: str | os.PathLike, request: DecodeRequest) -> "VideoStrea
         OPENS[where] += 1
     container, device = _open(where, request.options.hwaccel if request.wants_video else None)
     try:
-from data.videofiles import FILE_ONLY, file_url
-
         return VideoStream(container, where, request, device)
     except BaseException:
         container.close()
