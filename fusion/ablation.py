@@ -85,6 +85,7 @@ def summarise(dataset: str, rows: list[tuple[int, dict]], seeds: list[int], sett
     table = []
     random_weights = False
     n_test = None
+    protocols: set[tuple[str, str]] = set()
     for i, row in rows:
         per_seed = []
         for seed in seeds:
@@ -92,13 +93,18 @@ def summarise(dataset: str, rows: list[tuple[int, dict]], seeds: list[int], sett
             m = json.loads((rdir / "metrics.json").read_text())
             random_weights |= bool(m["random_weights"])
             n_test = m["test"]["n_videos"]
+            protocols.add((m["test"]["ties"], m["test"]["v2t_protocol"]))
             per_seed.append({**{f"t2v {k}": m["test"]["t2v"][k] for k in ("R@1", "R@5", "R@10")},
                              **{f"v2t {k}": m["test"]["v2t"][k] for k in ("R@1", "R@5", "R@10")},
                              **{f"match {a}": v for a, v in attribute_match(rdir, dataset, settings, attrs).items()}})
         stats = {k: _mean_sd([s[k] for s in per_seed]) for k in per_seed[0]}
         table.append({"name": row["name"], "model": row["model"], "set": row.get("set", {}), "stats": stats,
                       "per_seed": per_seed})
+    if len(protocols) > 1:
+        raise ValueError(f"the runs of this ablation were scored under different protocols: {sorted(protocols)}")
+    ties, v2t = protocols.pop() if protocols else ("", "")
     return {"dataset": dataset, "seeds": seeds, "rows": table, "oracle": oracle, "n_test_videos": n_test,
+            "ties": ties, "v2t_protocol": v2t,
             "chance_R@1": 100.0 / n_test if n_test else None, "random_weights": random_weights}
 
 
@@ -108,9 +114,9 @@ def markdown(summary: dict) -> str:
     if rw:
         lines += ["**RANDOM WEIGHTS: the features come from randomly initialised extractors.**", ""]
     lines += [f"Test split: {summary['n_test_videos']} videos, every caption a query; chance R@1 = "
-              f"{summary['chance_R@1']:.1f}. Ties: expected value under random tie-breaking. "
-              "Video-to-text: all captions ranked, best correct caption. Attribute match: % of queries "
-              "whose top-ranked video has the queried attribute.", ""]
+              f"{summary['chance_R@1']:.1f}. {summary['ties']} (expected value under random tie-breaking). "
+              f"{summary['v2t_protocol']} (the protocol the runs computed). Attribute match: % of "
+              "queries whose top-ranked video has the queried attribute.", ""]
     keys = ["t2v R@1", "t2v R@5", "t2v R@10", "v2t R@1", "v2t R@5", "v2t R@10"]
     match = [f"match {a}" for a in ("colour", "size", "motion", "sound")]
     lines += ["| row | " + " | ".join(keys + [m.replace("match ", "") for m in match]) + " |",

@@ -19,6 +19,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from fusion.config import load_config, model_names
 from fusion.data import DatasetFeatures, load_features
 from fusion.encoding import encode_texts, encode_videos, score_matrix
 from fusion.factory import build_model, modalities_for
-from retrieval.metrics import evaluate_scores
+from data.metrics import evaluate_scores
 
 RANDOM_LABEL = "RANDOM WEIGHTS: features come from randomly initialised extractors; numbers say nothing about real retrieval"
 
@@ -96,11 +97,13 @@ def assemble_batch(feats: DatasetFeatures, caps: np.ndarray, config: dict, model
     videos, pair_video = torch.unique(feats.caption_video[caps], return_inverse=True)
     sampling = config["frame_sampling"]
     out = {"text": feats.text_batch(caps, config["max_words"], eot_only=not model.needs_tokens).to(device),
-           "video": feats.video_batch(videos, config["max_frames"], sampling, gen).to(device),
            "positives": (pair_video[:, None] == torch.arange(len(videos))[None]).to(device),
            "pair_video": pair_video.to(device), "second_view": None}
     if model.wants_second_view(epoch):
-        out["second_view"] = feats.video_batch(videos, config["max_frames"], sampling, gen).to(device)
+        first, second = feats.video_views(videos, config["max_frames"], sampling, gen)
+        out["video"], out["second_view"] = first.to(device), second.to(device)
+    else:
+        out["video"] = feats.video_batch(videos, config["max_frames"], sampling, gen).to(device)
     return out
 
 
@@ -112,6 +115,7 @@ def train_step(model, optimizer, scheduler, inputs: dict, epoch: int, grad_clip:
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
     optimizer.step()
+    model.after_step()
     scheduler.step()
     return parts
 
@@ -229,6 +233,10 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
             entry["fitted_on_validation"] = val["fitted_on_validation"]
         if feats.random_weights:
             entry["WARNING"] = "RANDOM WEIGHTS"
+        if model.wants_second_view(epoch) and not sums.get("extra_positives", 0.0):
+            entry["denoising_warning"] = (f"epoch {epoch}: label denoising mined no extra positive in any "
+                                          f"batch (extra_positives = 0): it changed nothing this epoch")
+            warnings.warn(entry["denoising_warning"], RuntimeWarning, stacklevel=2)
         history.append(entry)
         say(json.dumps(entry))
         extra = {"val": val["t2v"], "random_weights": feats.random_weights}

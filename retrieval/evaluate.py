@@ -14,7 +14,7 @@ Two modes:
   V.txt the id of each column (one per line). ``--similarity`` is repeatable (mean and spread).
 
 OUT.json holds ``{"t2v": {"R@1","R@5","R@10","MdR","MnR"}, "v2t": {...}, "protocol": {...}}``
-with R@K in percent and ranks 1-based (ties averaged, see :mod:`retrieval.metrics`), plus
+with R@K in percent and ranks 1-based (ties averaged, see :mod:`data.metrics`), plus
 ``dual_softmax`` (a separate, labelled row; never the headline) when asked, the published
 reference rows for MSR-VTT, and ``random_weights`` / ``WARNING`` for models with random weights.
 """
@@ -31,13 +31,14 @@ from data.atomic import write_json_atomic, write_text_atomic
 from data.settings import Settings, get_settings
 from retrieval import report
 from retrieval.faiss_index import INDEX_TYPES, IndexFolderError, build_faiss
-from retrieval.metrics import (KS, V2T_PROTOCOLS, DualSoftmaxScores, FunctionScores, GroundTruth,
+from data.metrics import (KS, V2T_PROTOCOLS, DualSoftmaxScores, FunctionScores, GroundTruth,
                                ScoreError, VectorScores, as_source,
                                evaluate_scores)
 from retrieval.ranked import counts_from_index, counts_with_rerank
 from retrieval.runs import ZERO_SHOT, RunNotFound, fusion_api, load, run_name
 
 RANDOM_BANNER = "!!! RANDOM WEIGHTS: these numbers come from randomly initialised feature extractors !!!"
+DSL_TEMPERATURE = 100.0   # CLIP's logit scale: model scores are cosines, so softmax(S) alone is nearly flat
 DSL_LABEL = "dual softmax (transductive post-processing; not a headline result)"
 
 
@@ -250,9 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--v2t-protocol", default="group-best", choices=V2T_PROTOCOLS + ("both",),
                      help="video-to-text: group-best (caption groups scored by their best caption) or "
                           "all-captions (rank of the best correct caption); both = both rows")
-    out.add_argument("--dual-softmax", type=float, nargs="?", const=1.0, default=None, metavar="TEMP",
+    out.add_argument("--dual-softmax", type=float, nargs="?", const=DSL_TEMPERATURE, default=None, metavar="TEMP",
                      help="add a labelled dual-softmax row, S * softmax(TEMP * S over queries) "
-                          "(default TEMP 1; use ~100 for raw cosine scores); never the headline")
+                          f"(default TEMP {DSL_TEMPERATURE:g}, CLIP's logit scale for cosine scores); never the headline")
     out.add_argument("--json", type=Path, help="write the result here")
     out.add_argument("--markdown", type=Path, help="write a Markdown table here (default: beside --json)")
     return parser

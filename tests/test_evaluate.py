@@ -10,7 +10,7 @@ import pytest
 
 from fake_fusion_api import FakeFusion, write_dataset
 from retrieval import evaluate
-from retrieval.metrics import KS
+from data.metrics import KS
 
 S = np.array([[0.9, 0.1, 0.2, 0.0], [0.5, 0.4, 0.2, 0.1], [0.2, 0.2, 0.2, 0.2],
               [0.5, 0.6, 0.7, 0.8], [0.1, 0.8, 0.6, 0.0], [0.6, 0.9, 0.5, 0.1]], np.float32)

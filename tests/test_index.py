@@ -11,7 +11,7 @@ from data.settings import get_settings
 from fake_fusion_api import write_dataset
 from retrieval import faiss_index
 from retrieval import index as rindex
-from retrieval.metrics import GroundTruth, VectorScores, evaluate_scores, text_to_video_counts
+from data.metrics import GroundTruth, VectorScores, evaluate_scores, text_to_video_counts
 from retrieval.ranked import counts_from_index, counts_with_rerank
 
 INFO = {"extractor_ids": {"clip_frames": "aaa", "clip_text": "bbb"}, "random_weights": True, "model": "zero-shot"}

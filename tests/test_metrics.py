@@ -1,4 +1,4 @@
-"""Hand-computed cases for retrieval.metrics, plus independent brute-force and CE-style checks."""
+"""Hand-computed cases for data.metrics, plus independent brute-force and CE-style checks."""
 from __future__ import annotations
 
 import itertools
@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from retrieval.metrics import (DualSoftmaxScores, MatrixScores, RankCounts, ScoreError,
+from data.metrics import (DualSoftmaxScores, MatrixScores, RankCounts, ScoreError,
                                VectorScores, evaluate_scores)
 
 # Videos A, B, C have 3, 1 and 2 captions (uneven); D has none (a distractor).
@@ -166,6 +166,6 @@ def test_bad_ids_and_shapes_rejected():
 def test_dual_softmax_hand_computed():
     base = np.array([[1.0, 0.0], [0.0, 1.0]])
     e = np.e / (np.e + 1)
-    dual = DualSoftmaxScores(MatrixScores(base))
+    dual = DualSoftmaxScores(MatrixScores(base), temperature=1.0)
     assert dual.rows(0, 2) == pytest.approx(np.array([[e, 0.0], [0.0, e]]))
     assert dual.cols(np.array([1])) == pytest.approx(np.array([[0.0, e]]))  # transposed chunk

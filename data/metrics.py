@@ -126,11 +126,14 @@ class FunctionScores:
 class DualSoftmaxScores:
     """Dual softmax post-processing: ``S * softmax(temperature * S, axis=queries)``.
 
+    The default temperature 100 is CLIP's logit scale (scores are cosines; at 1 the softmax is
+    nearly flat and the post-processing nearly a no-op).
+
     Transductive (each score depends on every query), so it is only ever a separate, labelled row.
     The per-column log-normaliser is computed once, streaming over row chunks.
     """
 
-    def __init__(self, base: ScoreSource, temperature: float = 1.0, chunk_bytes: int = CHUNK_BYTES):
+    def __init__(self, base: ScoreSource, temperature: float = 100.0, chunk_bytes: int = CHUNK_BYTES):
         self.base, self.temperature = base, float(temperature)
         self.n_rows, self.n_cols = base.n_rows, base.n_cols
         peak = np.full(self.n_cols, -np.inf)
