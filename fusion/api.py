@@ -17,7 +17,7 @@ from data.settings import Settings, get_settings
 from fusion.base import Encoding, take
 from fusion.config import load_config
 from fusion.data import FRAMES, TEXT, AUDIO, MOTION, Ragged, load_features, pick_extractor, truncate_tokens
-from fusion.encoding import encode_texts, encode_videos, model_device, score_matrix
+from fusion.encoding import encode_texts, encode_videos, model_device, resolve_device, score_matrix
 from fusion.factory import build_model, modalities_for
 
 
@@ -33,15 +33,21 @@ class LoadedModel:
     fine_grained: bool
 
 
-def load_model(run: str | Path, *, dataset: str | None = None, settings: Settings | None = None) -> LoadedModel:
-    """A run folder, a run id under ``settings.runs_dir``, or ``"zero-shot"`` (needs ``dataset``)."""
+def load_model(run: str | Path, *, dataset: str | None = None, settings: Settings | None = None,
+               device: str | None = None) -> LoadedModel:
+    """A run folder, a run id under ``settings.runs_dir``, or ``"zero-shot"`` (needs ``dataset``).
+
+    The model lives on ``device`` (default ``settings.device``, i.e. ``$TVR_DEVICE``; ``auto`` =
+    CUDA when present), so every encoding through this API runs there; results come back on the CPU.
+    """
     settings = settings or get_settings()
+    target = resolve_device(device or settings.device)
     if str(run) == "zero-shot":
         if not dataset:
             raise ValueError("load_model('zero-shot') needs dataset=...: it uses that dataset's stored clip extractors")
         infos = {m: pick_extractor(settings, dataset, m) for m in (FRAMES, TEXT)}
         config = load_config("zero-shot")
-        model = build_model(config, int(infos[FRAMES]["dim"])).eval()
+        model = build_model(config, int(infos[FRAMES]["dim"])).eval().to(target)
         return LoadedModel(model, "zero-shot", config, None, dataset, {m: i["extractor_id"] for m, i in infos.items()},
                            any(i.get("random_weights", False) for i in infos.values()), False)
     folder = Path(run)
@@ -60,7 +66,7 @@ def load_model(run: str | Path, *, dataset: str | None = None, settings: Setting
         model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
     except (KeyError, RuntimeError) as exc:
         raise ValueError(f"{folder}: cannot rebuild the model ({exc})") from exc
-    model.eval()
+    model.eval().to(target)
     return LoadedModel(model, meta["model"], config, folder, meta["dataset"], dict(meta["extractor_ids"]),
                        bool(meta["random_weights"]), model.fine_grained)
 
@@ -129,7 +135,8 @@ def encode_queries(loaded: LoadedModel, texts: list[str], *, settings: Settings 
     batch = truncate_tokens(text, torch.arange(len(encoded)), eot, loaded.config["max_words"])
     with torch.no_grad():
         loaded.model.eval()
-        return loaded.model.text_vectors(loaded.model.encode_text(batch)).numpy().astype(np.float32)
+        encoded = loaded.model.encode_text(batch.to(model_device(loaded.model)))
+        return loaded.model.text_vectors(encoded).cpu().numpy().astype(np.float32)
 
 
 def encode_video_ids(loaded: LoadedModel, dataset: str, video_ids: list[str], *,
@@ -145,7 +152,7 @@ def encode_video_ids(loaded: LoadedModel, dataset: str, video_ids: list[str], *,
     found = [v for v in video_ids if v in position]
     if not found:
         return np.zeros((0, 0), np.float32), []
-    device = next(loaded.model.parameters(), torch.zeros(0)).device
+    device = model_device(loaded.model)
     rows = np.asarray([position[v] for v in found], np.int64)
     encoded = encode_videos(loaded.model, feats, rows, loaded.config, device)
     with torch.no_grad():

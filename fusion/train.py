@@ -15,6 +15,7 @@ labelled RANDOM WEIGHTS in every output.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -30,17 +31,20 @@ from data.atomic import atomic_path, write_json_atomic, write_text_atomic
 from data.settings import Settings, get_settings
 from fusion.config import load_config, model_names
 from fusion.data import DatasetFeatures, load_features
-from fusion.encoding import encode_texts, encode_videos, score_matrix
+from fusion.encoding import encode_texts, encode_videos, resolve_device, score_matrix
 from fusion.factory import build_model, modalities_for
 from data.metrics import evaluate_scores
 
 RANDOM_LABEL = "RANDOM WEIGHTS: features come from randomly initialised extractors; numbers say nothing about real retrieval"
 
 
-def pick_device(settings: Settings) -> torch.device:
-    if settings.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(settings.device)
+def autocast(device: torch.device, precision: str):
+    """Mixed precision for the forward pass and loss (``train.precision``); fp32 = none."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision fp16 needs a CUDA device (use bf16 on the CPU)")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def _step_seed(seed: int, epoch: int, step: int) -> int:
@@ -107,14 +111,26 @@ def assemble_batch(feats: DatasetFeatures, caps: np.ndarray, config: dict, model
     return out
 
 
-def train_step(model, optimizer, scheduler, inputs: dict, epoch: int, grad_clip: float) -> dict[str, float]:
-    """Forward, backward, clip, step; returns the loss parts."""
-    loss, parts = model.loss(inputs["text"], inputs["video"], inputs["positives"], inputs["pair_video"],
-                             epoch=epoch, second_view=inputs["second_view"])
+def train_step(model, optimizer, scheduler, inputs: dict, epoch: int, grad_clip: float,
+               precision: str = "fp32", scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+    """Forward (under ``precision`` autocast), backward, clip, step; returns the loss parts.
+    ``scaler``: fp16's loss scaling (CUDA)."""
+    device = inputs["video"].frames.device
+    with autocast(device, precision):
+        loss, parts = model.loss(inputs["text"], inputs["video"], inputs["positives"], inputs["pair_video"],
+                                 epoch=epoch, second_view=inputs["second_view"])
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     model.after_step()
     scheduler.step()
     return parts
@@ -143,8 +159,10 @@ class Run:
 
 def train(dataset: str, model_name: str, *, config_file: str | Path | None = None, overrides=(),
           seed: int = 0, epochs: int | None = None, run_id: str | None = None,
-          settings: Settings | None = None, threads: int | None = None, quiet: bool = False) -> Path:
-    """Train (or resume) one run; returns its folder. See the module docstring."""
+          settings: Settings | None = None, threads: int | None = None, quiet: bool = False,
+          device: str | None = None) -> Path:
+    """Train (or resume) one run on ``device`` (default ``settings.device``: ``$TVR_DEVICE``, ``auto``
+    = CUDA when present); returns its folder. See the module docstring."""
     settings = settings or get_settings()
     config = load_config(model_name, config_file, list(overrides))
     if epochs is not None:
@@ -152,7 +170,7 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
     if threads:
         torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    device = pick_device(settings)
+    device = resolve_device(device or settings.device)
     feats = load_features(dataset, modalities_for(config), extractors=config["extractors"], settings=settings,
                           val_holdout=config["val_holdout"])
     width = int(feats.frames.flat.shape[1])
@@ -192,6 +210,7 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
     scheduler = (torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, tc["warmup"]))
                  if optimizer else None)
 
+    scaler = torch.amp.GradScaler("cuda") if tc["precision"] == "fp16" and device.type == "cuda" else None
     state = run.load_state()
     history: list[dict] = []
     epoch, step, best = 0, 0, {"epoch": -1, "val_R@1": -1.0}
@@ -218,7 +237,7 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
             gen = torch.Generator().manual_seed(_step_seed(seed, epoch, step) + 1)
             caps = train_caps[order[step * batch:(step + 1) * batch].numpy()]
             inputs = assemble_batch(feats, caps, config, model, epoch, gen, device)
-            parts = train_step(model, optimizer, scheduler, inputs, epoch, tc["grad_clip"])
+            parts = train_step(model, optimizer, scheduler, inputs, epoch, tc["grad_clip"], tc["precision"], scaler)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             step += 1
@@ -279,10 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--run-id", help="run folder name under runs/ (an existing one is resumed)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda or cuda:N (default $TVR_DEVICE, else auto)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+                   help="autocast for forward and loss (sets train.precision; fp16 needs CUDA, with loss scaling)")
     args = p.parse_args(argv)
+    overrides = args.set + ([f"train.precision={args.precision}"] if args.precision else [])
     try:
-        train(args.dataset, args.model, config_file=args.config, overrides=args.set, seed=args.seed,
-              epochs=args.epochs, run_id=args.run_id, threads=args.threads)
+        train(args.dataset, args.model, config_file=args.config, overrides=overrides, seed=args.seed,
+              epochs=args.epochs, run_id=args.run_id, threads=args.threads, device=args.device)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
