@@ -79,6 +79,7 @@ class EncodedSplit:
     video_vectors: np.ndarray
     video_ids: list[str]
     fine_grained: bool
+    listed: tuple[int, int] | None = None   # (videos, queries) the manifest lists for the split
     _model: torch.nn.Module | None = field(default=None, repr=False)
     _text: Encoding | None = field(default=None, repr=False)
     _video: Encoding | None = field(default=None, repr=False)
@@ -120,7 +121,7 @@ def encode_split(loaded: LoadedModel, dataset: str, split: str, *, settings: Set
         vv = loaded.model.video_vectors(v_enc).numpy().astype(np.float32)
     return EncodedSplit(tv, [feats.video_ids[int(v)] for v in feats.caption_video[caps]],
                         [feats.captions[int(q)] for q in caps], vv, [feats.video_ids[int(v)] for v in videos],
-                        loaded.fine_grained, loaded.model, t_enc, v_enc)
+                        loaded.fine_grained, feats.listed_counts(split, captions), loaded.model, t_enc, v_enc)
 
 
 def encode_queries(loaded: LoadedModel, texts: list[str], *, settings: Settings | None = None) -> np.ndarray:

@@ -12,7 +12,8 @@ Frames are subsampled to ``max_frames`` uniformly (``linspace(0, n-1, N)``, METH
 or, for HCMI training, by two-view sampling (split into N segments, one random frame per segment;
 the second view of label denoising differs for every video of 2+ frames, :func:`other_view`).
 Splits come from the manifest; when it has no ``val`` split, a fixed fraction of ``train`` is
-held out (seed 0, the same for every model) so model selection never sees the test split.
+held out (seed 0, the same for every model) so model selection never sees the test split;
+``val_holdout: 0`` holds out nothing (every training video trains; selection = the last epoch).
 """
 from __future__ import annotations
 
@@ -228,6 +229,7 @@ class DatasetFeatures:
     motion: Ragged | None = None
     has_motion: torch.Tensor | None = None
     notes: list[str] | None = None     # what was dropped while loading (failed rows ...)
+    listed: dict[str, tuple[int, int]] | None = None   # manifest split -> (videos, captions) it lists
 
     def __post_init__(self):
         self._uniform: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -242,6 +244,14 @@ class DatasetFeatures:
         if split not in self.splits:
             raise ValueError(f"dataset {self.dataset!r} has no split {split!r}; splits: {sorted(self.splits)}")
         return self.splits[split]
+
+    def listed_counts(self, split: str, which: str = "all") -> tuple[int, int]:
+        """(videos, queries) the manifest lists for ``split``, before videos without usable features
+        were dropped; a ``val`` split held out of ``train`` here counts what was held out."""
+        if self.listed and split in self.listed:
+            videos, captions = self.listed[split]
+            return videos, captions if which == "all" else videos
+        return len(self.split_videos(split)), len(self.split_captions(split, which))
 
     def split_captions(self, split: str, which: str = "all") -> np.ndarray:
         """Caption indices of a split's videos: every caption (``all``) or each video's first (``first``)."""
@@ -384,12 +394,22 @@ def load_features(dataset: str, modalities: list[str] | tuple[str, ...], *, extr
 
     out = DatasetFeatures(dataset, {m: infos[m]["extractor_id"] for m in wanted}, infos, video_ids,
                           _splits(manifest, index, val_holdout), frames, text, eot, caption_video,
-                          captions, cap_index, notes=notes)
+                          captions, cap_index, notes=notes, listed=_listed(manifest))
     if AUDIO in wanted:
         out.audio, out.has_audio = _optional_modality(tables[AUDIO], video_ids, AUDIO, notes,
                                                       _audio_centre(infos[AUDIO]), "has_audio")
     if MOTION in wanted:
         out.motion, out.has_motion = _optional_modality(tables[MOTION], video_ids, MOTION, notes, 0.0, None)
+    return out
+
+
+def _listed(manifest) -> dict[str, tuple[int, int]]:
+    """Manifest split -> (videos, captions) it lists (``validation`` read as ``val``)."""
+    out: dict[str, tuple[int, int]] = {}
+    for split, caps in zip(manifest.table.column("split").to_pylist(), manifest.table.column("captions").to_pylist()):
+        name = "val" if split == "validation" else split
+        videos, captions = out.get(name, (0, 0))
+        out[name] = (videos + 1, captions + len(caps))
     return out
 
 
@@ -441,7 +461,7 @@ def _splits(manifest, index: dict[str, int], val_holdout: float) -> dict[str, np
         if vid in index:
             splits.setdefault("val" if split == "validation" else split, []).append(index[vid])
     out = {k: np.asarray(v, np.int64) for k, v in splits.items()}
-    if "val" not in out and "train" in out:
+    if "val" not in out and "train" in out and val_holdout > 0:
         train = out["train"]
         n_val = int(round(val_holdout * len(train))) if val_holdout < 1 else int(val_holdout)
         n_val = min(max(n_val, 1), len(train) - 1)

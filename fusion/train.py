@@ -6,7 +6,8 @@ Seeded and deterministic on CPU: the sample order of each epoch and the random s
 are functions of (seed, epoch, step), so a run killed at any point and resumed from its last
 checkpoint (``resume.pt``, written every ``train.checkpoint_every`` steps and at each epoch end)
 ends with the same weights and metrics as an uninterrupted run. The best epoch is chosen on the
-validation split's text-to-video R@1, never on test; the test split is scored once, at the end.
+validation split's text-to-video R@1, never on test (with no validation split, ``val_holdout: 0``
+as in CLIP4Clip's protocol, the last epoch); the test split is scored once, at the end.
 
 Writes ``runs/<run-id>/`` (DESIGN.md, contract C): config.json, log.jsonl, checkpoint-epoch-NNN.pt,
 best.pt, resume.pt, metrics.json, curves.png, report.md. Features from random-weight extractors are
@@ -87,9 +88,12 @@ def evaluate(model, feats: DatasetFeatures, split: str, config: dict, device, ca
     scores = np.asarray(score_matrix(model, t_enc, v_enc), np.float64)
     ids = [str(i) for i in range(len(videos))]
     result = evaluate_scores(scores, [ids[q] for q in query_video], ids)  # the one metric definition
-    out = {"t2v": result["t2v"], "v2t": result["v2t"], "ties": f"ties: {result['protocol']['ties']}",
+    listed_videos, listed_queries = feats.listed_counts(split, captions)
+    out = {"t2v": result["t2v"], "v2t": result["v2t"], "RSum": result["RSum"],
+           "ties": f"ties: {result['protocol']['ties']}",
            "v2t_protocol": f"video-to-text protocol: {result['protocol']['v2t']}",
-           "split": split, "n_videos": len(videos), "n_queries": len(caps)}
+           "split": split, "n_videos": len(videos), "n_queries": len(caps),
+           "n_videos_listed": listed_videos, "n_queries_listed": listed_queries}
     if fitted:
         out["fitted_on_validation"] = fitted
     return out
@@ -203,6 +207,7 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
     if model_name == "zero-shot" or not trainable:
         tc["epochs"] = 0
     train_caps = feats.split_captions("train")
+    has_val = len(feats.splits.get("val", ())) > 0
     batch = min(tc["batch_size"], len(train_caps))
     steps_per_epoch = max(1, len(train_caps) // batch) if len(train_caps) > 1 else 0
     total = steps_per_epoch * tc["epochs"]
@@ -243,12 +248,12 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
             step += 1
             if step % tc["checkpoint_every"] == 0 and step < steps_per_epoch:
                 save_state()
-        val = evaluate(model, feats, "val", config, device, fit=True)
+        val = evaluate(model, feats, "val", config, device, fit=True) if has_val else None
         entry = {"epoch": epoch, "steps": steps_per_epoch, "lr": scheduler.get_last_lr()[0],
                  **{k: v / steps_per_epoch for k, v in sums.items()},
-                 "val_t2v_R@1": val["t2v"]["R@1"], "val_v2t_R@1": val["v2t"]["R@1"],
+                 "val_t2v_R@1": val["t2v"]["R@1"] if val else None, "val_v2t_R@1": val["v2t"]["R@1"] if val else None,
                  "seconds": round(time.time() - t0, 2)}
-        if "fitted_on_validation" in val:
+        if val and "fitted_on_validation" in val:
             entry["fitted_on_validation"] = val["fitted_on_validation"]
         if feats.random_weights:
             entry["WARNING"] = "RANDOM WEIGHTS"
@@ -258,10 +263,10 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
             warnings.warn(entry["denoising_warning"], RuntimeWarning, stacklevel=2)
         history.append(entry)
         say(json.dumps(entry))
-        extra = {"val": val["t2v"], "random_weights": feats.random_weights}
+        extra = {"val": val["t2v"] if val else None, "random_weights": feats.random_weights}
         run.save_weights(f"checkpoint-epoch-{epoch:03d}.pt", model, epoch, extra)
-        if val["t2v"]["R@1"] > best["val_R@1"]:
-            best = {"epoch": epoch, "val_R@1": val["t2v"]["R@1"]}
+        if not val or val["t2v"]["R@1"] > best["val_R@1"]:       # no validation split: the last epoch
+            best = {"epoch": epoch, "val_R@1": val["t2v"]["R@1"] if val else None}
             run.save_weights("best.pt", model, epoch, extra)
         write_text_atomic(run.folder / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         epoch, step, sums = epoch + 1, 0, {}
@@ -272,10 +277,12 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
     else:  # nothing to train (zero-shot): the initial model is the model
         run.save_weights("best.pt", model, -1, {"random_weights": feats.random_weights})
         write_text_atomic(run.folder / "log.jsonl", "")
-    val = evaluate(model, feats, "val", config, device, fit=True)
+    val = evaluate(model, feats, "val", config, device, fit=True) if has_val else None
     test = evaluate(model, feats, "test", config, device)
+    selected_on = ("validation text-to-video R@1" if has_val else
+                   "last epoch (no validation split: val_holdout 0 and none in the manifest)")
     metrics = {"run_id": run_id, "model": model_name, "dataset": dataset, "seed": seed, "best_epoch": best["epoch"],
-               "selected_on": "validation text-to-video R@1", "val": val, "test": test,
+               "selected_on": selected_on, "val": val, "test": test,
                "extractor_ids": feats.extractor_ids, "random_weights": feats.random_weights}
     if feats.random_weights:
         metrics["WARNING"] = RANDOM_LABEL

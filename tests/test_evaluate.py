@@ -44,7 +44,7 @@ def test_precomputed_matrix_stable_json(matrix_files, capsys):
     assert evaluate.main(_args(matrix_files, "--json", str(out))) == 0
     result = json.loads(out.read_text())
     for direction in ("t2v", "v2t"):
-        assert set(result[direction]) == {"R@1", "R@5", "R@10", "MdR", "MnR"}
+        assert set(result[direction]) == {"R@1", "R@5", "R@10", "R@50", "RSum", "MdR", "MnR"}
     assert result["t2v"]["R@1"] == pytest.approx(37.5)          # hand-computed in test_metrics
     assert result["t2v"]["MdR"] == pytest.approx(2.25)
     assert result["v2t"]["MnR"] == pytest.approx(5 / 3)
