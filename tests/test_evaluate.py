@@ -159,3 +159,12 @@ def test_dimension_mismatch_refused(tvr_home, monkeypatch, capsys):
     monkeypatch.setattr(sys.modules["fusion.api"], "encode_split", mismatched)
     assert evaluate.main(["--run", "zero-shot", "--dataset", "toy"]) == 2
     assert "dimension mismatch: text vectors have 16 dimensions, video vectors 8" in capsys.readouterr().err
+
+
+def test_ks_choose_the_recall_columns_and_rsum_stays(matrix_files):
+    out = matrix_files / "KS.json"
+    assert evaluate.main(_args(matrix_files, "--ks", "2", "1", "--json", str(out))) == 0
+    result = json.loads(out.read_text())
+    assert set(result["t2v"]) == {"R@1", "R@2", "RSum", "MdR", "MnR"}
+    assert "| R@1 | R@2 | MdR | MnR | RSum |" in (matrix_files / "KS.md").read_text()
+    assert result["RSum"] == pytest.approx(result["t2v"]["RSum"] + result["v2t"]["RSum"])

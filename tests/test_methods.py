@@ -246,3 +246,39 @@ def test_ensemble_fit_picks_the_lambda_with_the_best_validation_r1():
     assert max(rates) > min(rates)                                         # the choice matters here
     assert _top1_hit_rate(model.fuse(cos, chosen.expand(n, -1), avail), positives) == max(rates)
     assert torch.equal(model.ensemble_lambda, chosen)
+
+
+# ---- 8. protocol: val_holdout 0, listed counts, R@50 / RSum ------------------------------------
+def test_val_holdout_zero_trains_on_every_training_video_and_selects_the_last_epoch(tmp_path):
+    from data.settings import get_settings
+    from fusion.data import load_features
+    from fusion.fakes import write_fake_dataset
+    from fusion.train import train
+
+    settings = get_settings(tmp_path / "home")
+    names = ["train"] * 12 + ["test"] * 4                                # no val split in the manifest
+    write_fake_dataset(settings, "fake", 16, seed=0, dims={"clip_frames": D, "clip_text": D}, split_names=names)
+    feats = load_features("fake", [], settings=settings, val_holdout=0)
+    assert len(feats.split_videos("train")) == 12 and "val" not in feats.splits
+    over = [f"{k}={v}" for k, v in SMALL.items()] + ["val_holdout=0", "train.batch_size=8"]
+    folder = train("fake", "meanP", overrides=over, epochs=2, settings=settings, quiet=True)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 1 and metrics["selected_on"].startswith("last epoch") and metrics["val"] is None
+    test = metrics["test"]
+    assert {"R@50", "RSum"} <= set(test["t2v"]) and test["RSum"] == pytest.approx(test["t2v"]["RSum"] + test["v2t"]["RSum"])
+    assert (test["n_videos"], test["n_videos_listed"]) == (4, 4) and test["n_queries_listed"] == test["n_queries"]
+
+
+def test_listed_counts_keep_the_videos_dropped_for_missing_features(tmp_path):
+    from data.settings import get_settings
+    from fusion.data import load_features
+    from fusion.fakes import write_fake_dataset
+
+    settings = get_settings(tmp_path / "home")
+    write_fake_dataset(settings, "fake", 20, seed=0, dims={"clip_frames": D, "clip_text": D})
+    feats = load_features("fake", [], settings=settings)
+    listed_videos, listed_queries = feats.listed_counts("test")
+    test = feats.split_videos("test")
+    feats.splits["test"] = test[1:]                                        # as if one had no usable frames
+    assert feats.listed_counts("test") == (listed_videos, listed_queries) == (len(test), 3 * len(test))
+    assert len(feats.split_videos("test")) == listed_videos - 1
