@@ -282,3 +282,35 @@ def test_listed_counts_keep_the_videos_dropped_for_missing_features(tmp_path):
     feats.splits["test"] = test[1:]                                        # as if one had no usable frames
     assert feats.listed_counts("test") == (listed_videos, listed_queries) == (len(test), 3 * len(test))
     assert len(feats.split_videos("test")) == listed_videos - 1
+
+
+def test_a_silent_track_is_audio_not_a_missing_modality():
+    """Decision (docs/models.md): digital silence is an observed sound, scored through AV like any
+    other track (tests/test_extract.py checks the extractor stores has_audio true for it)."""
+    model = make_model("m2hf").eval()
+    silent, absent = video_batch([True], [True]), video_batch([False], [True])
+    silent.audio = torch.zeros_like(silent.audio)                        # the same (silence) window everywhere
+    absent.audio = torch.zeros_like(absent.audio)
+    with torch.no_grad():
+        s, a = model.encode_video(silent), model.encode_video(absent)
+    assert float(s["m_AV"]) == 1.0 and float(a["m_AV"]) == 0.0
+    assert not torch.allclose(s["v_AV"], a["v_AV"])                       # silence reaches the AV branch
+
+
+# ---- 10. device and mixed precision -----------------------------------------------------------
+def test_bf16_autocast_trains_on_the_cpu_and_fp16_asks_for_cuda(tmp_path):
+    from data.settings import get_settings
+    from fusion.fakes import write_fake_dataset
+    from fusion.train import main, train
+
+    settings = get_settings(tmp_path / "home")
+    write_fake_dataset(settings, "fake", 16, seed=0, dims={"clip_frames": D, "clip_text": D})
+    over = [f"{k}={v}" for k, v in SMALL.items()] + ["train.batch_size=8", "train.precision=bf16"]
+    folder = train("fake", "hcmi", overrides=over, epochs=1, settings=settings, quiet=True, device="cpu")
+    log = json.loads((folder / "log.jsonl").read_text().splitlines()[0])
+    assert np.isfinite(log["loss"]) and json.loads((folder / "config.json").read_text())["device"] == "cpu"
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        train("fake", "meanP", overrides=over[:-1] + ["train.precision=fp16"], epochs=1, settings=settings,
+              quiet=True, device="cpu", run_id="fp16")
+    if not torch.cuda.is_available():
+        assert main(["--dataset", "fake", "--model", "meanP", "--device", "cuda"]) == 2
