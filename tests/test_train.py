@@ -210,6 +210,8 @@ def test_ablation_writes_the_table(tmp_path):
     assert all(0 <= stats[k][0] <= 100 for k in stats)
     text = (out / "ablation.md").read_text()
     assert "RANDOM WEIGHTS" in text and "Oracle ceilings" in text and "| M2HF V+AV |" in text
+    run = json.loads((settings.runs_dir / "ablation-synthetic-row01-s0" / "metrics.json").read_text())
+    assert run["test"]["v2t_protocol"] in text and summary["v2t_protocol"] == run["test"]["v2t_protocol"]
 
 
 def test_bench_runs_on_tiny_sizes(tmp_path, capsys):
