@@ -13,7 +13,8 @@ Two modes:
   S is ``[queries x videos]`` (``.npy``, memory-mapped), Q.txt the video id of each query row,
   V.txt the id of each column (one per line). ``--similarity`` is repeatable (mean and spread).
 
-OUT.json holds ``{"t2v": {"R@1","R@5","R@10","MdR","MnR"}, "v2t": {...}, "protocol": {...}}``
+OUT.json holds ``{"t2v": {"R@1","R@5","R@10","R@50","RSum","MdR","MnR"}, "v2t": {...}, "RSum",
+"protocol": {...}}`` (``--ks`` chooses the R@K; the protocol counts evaluated and listed videos / queries)
 with R@K in percent and ranks 1-based (ties averaged, see :mod:`data.metrics`), plus
 ``dual_softmax`` (a separate, labelled row; never the headline) when asked, the published
 reference rows for MSR-VTT, and ``random_weights`` / ``WARNING`` for models with random weights.
