@@ -1,4 +1,4 @@
-"""Time and peak memory of ``retrieval.metrics.evaluate_scores`` on N x N single-vector scores.
+"""Time and peak memory of ``data.metrics.evaluate_scores`` on N x N single-vector scores.
 
     python -m bench.metrics [--n 10000] [--dim 512] [--source vectors|matrix]
 
@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from retrieval.metrics import CHUNK_BYTES, V2T_PROTOCOLS, VectorScores, evaluate_scores
+from data.metrics import CHUNK_BYTES, V2T_PROTOCOLS, VectorScores, evaluate_scores
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,14 +6,18 @@ paragraph-to-video: a video's descriptions are sorted by their mean start chunk 
 then file order) and joined into one caption. Video ids are Flickr names such as
 ``10015567@N08_3655084291_d8b58466fa.mov`` (``@``, an original extension, sometimes a trailing
 dot); the file on disk is ``<id>`` itself or ``<id>.<ext>`` (e.g. ``....mov.mp4``).
-8,392 / 1,065 / 1,004 videos.
+
+The raw files hold 8,395 / 1,094 / 1,037 videos; the standard protocol (collaborative-experts,
+CLIP4Clip) uses the 8,392 / 1,065 / 1,004 still available, listed in ``train_list.txt`` /
+``val_list.txt`` / ``test_list.txt``. When a split's list file is present, only its videos are kept
+(a listed video missing from the JSON is an error) and the notes say how many were left out.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from data.annotations import (DatasetInfo, DatasetRead, expect, join_in_time_order, load_json,
-                              paragraph_notes, text)
+                              paragraph_notes, read_id_list, text)
 from data.manifest import ManifestError, VideoRecord
 from data.videofiles import VideoFiles
 
@@ -23,6 +27,7 @@ INFO = DatasetInfo(
     splits="8,392 / 1,065 / 1,004",
 )
 FILES = {"train": "train_data.json", "val": "val_data.json", "test": "test_data.json"}
+LISTS = {"train": "train_list.txt", "val": "val_list.txt", "test": "test_list.txt"}
 
 
 def _mean_times(times, where: str) -> tuple[float, float]:
@@ -57,13 +62,32 @@ def read(annotations: Path, videos: Path) -> DatasetRead:
     if not present:
         raise ManifestError(f"{folder}: none of {', '.join(FILES.values())} found (see docs/datasets.md)")
     index = VideoFiles(videos)
-    records, source = [], {}
+    records, source, listed_notes = [], {}, []
     for split, path in present.items():
-        for video, sentences in read_file(path).items():
+        moments = read_file(path)
+        keep = _listed(folder / LISTS[split], moments, path)
+        if keep is not None:
+            listed_notes.append(f"{split}: {len(keep)} of the {len(moments)} videos of {path.name} are listed in "
+                                f"{LISTS[split]} (standard protocol); {len(moments) - len(keep)} left out")
+        for video, sentences in moments.items():
+            if keep is not None and video not in keep:
+                continue
             if video in source:
                 raise ManifestError(f"{path}: video {video!r} is also in {source[video].name}")
             source[video] = path
             records.append(VideoRecord(video, index.path_for(video), split, [join_in_time_order(sentences)]))
     notes, metadata = paragraph_notes(records)
-    notes.insert(0, f"splits from {', '.join(p.name for p in present.values())}")
-    return DatasetRead(records, {"split_protocol": "standard", **metadata}, notes)
+    notes[:0] = [f"splits from {', '.join(p.name for p in present.values())}"] + listed_notes
+    protocol = "standard (split lists)" if listed_notes else "raw JSON files (no split lists found)"
+    return DatasetRead(records, {"split_protocol": protocol, **metadata}, notes)
+
+
+def _listed(list_path: Path, moments: dict, data_path: Path) -> set[str] | None:
+    """The ids of ``list_path`` (None when absent); each must be a video of ``data_path``."""
+    if not list_path.is_file():
+        return None
+    ids = read_id_list(list_path)
+    for vid, lineno in ids.items():
+        if vid not in moments:
+            raise ManifestError(f"{list_path}:{lineno}: video {vid!r} is not in {data_path.name}")
+    return set(ids)

@@ -146,9 +146,11 @@ def read(annotations: Path, videos: Path, split: str = "1k-A", val_size: int | N
         metadata["val"] = f"official ({len(lists['val'][1])} videos)" if "val" in lists else "none"
     else:
         n_val = DEFAULT_VAL_SIZE if val_size is None else val_size
-        held = hold_out(list(lists["train"][1]), n_val, f"msrvtt {split}")
+        held = hold_out(list(lists["train"][1]), n_val, f"msrvtt {split}") if n_val else []
         split_of.update(dict.fromkeys(held, "val"))
-        metadata["val"] = f"{n_val} training videos held out (smallest SHA-256 of the id)"
+        metadata["val"] = (f"{n_val} training videos held out (smallest SHA-256 of the id)" if n_val else
+                           "none: every training video trains (CLIP4Clip's protocol; train with "
+                           "val_holdout: 0, model selection = the last epoch)")
     index = VideoFiles(videos)
     records = []
     for vid, entry in entries.items():

@@ -4,7 +4,7 @@
 
 Trains every row of ``fusion/configs/ablation/synthetic.yaml`` (or ``--rows``) for each seed,
 then writes ``runs/ablation-<dataset>/ablation.md`` and ``ablation.json``: mean and spread (sample
-standard deviation over seeds) of test R@1/5/10 in both directions, and the per-attribute top-1
+standard deviation over seeds) of test R@1/5/10/50 in both directions and RSum, and the per-attribute top-1
 match (how often the top-ranked video has the queried video's colour / size / motion / sound,
 from the dataset's ``annotations.jsonl``), beside the dataset's oracle ceilings (``oracle.json``)
 and chance. Runs already finished are reused (a killed ablation resumes).
@@ -27,6 +27,7 @@ from data.settings import Settings, get_settings
 from data.synthetic import load_attributes
 from fusion.config import CONFIG_DIR, merge
 
+RECALLS = ("R@1", "R@5", "R@10", "R@50")
 ATTRIBUTES = ("colour", "size", "shape", "texture", "motion", "sound")
 DEFAULT_ROWS = CONFIG_DIR / "ablation" / "synthetic.yaml"
 
@@ -84,7 +85,8 @@ def summarise(dataset: str, rows: list[tuple[int, dict]], seeds: list[int], sett
     oracle = json.loads((folder / "oracle.json").read_text()) if (folder / "oracle.json").is_file() else None
     table = []
     random_weights = False
-    n_test = None
+    n_test, counts = None, {}
+    protocols: set[tuple[str, str]] = set()
     for i, row in rows:
         per_seed = []
         for seed in seeds:
@@ -92,13 +94,20 @@ def summarise(dataset: str, rows: list[tuple[int, dict]], seeds: list[int], sett
             m = json.loads((rdir / "metrics.json").read_text())
             random_weights |= bool(m["random_weights"])
             n_test = m["test"]["n_videos"]
-            per_seed.append({**{f"t2v {k}": m["test"]["t2v"][k] for k in ("R@1", "R@5", "R@10")},
-                             **{f"v2t {k}": m["test"]["v2t"][k] for k in ("R@1", "R@5", "R@10")},
+            counts = {k: m["test"].get(k) for k in ("n_videos", "n_videos_listed", "n_queries", "n_queries_listed")}
+            protocols.add((m["test"]["ties"], m["test"]["v2t_protocol"]))
+            per_seed.append({**{f"t2v {k}": m["test"]["t2v"][k] for k in RECALLS if k in m["test"]["t2v"]},
+                             **{f"v2t {k}": m["test"]["v2t"][k] for k in RECALLS if k in m["test"]["v2t"]},
+                             **({"RSum": m["test"]["RSum"]} if "RSum" in m["test"] else {}),
                              **{f"match {a}": v for a, v in attribute_match(rdir, dataset, settings, attrs).items()}})
         stats = {k: _mean_sd([s[k] for s in per_seed]) for k in per_seed[0]}
         table.append({"name": row["name"], "model": row["model"], "set": row.get("set", {}), "stats": stats,
                       "per_seed": per_seed})
+    if len(protocols) > 1:
+        raise ValueError(f"the runs of this ablation were scored under different protocols: {sorted(protocols)}")
+    ties, v2t = protocols.pop() if protocols else ("", "")
     return {"dataset": dataset, "seeds": seeds, "rows": table, "oracle": oracle, "n_test_videos": n_test,
+            "ties": ties, "v2t_protocol": v2t, "test_counts": counts,
             "chance_R@1": 100.0 / n_test if n_test else None, "random_weights": random_weights}
 
 
@@ -107,11 +116,15 @@ def markdown(summary: dict) -> str:
     lines = [f"# Ablation on {summary['dataset']} (seeds {summary['seeds']}; mean ± sd over seeds)", ""]
     if rw:
         lines += ["**RANDOM WEIGHTS: the features come from randomly initialised extractors.**", ""]
-    lines += [f"Test split: {summary['n_test_videos']} videos, every caption a query; chance R@1 = "
-              f"{summary['chance_R@1']:.1f}. Ties: expected value under random tie-breaking. "
-              "Video-to-text: all captions ranked, best correct caption. Attribute match: % of queries "
-              "whose top-ranked video has the queried attribute.", ""]
-    keys = ["t2v R@1", "t2v R@5", "t2v R@10", "v2t R@1", "v2t R@5", "v2t R@10"]
+    c = summary.get("test_counts") or {}
+    listed = (f" ({c['n_queries']} of {c['n_queries_listed']} listed queries, {c['n_videos']} of "
+              f"{c['n_videos_listed']} listed videos)" if c.get("n_videos_listed") is not None else "")
+    lines += [f"Test split: {summary['n_test_videos']} videos, every caption a query{listed}; chance R@1 = "
+              f"{summary['chance_R@1']:.1f}. {summary['ties']} (expected value under random tie-breaking). "
+              f"{summary['v2t_protocol']} (the protocol the runs computed). Attribute match: % of "
+              "queries whose top-ranked video has the queried attribute.", ""]
+    keys = [k for k in (*(f"t2v {r}" for r in RECALLS), *(f"v2t {r}" for r in RECALLS), "RSum")
+            if k in summary["rows"][0]["stats"]]
     match = [f"match {a}" for a in ("colour", "size", "motion", "sound")]
     lines += ["| row | " + " | ".join(keys + [m.replace("match ", "") for m in match]) + " |",
               "|---" * (1 + len(keys) + len(match)) + "|"]

@@ -17,7 +17,7 @@ from data.settings import Settings, get_settings
 from fusion.base import Encoding, take
 from fusion.config import load_config
 from fusion.data import FRAMES, TEXT, AUDIO, MOTION, Ragged, load_features, pick_extractor, truncate_tokens
-from fusion.encoding import encode_texts, encode_videos, model_device, score_matrix
+from fusion.encoding import encode_texts, encode_videos, model_device, resolve_device, score_matrix
 from fusion.factory import build_model, modalities_for
 
 
@@ -33,15 +33,21 @@ class LoadedModel:
     fine_grained: bool
 
 
-def load_model(run: str | Path, *, dataset: str | None = None, settings: Settings | None = None) -> LoadedModel:
-    """A run folder, a run id under ``settings.runs_dir``, or ``"zero-shot"`` (needs ``dataset``)."""
+def load_model(run: str | Path, *, dataset: str | None = None, settings: Settings | None = None,
+               device: str | None = None) -> LoadedModel:
+    """A run folder, a run id under ``settings.runs_dir``, or ``"zero-shot"`` (needs ``dataset``).
+
+    The model lives on ``device`` (default ``settings.device``, i.e. ``$TVR_DEVICE``; ``auto`` =
+    CUDA when present), so every encoding through this API runs there; results come back on the CPU.
+    """
     settings = settings or get_settings()
+    target = resolve_device(device or settings.device)
     if str(run) == "zero-shot":
         if not dataset:
             raise ValueError("load_model('zero-shot') needs dataset=...: it uses that dataset's stored clip extractors")
         infos = {m: pick_extractor(settings, dataset, m) for m in (FRAMES, TEXT)}
         config = load_config("zero-shot")
-        model = build_model(config, int(infos[FRAMES]["dim"])).eval()
+        model = build_model(config, int(infos[FRAMES]["dim"])).eval().to(target)
         return LoadedModel(model, "zero-shot", config, None, dataset, {m: i["extractor_id"] for m, i in infos.items()},
                            any(i.get("random_weights", False) for i in infos.values()), False)
     folder = Path(run)
@@ -60,7 +66,7 @@ def load_model(run: str | Path, *, dataset: str | None = None, settings: Setting
         model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
     except (KeyError, RuntimeError) as exc:
         raise ValueError(f"{folder}: cannot rebuild the model ({exc})") from exc
-    model.eval()
+    model.eval().to(target)
     return LoadedModel(model, meta["model"], config, folder, meta["dataset"], dict(meta["extractor_ids"]),
                        bool(meta["random_weights"]), model.fine_grained)
 
@@ -73,6 +79,7 @@ class EncodedSplit:
     video_vectors: np.ndarray
     video_ids: list[str]
     fine_grained: bool
+    listed: tuple[int, int] | None = None   # (videos, queries) the manifest lists for the split
     _model: torch.nn.Module | None = field(default=None, repr=False)
     _text: Encoding | None = field(default=None, repr=False)
     _video: Encoding | None = field(default=None, repr=False)
@@ -114,7 +121,7 @@ def encode_split(loaded: LoadedModel, dataset: str, split: str, *, settings: Set
         vv = loaded.model.video_vectors(v_enc).numpy().astype(np.float32)
     return EncodedSplit(tv, [feats.video_ids[int(v)] for v in feats.caption_video[caps]],
                         [feats.captions[int(q)] for q in caps], vv, [feats.video_ids[int(v)] for v in videos],
-                        loaded.fine_grained, loaded.model, t_enc, v_enc)
+                        loaded.fine_grained, feats.listed_counts(split, captions), loaded.model, t_enc, v_enc)
 
 
 @dataclass
@@ -148,8 +155,9 @@ class QueryEncoder:
         batch = truncate_tokens(text, torch.arange(len(encoded)), eot, self.loaded.config["max_words"])
         with torch.no_grad():
             model.eval()
-            encoding = {k: v.cpu() for k, v in model.encode_text(batch.to(model_device(model))).items()}
-            vectors = model.text_vectors(encoding).numpy().astype(np.float32)
+            on_device = model.encode_text(batch.to(model_device(model)))
+            vectors = model.text_vectors(on_device).cpu().numpy().astype(np.float32)
+            encoding = {k: v.cpu() for k, v in on_device.items()}
         return EncodedQueries(vectors, encoding, clip)
 
 
@@ -193,7 +201,7 @@ def encode_video_ids(loaded: LoadedModel, dataset: str, video_ids: list[str], *,
     found = [v for v in video_ids if v in position]
     if not found:
         return np.zeros((0, 0), np.float32), []
-    device = next(loaded.model.parameters(), torch.zeros(0)).device
+    device = model_device(loaded.model)
     rows = np.asarray([position[v] for v in found], np.int64)
     encoded = encode_videos(loaded.model, feats, rows, loaded.config, device)
     with torch.no_grad():

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from fusion.data import TextBatch, VideoBatch
+from fusion.layers import Scale
 
 Encoding = dict[str, torch.Tensor]
 
@@ -63,6 +64,12 @@ class RetrievalModel(nn.Module):
              *, epoch: int, second_view: VideoBatch | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss on B captions x V distinct videos; returns (total, named parts for the log)."""
         raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after every optimiser step: clamps learnable temperatures (CLIP's in-place clamp)."""
+        for module in self.modules():
+            if isinstance(module, Scale):
+                module.clamp_()
 
     def fit_on_validation(self, text: Encoding, video: Encoding, positives: torch.Tensor) -> dict:
         """Fit weights that are chosen on validation (ensemble lambdas); returns what was fitted."""

@@ -8,7 +8,8 @@ per row (at most M; rows with fewer real tokens get as many clusters as tokens).
   density ``rho_i = exp(-mean of the k smallest squared distances)``, ``delta_i`` = distance to the
   nearest denser token, centres = the ``counts`` largest ``rho * delta``; each token joins its
   nearest centre; a cluster is the weighted mean of its tokens with learned weights ``exp(w . x)``.
-  Padded tokens are never neighbours, centres or members.
+  Padded tokens are never neighbours, centres or members; a centre left without members (its
+  duplicate took them) is not a valid cluster.
 - ``learned-query``: M learned queries attend (softmax over real tokens) to make M soft clusters.
 - ``contiguous``: the real tokens split into ``counts`` consecutive segments, each averaged.
 """
@@ -63,6 +64,8 @@ def dpc_knn_assign(x: torch.Tensor, mask: torch.Tensor, counts: torch.Tensor, k:
         to_centre = to_centre.masked_fill(~centre_ok[:, None, :], big * 2)
         assign = to_centre.argmin(-1)
         assign = torch.where(mask, assign, torch.full_like(assign, -1))
+        # duplicated tokens can leave a centre without members (its twin takes them): not a cluster
+        centre_ok &= (assign[..., None] == torch.arange(top.shape[1], device=x.device)).any(1)
         if top.shape[1] < m:
             centre_ok = torch.cat([centre_ok, centre_ok.new_zeros(b, m - top.shape[1])], 1)
         return assign, centre_ok

@@ -1,16 +1,23 @@
 """Model configurations are data: ``fusion/configs/<name>.yaml`` over ``base.yaml``.
 
 :func:`load_config` merges, in order: ``base.yaml``, the model's own file, an optional user file,
-then ``key=value`` overrides (dotted keys reach nested tables, values parsed as YAML). The
-registry of model names is the set of files in ``fusion/configs`` (``base.yaml`` excepted).
+then ``key=value`` overrides (dotted keys reach nested tables, values parsed as YAML), and
+validates the result against the model's typed schema (:mod:`fusion.schema`): an unknown key at
+any depth is an error naming it, the closest valid key and every valid key; a wrong type or an
+out-of-range value is an error naming the option. The registry of model names is the set of files
+in ``fusion/configs`` (``base.yaml`` excepted).
 """
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
+from pydantic import BaseModel, ValidationError
+
+from fusion.schema import SCHEMAS
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 
@@ -57,23 +64,49 @@ def parse_override(item: str) -> dict:
     return value
 
 
+class ConfigError(ValueError):
+    """An unknown key, a wrong type or an out-of-range value in a model configuration."""
+
+
+def check_keys(update: dict, schema: type[BaseModel], where: str, prefix: str = "") -> None:
+    """Raise :class:`ConfigError` for the first key of ``update`` (at any depth) ``schema`` lacks."""
+    for key, value in update.items():
+        field = schema.model_fields.get(key)
+        if field is None:
+            valid = sorted(schema.model_fields)
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
+            table = f" in {prefix[:-1]!r}" if prefix else ""
+            raise ConfigError(f"{where}: unknown option {prefix + str(key)!r}{hint}; valid keys{table}: "
+                              f"{', '.join(valid)}")
+        sub = field.annotation
+        if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
+            check_keys(value, sub, where, f"{prefix}{key}.")
+
+
+def validate(config: dict, name: str) -> dict:
+    """``config`` checked against the schema of model ``name``; returns the normalised dict."""
+    try:
+        return SCHEMAS[name].model_validate(config).model_dump(mode="json")
+    except ValidationError as exc:
+        problems = "; ".join(f"option {'.'.join(str(p) for p in e['loc'])!r}: {e['msg']} (got {e.get('input')!r})"
+                             for e in exc.errors())
+        raise ConfigError(f"model {name!r}: {problems}") from None
+
+
 def load_config(name: str, file: str | Path | None = None, overrides: Iterable[str | dict] = ()) -> dict:
-    """The full configuration of model ``name``; raises ValueError naming unknown models/keys."""
+    """The full, validated configuration of model ``name``; raises :class:`ConfigError` (a
+    ValueError) naming unknown models, unknown keys and bad values."""
     if name not in model_names():
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(model_names())}")
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join(model_names())}")
     base = _read_yaml(CONFIG_DIR / "base.yaml")
     config = merge(base, _read_yaml(CONFIG_DIR / f"{name}.yaml"))
-    known = set(config) | {"model"}
-    extra = [] if file is None else [_read_yaml(Path(file))]
-    extra += [parse_override(o) if isinstance(o, str) else o for o in overrides]
-    for update in extra:
-        unknown = sorted(set(update) - known)
-        if unknown:
-            where = file if update is extra[0] and file is not None else "override"
-            raise ValueError(f"{where}: unknown option(s) {unknown} for model {name!r}; "
-                             f"known: {', '.join(sorted(known))}")
+    extra = [] if file is None else [(str(file), _read_yaml(Path(file)))]
+    extra += [("override", parse_override(o) if isinstance(o, str) else o) for o in overrides]
+    for where, update in extra:
+        check_keys(update, SCHEMAS[name], where)
         config = merge(config, update)
     if config.get("model", name) != name:
-        raise ValueError(f"config names model {config['model']!r} but {name!r} was asked for")
+        raise ConfigError(f"config names model {config['model']!r} but {name!r} was asked for")
     config["model"] = name
-    return config
+    return validate(config, name)

@@ -9,9 +9,11 @@ with masks by a single vectorised gather per batch:
 - :class:`TextBatch`: caption tokens ``[Q, L, D]`` + mask + ``eot`` index ``[Q]``.
 
 Frames are subsampled to ``max_frames`` uniformly (``linspace(0, n-1, N)``, METHODS.md section 1)
-or, for HCMI training, by two-view sampling (split into N segments, one random frame per segment).
+or, for HCMI training, by two-view sampling (split into N segments, one random frame per segment;
+the second view of label denoising differs for every video of 2+ frames, :func:`other_view`).
 Splits come from the manifest; when it has no ``val`` split, a fixed fraction of ``train`` is
-held out (seed 0, the same for every model) so model selection never sees the test split.
+held out (seed 0, the same for every model) so model selection never sees the test split;
+``val_holdout: 0`` holds out nothing (every training video trains; selection = the last epoch).
 """
 from __future__ import annotations
 
@@ -162,17 +164,45 @@ def uniform_positions(lengths: torch.Tensor, n: int) -> tuple[torch.Tensor, torc
     return positions, mask
 
 
-def segment_positions(lengths: torch.Tensor, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """HCMI view sampling: split each row into ``min(n, len)`` segments, one random step in each."""
+def _segments(lengths: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """HCMI segments: each row split into ``min(n, len)`` parts; ``lo`` / ``hi`` ``[R, n]`` (float64,
+    half-open frame ranges) and the mask of the slots that hold a segment."""
     lengths = lengths.to(torch.float64)
     segments = torch.minimum(lengths, torch.full_like(lengths, n)).clamp(min=1)
     k = torch.arange(n, dtype=torch.float64)[None]
     lo = torch.floor(k * lengths[:, None] / segments[:, None])
     hi = torch.floor((k + 1) * lengths[:, None] / segments[:, None])
+    return lo, hi, k < torch.minimum(segments, lengths)[:, None]
+
+
+def segment_positions(lengths: torch.Tensor, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """HCMI view sampling: split each row into ``min(n, len)`` segments, one random step in each."""
+    lo, hi, mask = _segments(lengths, n)
     u = torch.rand(lo.shape, generator=generator, dtype=torch.float64)
     positions = (lo + torch.floor(u * (hi - lo).clamp(min=1))).long()
-    mask = k < torch.minimum(segments, lengths)[:, None]
     return torch.where(mask, positions, torch.zeros_like(positions)), mask
+
+
+def other_view(lengths: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, n: int,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A second view ``[R, n]`` that differs from ``positions`` / ``mask`` for every row of 2+ frames.
+
+    Every segment holding two or more frames takes another of its frames (uniformly among the
+    others); a row of at most ``n`` frames (one frame per segment, so nothing to move) leaves one
+    random frame out instead, keeping the others at their slots. A 1-frame row keeps its only view.
+    """
+    lo, hi, _ = _segments(lengths, n)
+    width = (hi - lo).long()
+    lo = lo.long()
+    u = torch.rand(lo.shape, generator=generator, dtype=torch.float64)
+    pick = lo + torch.floor(u * (width - 1).clamp(min=0)).long()
+    pick = pick + ((pick >= positions) & (positions >= lo) & (positions < lo + width)).long()
+    moved = torch.where(mask & (width >= 2), pick, positions)
+    short = (lengths >= 2) & (lengths <= n)
+    drop = torch.floor(torch.rand(len(lengths), generator=generator, dtype=torch.float64)
+                       * lengths.to(torch.float64)).long()
+    keep = mask & ~(short[:, None] & (torch.arange(n)[None] == drop[:, None]))
+    return torch.where(keep, moved, torch.zeros_like(moved)), keep
 
 
 @dataclass
@@ -199,6 +229,7 @@ class DatasetFeatures:
     motion: Ragged | None = None
     has_motion: torch.Tensor | None = None
     notes: list[str] | None = None     # what was dropped while loading (failed rows ...)
+    listed: dict[str, tuple[int, int]] | None = None   # manifest split -> (videos, captions) it lists
 
     def __post_init__(self):
         self._uniform: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -213,6 +244,14 @@ class DatasetFeatures:
         if split not in self.splits:
             raise ValueError(f"dataset {self.dataset!r} has no split {split!r}; splits: {sorted(self.splits)}")
         return self.splits[split]
+
+    def listed_counts(self, split: str, which: str = "all") -> tuple[int, int]:
+        """(videos, queries) the manifest lists for ``split``, before videos without usable features
+        were dropped; a ``val`` split held out of ``train`` here counts what was held out."""
+        if self.listed and split in self.listed:
+            videos, captions = self.listed[split]
+            return videos, captions if which == "all" else videos
+        return len(self.split_videos(split)), len(self.split_captions(split, which))
 
     def split_captions(self, split: str, which: str = "all") -> np.ndarray:
         """Caption indices of a split's videos: every caption (``all``) or each video's first (``first``)."""
@@ -258,16 +297,30 @@ class DatasetFeatures:
                     generator: torch.Generator | None = None) -> VideoBatch:
         """Padded inputs of ``videos`` (indices); ``sampling`` = ``uniform`` or ``two-view`` (random)."""
         rows = torch.as_tensor(videos, dtype=torch.int64)
+        return self._batch_at(rows, *self._positions(rows, max_frames, sampling, generator))
+
+    def video_views(self, videos: torch.Tensor | np.ndarray, max_frames: int, sampling: str,
+                    generator: torch.Generator) -> tuple[VideoBatch, VideoBatch]:
+        """Two views of ``videos`` for HCMI's label denoising: the ``sampling`` view and
+        :func:`other_view` of it, which differs for every video of two or more frames."""
+        rows = torch.as_tensor(videos, dtype=torch.int64)
+        positions, mask = self._positions(rows, max_frames, sampling, generator)
+        second = other_view(self.frames.lengths[rows], positions, mask, max_frames, generator)
+        return self._batch_at(rows, positions, mask), self._batch_at(rows, *second)
+
+    def _positions(self, rows: torch.Tensor, max_frames: int, sampling: str,
+                   generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         if sampling == "uniform":
             if max_frames not in self._uniform:
                 self._uniform[max_frames] = uniform_positions(self.frames.lengths, max_frames)
-            positions, mask = (t[rows] for t in self._uniform[max_frames])
-        elif sampling == "two-view":
+            return tuple(t[rows] for t in self._uniform[max_frames])
+        if sampling == "two-view":
             if generator is None:
                 raise ValueError("two-view sampling needs a torch.Generator")
-            positions, mask = segment_positions(self.frames.lengths[rows], max_frames, generator)
-        else:
-            raise ValueError(f"frame sampling {sampling!r}: expected 'uniform' or 'two-view'")
+            return segment_positions(self.frames.lengths[rows], max_frames, generator)
+        raise ValueError(f"frame sampling {sampling!r}: expected 'uniform' or 'two-view'")
+
+    def _batch_at(self, rows: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> VideoBatch:
         frames, frame_t = self.frames.gather(rows, positions, mask)
         batch = VideoBatch(frames, mask, frame_t)
         if self.audio is not None:
@@ -341,12 +394,22 @@ def load_features(dataset: str, modalities: list[str] | tuple[str, ...], *, extr
 
     out = DatasetFeatures(dataset, {m: infos[m]["extractor_id"] for m in wanted}, infos, video_ids,
                           _splits(manifest, index, val_holdout), frames, text, eot, caption_video,
-                          captions, cap_index, notes=notes)
+                          captions, cap_index, notes=notes, listed=_listed(manifest))
     if AUDIO in wanted:
         out.audio, out.has_audio = _optional_modality(tables[AUDIO], video_ids, AUDIO, notes,
                                                       _audio_centre(infos[AUDIO]), "has_audio")
     if MOTION in wanted:
         out.motion, out.has_motion = _optional_modality(tables[MOTION], video_ids, MOTION, notes, 0.0, None)
+    return out
+
+
+def _listed(manifest) -> dict[str, tuple[int, int]]:
+    """Manifest split -> (videos, captions) it lists (``validation`` read as ``val``)."""
+    out: dict[str, tuple[int, int]] = {}
+    for split, caps in zip(manifest.table.column("split").to_pylist(), manifest.table.column("captions").to_pylist()):
+        name = "val" if split == "validation" else split
+        videos, captions = out.get(name, (0, 0))
+        out[name] = (videos + 1, captions + len(caps))
     return out
 
 
@@ -398,7 +461,7 @@ def _splits(manifest, index: dict[str, int], val_holdout: float) -> dict[str, np
         if vid in index:
             splits.setdefault("val" if split == "validation" else split, []).append(index[vid])
     out = {k: np.asarray(v, np.int64) for k, v in splits.items()}
-    if "val" not in out and "train" in out:
+    if "val" not in out and "train" in out and val_holdout > 0:
         train = out["train"]
         n_val = int(round(val_holdout * len(train))) if val_holdout < 1 else int(val_holdout)
         n_val = min(max(n_val, 1), len(train) - 1)

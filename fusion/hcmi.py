@@ -32,8 +32,26 @@ def clips_for(n_frames: int, setting) -> int:
     return int(round(4 + 4 * min(max(n_frames - 12, 0), 52) / 52))
 
 
-def max_mean(a: torch.Tensor, am: torch.Tensor, b: torch.Tensor, bm: torch.Tensor) -> torch.Tensor:
-    """Token-wise max-mean of unit tokens ``a`` ``[Q, La, D]`` and ``b`` ``[V, Lb, D]`` -> ``[Q, V]``."""
+MAX_MEAN_BYTES = 128 * 2**20   # similarity block per video chunk; about 3x this is live at the peak
+
+
+def max_mean(a: torch.Tensor, am: torch.Tensor, b: torch.Tensor, bm: torch.Tensor,
+             chunk_bytes: int | None = None) -> torch.Tensor:
+    """Token-wise max-mean of unit tokens ``a`` ``[Q, La, D]`` and ``b`` ``[V, Lb, D]`` -> ``[Q, V]``.
+
+    The ``[Q, Vc, La, Lb]`` similarities are built for ``Vc`` videos at a time, ``Vc`` chosen so one
+    block stays under ``chunk_bytes`` (default :data:`MAX_MEAN_BYTES`; memory is flat in V,
+    ``bench/hcmi_memory.py``).
+    """
+    chunk_bytes = chunk_bytes or MAX_MEAN_BYTES
+    per_video = max(1, a.shape[0] * a.shape[1] * b.shape[1] * a.element_size())
+    step = max(1, chunk_bytes // per_video)
+    if step >= len(b):
+        return _max_mean(a, am, b, bm)
+    return torch.cat([_max_mean(a, am, b[s:s + step], bm[s:s + step]) for s in range(0, len(b), step)], 1)
+
+
+def _max_mean(a: torch.Tensor, am: torch.Tensor, b: torch.Tensor, bm: torch.Tensor) -> torch.Tensor:
     sim = torch.einsum("qad,vbd->qvab", a, b)
     low = torch.finfo(sim.dtype).min
     pair_b = bm[None, :, None, :]

@@ -89,18 +89,25 @@ class QueryTower(nn.Module):
 
 
 class Scale(nn.Module):
-    """``1 / tau``: fixed, or learnable as ``exp(s)`` clamped to at most 100 (CLIP)."""
+    """``1 / tau``: fixed, or learnable as ``exp(s)`` with ``s`` clamped to ``[0, log(100)]`` in place
+    after every optimiser step (:meth:`clamp_`, as CLIP does), so the gradient always reaches ``s``."""
+
+    MAX = math.log(100.0)
 
     def __init__(self, temperature: float, learnable: bool):
         super().__init__()
-        value = torch.tensor(math.log(1.0 / temperature))
+        value = torch.tensor(min(math.log(1.0 / temperature), self.MAX))
         if learnable:
             self.log_scale = nn.Parameter(value)
         else:
             self.register_buffer("log_scale", value)
 
     def forward(self) -> torch.Tensor:
-        return self.log_scale.clamp(max=math.log(100.0)).exp()
+        return self.log_scale.exp()
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        self.log_scale.clamp_(0.0, self.MAX)
 
 
 def interval_weights(frame_t: torch.Tensor, frame_mask: torch.Tensor, src_t: torch.Tensor,

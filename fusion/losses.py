@@ -30,6 +30,7 @@ def info_nce(scores: torch.Tensor, positives: torch.Tensor, text_valid: torch.Te
     ``text_valid`` ``[B]`` / ``video_valid`` ``[V]`` drop rows and columns (e.g. videos without the
     branch's modality, and the captions of those videos).
     """
+    scores = scores.float()      # under autocast the logits may be bf16 / fp16: the softmax runs in fp32
     b, v = scores.shape
     tv = torch.ones(b, dtype=torch.bool, device=scores.device) if text_valid is None else text_valid
     vv = torch.ones(v, dtype=torch.bool, device=scores.device) if video_valid is None else video_valid

@@ -29,6 +29,7 @@ BRANCHES = ("V", "AV", "MV")
 SOURCE = {"AV": ("audio", 128), "MV": ("motion", 2304)}
 BALANCES = ("uncertainty", "loss-ratio", "contribution", "none")
 FUSIONS = ("end-to-end", "ensemble")
+ZERO_WEIGHT = 1e-12   # fused weights at or below this count as no weight
 
 
 class CrossBlock(nn.Module):
@@ -170,9 +171,15 @@ class M2HF(RetrievalModel):
         return torch.stack([video[f"m_{b}"] for b in self.branches])          # [nb, V]
 
     def fuse(self, cosines: torch.Tensor, lam: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
-        """``sum_b lam_b m_b cos_b / sum_b lam_b m_b``; cosines ``[nb, Q, V]``, lam ``[Q, nb]``, avail ``[nb, V]``."""
+        """``sum_b lam_b m_b cos_b / sum_b lam_b m_b``; cosines ``[nb, Q, V]``, lam ``[Q, nb]``, avail ``[nb, V]``.
+
+        Where the weights put nothing on any branch the video has (e.g. lambda_V = 0 for a video
+        without audio), its available branches count equally: a video is always scored by them.
+        """
         weights = lam.t()[:, :, None] * avail[:, None, :]                     # [nb, Q, V]
-        return (weights * cosines).sum(0) / weights.sum(0).clamp(min=1e-12)
+        nothing = weights.sum(0, keepdim=True) <= ZERO_WEIGHT
+        weights = torch.where(nothing, avail[:, None, :].expand_as(weights), weights)
+        return (weights * cosines).sum(0) / weights.sum(0).clamp(min=ZERO_WEIGHT)
 
     def score(self, text: Encoding, video: Encoding) -> torch.Tensor:
         return self.fuse(self.branch_cosines(text, video), text["lambda"], self.availability(video))
@@ -181,9 +188,11 @@ class M2HF(RetrievalModel):
         lam = text["lambda"]
         blocks = []
         for pattern in self.patterns:
-            idx = [self.branches.index(b) for b in pattern]
-            z = lam[:, idx].sum(1, keepdim=True).clamp(min=1e-12)
-            blocks += [lam[:, [self.branches.index(b)]] / z * text[f"t_{b}"] for b in pattern]
+            part = lam[:, [self.branches.index(b) for b in pattern]]           # [Q, |pattern|]
+            nothing = part.sum(1, keepdim=True) <= ZERO_WEIGHT                # same fallback as fuse
+            part = torch.where(nothing, torch.ones_like(part), part)
+            part = part / part.sum(1, keepdim=True)
+            blocks += [part[:, [k]] * text[f"t_{b}"] for k, b in enumerate(pattern)]
         return torch.cat(blocks, 1)
 
     def video_vectors(self, video: Encoding) -> torch.Tensor:
@@ -232,9 +241,11 @@ class M2HF(RetrievalModel):
         if kind == "contribution":
             rows = torch.arange(len(pair_video), device=cos.device)
             pos_cos = cos[:, rows, pair_video].clamp(min=0)                    # [nb, B]
-            contrib = lam.t() * avail[:, pair_video] * pos_cos
+            has = avail[:, pair_video]                                         # [nb, B]
+            contrib = lam.t() * has * pos_cos
             share = contrib / contrib.sum(0, keepdim=True).clamp(min=1e-6)
-            penalty = ((share.mean(1) - 1.0 / len(losses)) ** 2).sum()
+            target = has / has.sum(0, keepdim=True)            # equal shares of the branches a video has
+            penalty = ((share.mean(1) - target.mean(1)) ** 2).sum()
             return losses.sum() + self.config["balance_weight"] * penalty
         return losses.sum()
 

@@ -22,7 +22,7 @@ def plot_curves(path: Path, history: list[dict], title: str) -> None:
     if history:
         ax_loss.legend(fontsize=7)
     for key, label in (("val_t2v_R@1", "text-to-video"), ("val_v2t_R@1", "video-to-text")):
-        ax_val.plot(epochs, [h.get(key, float("nan")) for h in history], marker="o", label=label)
+        ax_val.plot(epochs, [_num(h.get(key)) for h in history], marker="o", label=label)
     ax_val.set_xlabel("epoch")
     ax_val.set_ylabel("validation R@1 (%)")
     ax_val.legend(fontsize=7)
@@ -33,8 +33,15 @@ def plot_curves(path: Path, history: list[dict], title: str) -> None:
     plt.close(fig)
 
 
+def _num(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+COLUMNS = ("R@1", "R@5", "R@10", "R@50", "RSum", "MdR", "MnR")
+
+
 def _row(name: str, m: dict) -> str:
-    return f"| {name} | " + " | ".join(f"{m[k]:.1f}" for k in ("R@1", "R@5", "R@10", "MdR", "MnR")) + " |"
+    return f"| {name} | " + " | ".join(f"{_num(m.get(k)):.1f}" for k in COLUMNS) + " |"
 
 
 def write_report(folder: Path, meta: dict, history: list[dict], metrics: dict) -> None:
@@ -48,11 +55,13 @@ def write_report(folder: Path, meta: dict, history: list[dict], metrics: dict) -
     lines += [f"- model `{meta['model']}`, seed {meta['seed']}, device {meta['device']}",
               f"- extractor-ids: " + ", ".join(f"{k}={v}" for k, v in meta["extractor_ids"].items()),
               f"- best epoch {metrics['best_epoch']} (selected on {metrics['selected_on']})",
-              f"- test: {test['n_queries']} queries over {test['n_videos']} videos; {test['ties']}; {test['v2t_protocol']}",
-              "", "| test | R@1 | R@5 | R@10 | MdR | MnR |", "|---|---|---|---|---|---|",
+              f"- test: {test['n_queries']} of {test.get('n_queries_listed', '?')} listed queries over "
+              f"{test['n_videos']} of {test.get('n_videos_listed', '?')} listed videos (videos without usable "
+              f"features are left out); {test['ties']}; {test['v2t_protocol']}",
+              "", "| test | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|",
               _row("text-to-video", test["t2v"]), _row("video-to-text", test["v2t"]), "",
               "![curves](curves.png)", ""]
     if history:
         lines += ["| epoch | loss | val t2v R@1 |", "|---|---|---|"]
-        lines += [f"| {h['epoch']} | {h.get('loss', float('nan')):.4f} | {h['val_t2v_R@1']:.1f} |" for h in history]
+        lines += [f"| {h['epoch']} | {_num(h.get('loss')):.4f} | {_num(h['val_t2v_R@1']):.1f} |" for h in history]
     write_text_atomic(folder / "report.md", "\n".join(lines) + "\n")

@@ -6,7 +6,8 @@ Seeded and deterministic on CPU: the sample order of each epoch and the random s
 are functions of (seed, epoch, step), so a run killed at any point and resumed from its last
 checkpoint (``resume.pt``, written every ``train.checkpoint_every`` steps and at each epoch end)
 ends with the same weights and metrics as an uninterrupted run. The best epoch is chosen on the
-validation split's text-to-video R@1, never on test; the test split is scored once, at the end.
+validation split's text-to-video R@1, never on test (with no validation split, ``val_holdout: 0``
+as in CLIP4Clip's protocol, the last epoch); the test split is scored once, at the end.
 
 Writes ``runs/<run-id>/`` (DESIGN.md, contract C): config.json, log.jsonl, checkpoint-epoch-NNN.pt,
 best.pt, resume.pt, metrics.json, curves.png, report.md. Features from random-weight extractors are
@@ -15,10 +16,12 @@ labelled RANDOM WEIGHTS in every output.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,17 +32,20 @@ from data.atomic import atomic_path, write_json_atomic, write_text_atomic
 from data.settings import Settings, get_settings
 from fusion.config import load_config, model_names
 from fusion.data import DatasetFeatures, load_features
-from fusion.encoding import encode_texts, encode_videos, score_matrix
+from fusion.encoding import encode_texts, encode_videos, resolve_device, score_matrix
 from fusion.factory import build_model, modalities_for
-from retrieval.metrics import evaluate_scores
+from data.metrics import evaluate_scores
 
 RANDOM_LABEL = "RANDOM WEIGHTS: features come from randomly initialised extractors; numbers say nothing about real retrieval"
 
 
-def pick_device(settings: Settings) -> torch.device:
-    if settings.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(settings.device)
+def autocast(device: torch.device, precision: str):
+    """Mixed precision for the forward pass and loss (``train.precision``); fp32 = none."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision fp16 needs a CUDA device (use bf16 on the CPU)")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def _step_seed(seed: int, epoch: int, step: int) -> int:
@@ -82,9 +88,12 @@ def evaluate(model, feats: DatasetFeatures, split: str, config: dict, device, ca
     scores = np.asarray(score_matrix(model, t_enc, v_enc), np.float64)
     ids = [str(i) for i in range(len(videos))]
     result = evaluate_scores(scores, [ids[q] for q in query_video], ids)  # the one metric definition
-    out = {"t2v": result["t2v"], "v2t": result["v2t"], "ties": f"ties: {result['protocol']['ties']}",
+    listed_videos, listed_queries = feats.listed_counts(split, captions)
+    out = {"t2v": result["t2v"], "v2t": result["v2t"], "RSum": result["RSum"],
+           "ties": f"ties: {result['protocol']['ties']}",
            "v2t_protocol": f"video-to-text protocol: {result['protocol']['v2t']}",
-           "split": split, "n_videos": len(videos), "n_queries": len(caps)}
+           "split": split, "n_videos": len(videos), "n_queries": len(caps),
+           "n_videos_listed": listed_videos, "n_queries_listed": listed_queries}
     if fitted:
         out["fitted_on_validation"] = fitted
     return out
@@ -96,22 +105,37 @@ def assemble_batch(feats: DatasetFeatures, caps: np.ndarray, config: dict, model
     videos, pair_video = torch.unique(feats.caption_video[caps], return_inverse=True)
     sampling = config["frame_sampling"]
     out = {"text": feats.text_batch(caps, config["max_words"], eot_only=not model.needs_tokens).to(device),
-           "video": feats.video_batch(videos, config["max_frames"], sampling, gen).to(device),
            "positives": (pair_video[:, None] == torch.arange(len(videos))[None]).to(device),
            "pair_video": pair_video.to(device), "second_view": None}
     if model.wants_second_view(epoch):
-        out["second_view"] = feats.video_batch(videos, config["max_frames"], sampling, gen).to(device)
+        first, second = feats.video_views(videos, config["max_frames"], sampling, gen)
+        out["video"], out["second_view"] = first.to(device), second.to(device)
+    else:
+        out["video"] = feats.video_batch(videos, config["max_frames"], sampling, gen).to(device)
     return out
 
 
-def train_step(model, optimizer, scheduler, inputs: dict, epoch: int, grad_clip: float) -> dict[str, float]:
-    """Forward, backward, clip, step; returns the loss parts."""
-    loss, parts = model.loss(inputs["text"], inputs["video"], inputs["positives"], inputs["pair_video"],
-                             epoch=epoch, second_view=inputs["second_view"])
+def train_step(model, optimizer, scheduler, inputs: dict, epoch: int, grad_clip: float,
+               precision: str = "fp32", scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+    """Forward (under ``precision`` autocast), backward, clip, step; returns the loss parts.
+    ``scaler``: fp16's loss scaling (CUDA)."""
+    device = inputs["video"].frames.device
+    with autocast(device, precision):
+        loss, parts = model.loss(inputs["text"], inputs["video"], inputs["positives"], inputs["pair_video"],
+                                 epoch=epoch, second_view=inputs["second_view"])
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    model.after_step()
     scheduler.step()
     return parts
 
@@ -139,8 +163,10 @@ class Run:
 
 def train(dataset: str, model_name: str, *, config_file: str | Path | None = None, overrides=(),
           seed: int = 0, epochs: int | None = None, run_id: str | None = None,
-          settings: Settings | None = None, threads: int | None = None, quiet: bool = False) -> Path:
-    """Train (or resume) one run; returns its folder. See the module docstring."""
+          settings: Settings | None = None, threads: int | None = None, quiet: bool = False,
+          device: str | None = None) -> Path:
+    """Train (or resume) one run on ``device`` (default ``settings.device``: ``$TVR_DEVICE``, ``auto``
+    = CUDA when present); returns its folder. See the module docstring."""
     settings = settings or get_settings()
     config = load_config(model_name, config_file, list(overrides))
     if epochs is not None:
@@ -148,7 +174,7 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
     if threads:
         torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    device = pick_device(settings)
+    device = resolve_device(device or settings.device)
     feats = load_features(dataset, modalities_for(config), extractors=config["extractors"], settings=settings,
                           val_holdout=config["val_holdout"])
     width = int(feats.frames.flat.shape[1])
@@ -181,6 +207,7 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
     if model_name == "zero-shot" or not trainable:
         tc["epochs"] = 0
     train_caps = feats.split_captions("train")
+    has_val = len(feats.splits.get("val", ())) > 0
     batch = min(tc["batch_size"], len(train_caps))
     steps_per_epoch = max(1, len(train_caps) // batch) if len(train_caps) > 1 else 0
     total = steps_per_epoch * tc["epochs"]
@@ -188,6 +215,7 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
     scheduler = (torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, tc["warmup"]))
                  if optimizer else None)
 
+    scaler = torch.amp.GradScaler("cuda") if tc["precision"] == "fp16" and device.type == "cuda" else None
     state = run.load_state()
     history: list[dict] = []
     epoch, step, best = 0, 0, {"epoch": -1, "val_R@1": -1.0}
@@ -214,27 +242,31 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
             gen = torch.Generator().manual_seed(_step_seed(seed, epoch, step) + 1)
             caps = train_caps[order[step * batch:(step + 1) * batch].numpy()]
             inputs = assemble_batch(feats, caps, config, model, epoch, gen, device)
-            parts = train_step(model, optimizer, scheduler, inputs, epoch, tc["grad_clip"])
+            parts = train_step(model, optimizer, scheduler, inputs, epoch, tc["grad_clip"], tc["precision"], scaler)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             step += 1
             if step % tc["checkpoint_every"] == 0 and step < steps_per_epoch:
                 save_state()
-        val = evaluate(model, feats, "val", config, device, fit=True)
+        val = evaluate(model, feats, "val", config, device, fit=True) if has_val else None
         entry = {"epoch": epoch, "steps": steps_per_epoch, "lr": scheduler.get_last_lr()[0],
                  **{k: v / steps_per_epoch for k, v in sums.items()},
-                 "val_t2v_R@1": val["t2v"]["R@1"], "val_v2t_R@1": val["v2t"]["R@1"],
+                 "val_t2v_R@1": val["t2v"]["R@1"] if val else None, "val_v2t_R@1": val["v2t"]["R@1"] if val else None,
                  "seconds": round(time.time() - t0, 2)}
-        if "fitted_on_validation" in val:
+        if val and "fitted_on_validation" in val:
             entry["fitted_on_validation"] = val["fitted_on_validation"]
         if feats.random_weights:
             entry["WARNING"] = "RANDOM WEIGHTS"
+        if model.wants_second_view(epoch) and not sums.get("extra_positives", 0.0):
+            entry["denoising_warning"] = (f"epoch {epoch}: label denoising mined no extra positive in any "
+                                          f"batch (extra_positives = 0): it changed nothing this epoch")
+            warnings.warn(entry["denoising_warning"], RuntimeWarning, stacklevel=2)
         history.append(entry)
         say(json.dumps(entry))
-        extra = {"val": val["t2v"], "random_weights": feats.random_weights}
+        extra = {"val": val["t2v"] if val else None, "random_weights": feats.random_weights}
         run.save_weights(f"checkpoint-epoch-{epoch:03d}.pt", model, epoch, extra)
-        if val["t2v"]["R@1"] > best["val_R@1"]:
-            best = {"epoch": epoch, "val_R@1": val["t2v"]["R@1"]}
+        if not val or val["t2v"]["R@1"] > best["val_R@1"]:       # no validation split: the last epoch
+            best = {"epoch": epoch, "val_R@1": val["t2v"]["R@1"] if val else None}
             run.save_weights("best.pt", model, epoch, extra)
         write_text_atomic(run.folder / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         epoch, step, sums = epoch + 1, 0, {}
@@ -245,10 +277,12 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
     else:  # nothing to train (zero-shot): the initial model is the model
         run.save_weights("best.pt", model, -1, {"random_weights": feats.random_weights})
         write_text_atomic(run.folder / "log.jsonl", "")
-    val = evaluate(model, feats, "val", config, device, fit=True)
+    val = evaluate(model, feats, "val", config, device, fit=True) if has_val else None
     test = evaluate(model, feats, "test", config, device)
+    selected_on = ("validation text-to-video R@1" if has_val else
+                   "last epoch (no validation split: val_holdout 0 and none in the manifest)")
     metrics = {"run_id": run_id, "model": model_name, "dataset": dataset, "seed": seed, "best_epoch": best["epoch"],
-               "selected_on": "validation text-to-video R@1", "val": val, "test": test,
+               "selected_on": selected_on, "val": val, "test": test,
                "extractor_ids": feats.extractor_ids, "random_weights": feats.random_weights}
     if feats.random_weights:
         metrics["WARNING"] = RANDOM_LABEL
@@ -271,10 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--run-id", help="run folder name under runs/ (an existing one is resumed)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda or cuda:N (default $TVR_DEVICE, else auto)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+                   help="autocast for forward and loss (sets train.precision; fp16 needs CUDA, with loss scaling)")
     args = p.parse_args(argv)
+    overrides = args.set + ([f"train.precision={args.precision}"] if args.precision else [])
     try:
-        train(args.dataset, args.model, config_file=args.config, overrides=args.set, seed=args.seed,
-              epochs=args.epochs, run_id=args.run_id, threads=args.threads)
+        train(args.dataset, args.model, config_file=args.config, overrides=overrides, seed=args.seed,
+              epochs=args.epochs, run_id=args.run_id, threads=args.threads, device=args.device)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ Two modes:
   V.txt the id of each column (one per line). ``--similarity`` is repeatable (mean and spread).
 
 OUT.json holds ``{"t2v": {"R@1","R@5","R@10","MdR","MnR"}, "v2t": {...}, "protocol": {...}}``
-with R@K in percent and ranks 1-based (ties averaged, see :mod:`retrieval.metrics`), plus
+with R@K in percent and ranks 1-based (ties averaged, see :mod:`data.metrics`), plus
 ``dual_softmax`` (a separate, labelled row; never the headline) when asked, the published
 reference rows for MSR-VTT, and ``random_weights`` / ``WARNING`` for models with random weights.
 """
@@ -31,13 +31,14 @@ from data.atomic import write_json_atomic, write_text_atomic
 from data.settings import Settings, get_settings
 from retrieval import report
 from retrieval.faiss_index import INDEX_TYPES, IndexFolderError, build_faiss
-from retrieval.metrics import (KS, V2T_PROTOCOLS, DualSoftmaxScores, FunctionScores, GroundTruth,
+from data.metrics import (KS, RSUM_KS, V2T_PROTOCOLS, DualSoftmaxScores, FunctionScores, GroundTruth,
                                ScoreError, VectorScores, as_source,
                                evaluate_scores)
 from retrieval.ranked import counts_from_index, counts_with_rerank
 from retrieval.runs import ZERO_SHOT, RunNotFound, fusion_api, load, run_name
 
 RANDOM_BANNER = "!!! RANDOM WEIGHTS: these numbers come from randomly initialised feature extractors !!!"
+DSL_TEMPERATURE = 100.0   # CLIP's logit scale: model scores are cosines, so softmax(S) alone is nearly flat
 DSL_LABEL = "dual softmax (transductive post-processing; not a headline result)"
 
 
@@ -98,6 +99,8 @@ def evaluate_model(loaded, dataset: str, split: str, *, captions: str = "all",
               else VectorScores(text, video))
     kwargs = dict(v2t_protocols=v2t_protocols, ks=ks)
     result = evaluate_scores(source, *ids, text_to_video=index_type == "exact", **kwargs)
+    listed = getattr(split_data, "listed", None) or (len(ids[1]), len(ids[0]))
+    result["protocol"]["n_videos_listed"], result["protocol"]["n_queries_listed"] = map(int, listed)
     if index_type != "exact":
         result["t2v"], result["protocol"]["t2v_search"] = _t2v_through_index(
             split_data, ids, index_type, rerank_depth, ks)
@@ -124,9 +127,15 @@ def _t2v_through_index(split_data, ids, index_type: str, rerank_depth: int, ks) 
                     stages="coarse vectors in FAISS, exact re-ranking of the candidates with score()")
     else:
         counts = counts_from_index(index, split_data.text_vectors, true_rows, max(ks))
-    depth = rerank_depth if split_data.fine_grained else len(split_data.video_ids)
-    metrics = {f"R@{k}": float(100 * counts.hit_rate(k).mean()) if k <= depth else None for k in ks}
-    return {**metrics, "MdR": None, "MnR": None}, note
+    n_videos = len(split_data.video_ids)
+    depth = min(rerank_depth, n_videos) if split_data.fine_grained else n_videos
+    # the full gallery re-ranked exactly (or K >= the gallery) leaves no K unknown
+    depth = n_videos if depth >= n_videos else depth
+    metrics = {f"R@{k}": (100.0 if k >= n_videos and depth == n_videos else
+                          float(100 * counts.hit_rate(k).mean()) if k <= depth else None) for k in ks}
+    rsum = (float(sum(100 * counts.hit_rate(min(k, depth)).mean() for k in RSUM_KS))
+            if max(RSUM_KS) <= depth or depth == n_videos else None)
+    return {**metrics, "RSum": rsum, "MdR": None, "MnR": None}, note
 
 
 def combine(results: Sequence[dict], labels: Sequence[str]) -> dict:
@@ -169,8 +178,10 @@ def table_rows(result: dict, label: str, dataset: str | None) -> tuple[list, dic
 def describe(result: dict, dataset: str | None, what: str) -> list[str]:
     """Header lines naming the protocol (printed above the table and in the Markdown)."""
     p = result["protocol"]
+    listed = (f" (of {p['n_queries_listed']} queries and {p['n_videos_listed']} videos the split lists; "
+              "videos without usable features are left out)" if "n_videos_listed" in p else "")
     lines = [f"{what}: {p['n_queries_t2v']} text queries, {p['n_videos']} videos, "
-             f"{p['n_queries_v2t']} video queries",
+             f"{p['n_queries_v2t']} video queries{listed}",
              f"ties: {p['ties']} ({p['tie_rule']}); ranks 1-based; R@K in %; "
              f"v2t protocol: {p['v2t']}"]
     if "t2v_search" in p:
@@ -250,9 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--v2t-protocol", default="group-best", choices=V2T_PROTOCOLS + ("both",),
                      help="video-to-text: group-best (caption groups scored by their best caption) or "
                           "all-captions (rank of the best correct caption); both = both rows")
-    out.add_argument("--dual-softmax", type=float, nargs="?", const=1.0, default=None, metavar="TEMP",
+    out.add_argument("--dual-softmax", type=float, nargs="?", const=DSL_TEMPERATURE, default=None, metavar="TEMP",
                      help="add a labelled dual-softmax row, S * softmax(TEMP * S over queries) "
-                          "(default TEMP 1; use ~100 for raw cosine scores); never the headline")
+                          f"(default TEMP {DSL_TEMPERATURE:g}, CLIP's logit scale for cosine scores); never the headline")
+    out.add_argument("--ks", type=int, nargs="+", default=list(KS), metavar="K",
+                     help=f"R@K columns (default {' '.join(map(str, KS))}); RSum is always R@1+R@5+R@10")
     out.add_argument("--json", type=Path, help="write the result here")
     out.add_argument("--markdown", type=Path, help="write a Markdown table here (default: beside --json)")
     return parser
@@ -262,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     protocols = V2T_PROTOCOLS if args.v2t_protocol == "both" else (args.v2t_protocol,)
+    ks = tuple(sorted(set(args.ks)))
+    if min(ks) < 1:
+        parser.error(f"--ks {' '.join(map(str, args.ks))}: every K must be at least 1")
     if bool(args.similarity) == bool(args.run):
         parser.error("give either --similarity (with --query-videos and --video-ids) or --run")
     markdown = args.markdown or (args.json.with_suffix(".md") if args.json else None)
@@ -273,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("--index-type needs vectors (--run); a precomputed matrix is ranked exactly")
             labels = [p.name for p in args.similarity]
             results = [evaluate_matrix(p, args.query_videos, args.video_ids, v2t_protocols=protocols,
-                                       dual_softmax=args.dual_softmax) for p in args.similarity]
+                                       dual_softmax=args.dual_softmax, ks=ks) for p in args.similarity]
             what = f"{args.dataset or 'similarity matrix'} ({', '.join(labels)})"
         else:
             if not args.dataset:
@@ -286,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(evaluate_model(loaded, args.dataset, args.split, captions=args.captions,
                                               v2t_protocols=protocols, index_type=args.index_type,
                                               rerank_depth=args.rerank_depth, dual_softmax=args.dual_softmax,
-                                              settings=settings))
+                                              ks=ks, settings=settings))
             what = f"{args.dataset} / {args.split}"
             if args.json is None:
                 runs = "+".join(Path(str(run)).name for run in args.run)

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from data.atomic import atomic_path, write_text_atomic  # noqa: E402
 
-METRICS = ("R@1", "R@5", "R@10", "MdR", "MnR")
+METRICS = ("R@1", "R@5", "R@10", "R@50", "RSum", "MdR", "MnR")
 ATTRIBUTES = ("colour", "size", "shape", "texture", "motion", "sound")
 BANNER = ("RANDOM WEIGHTS: every feature extractor used random weights; these numbers measure the "
           "pipeline and the fusion models on synthetic data, not pretrained CLIP/VGGish/SlowFast.")
@@ -103,7 +103,9 @@ def markdown_report(dataset: str, rows: list[ReportRow], oracle: dict | None, qu
     lines = [f"# tvr pipeline report: {dataset}", ""]
     if random_weights:
         lines += [f"**{BANNER}**", ""]
-    lines += [f"Test split: {protocol['n_queries_t2v']} caption queries over {protocol['n_videos']} videos; "
+    listed = (f" (of {protocol['n_queries_listed']} / {protocol['n_videos_listed']} the split lists)"
+              if "n_videos_listed" in protocol else "")
+    lines += [f"Test split: {protocol['n_queries_t2v']} caption queries over {protocol['n_videos']} videos{listed}; "
               f"ties: {protocol['ties']}; video-to-text protocol: {protocol['v2t']}. Numbers are those of "
               f"`python -m retrieval.evaluate --run <run> --dataset {dataset}`.", "",
               "## Models", "", "| model | run | t2v " + " | t2v ".join(METRICS) + " | v2t " + " | v2t ".join(METRICS) + " |",

@@ -3,7 +3,7 @@
 Only the top of the ranking is seen, so these counts give R@K for K <= the search depth; MdR and
 MnR need the full ranking and are not reported from them.
 
-Ties (same rule as :mod:`retrieval.metrics`): the search depth grows (doubling, per query) while
+Ties (same rule as :mod:`data.metrics`): the search depth grows (doubling, per query) while
 the last returned score equals the score at depth ``k_max``, so a tied block that reaches into the
 top ``k_max`` is always seen whole; with an exact index the R@K equal those of the full matrix.
 """
@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from retrieval.faiss_index import search
-from retrieval.metrics import RankCounts
+from data.metrics import RankCounts
 
 
 def _counts_from_lists(scores: np.ndarray, rows: np.ndarray, truth: np.ndarray, missing: int):

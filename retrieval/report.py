@@ -6,7 +6,14 @@ from typing import Sequence
 
 import numpy as np
 
-METRICS = ("R@1", "R@5", "R@10", "MdR", "MnR")
+METRICS = ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR", "RSum")   # the default columns
+
+
+def columns(rows) -> list[str]:
+    """The metric columns present in ``rows`` (metric dicts): R@K ascending, then MdR, MnR, RSum."""
+    keys = {k for metrics in rows for k in metrics}
+    recalls = sorted((k for k in keys if k.startswith("R@")), key=lambda k: int(k[2:]))
+    return recalls + [k for k in ("MdR", "MnR", "RSum") if k in keys]
 
 # METHODS.md §6: published text-to-video R@1 on MSR-VTT 1k-A (not measured here).
 REFERENCE_ROWS = (
@@ -31,7 +38,8 @@ def aggregate(results: Sequence[dict]) -> dict:
     """Mean and sample standard deviation of every metric over several results (runs / seeds)."""
     out = {"n": len(results)}
     for direction in ("t2v", "v2t"):
-        values = {m: [r[direction][m] for r in results if r[direction].get(m) is not None] for m in METRICS}
+        names = columns([r[direction] for r in results])
+        values = {m: [r[direction][m] for r in results if r[direction].get(m) is not None] for m in names}
         out[direction] = {m: float(np.mean(v)) if v else None for m, v in values.items()}
         out[direction + "_std"] = {m: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 if v else None
                                    for m, v in values.items()}
@@ -47,12 +55,13 @@ def _cell(value, spread=None, digits: int = 1) -> str:
 
 def render(rows: Sequence[tuple[str, str, dict]], *, markdown: bool, spreads: dict | None = None) -> str:
     """``rows``: (label, direction label, metrics). ``spreads[(label, direction)]`` adds ± std."""
-    header = ["row", "direction", *METRICS]
+    names = columns([metrics for _, _, metrics in rows])
+    header = ["row", "direction", *names]
     body = []
     for label, direction, metrics in rows:
         spread = (spreads or {}).get((label, direction), {})
-        body.append([label, direction] + [_cell(metrics.get(m), spread.get(m), 1 if m.startswith("R@") else 2)
-                                          for m in METRICS])
+        body.append([label, direction] + [_cell(metrics.get(m), spread.get(m), 2 if m in ("MdR", "MnR") else 1)
+                                          for m in names])
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in body]

@@ -10,7 +10,7 @@ import pytest
 
 from fake_fusion_api import FakeFusion, write_dataset
 from retrieval import evaluate
-from retrieval.metrics import KS
+from data.metrics import KS
 
 S = np.array([[0.9, 0.1, 0.2, 0.0], [0.5, 0.4, 0.2, 0.1], [0.2, 0.2, 0.2, 0.2],
               [0.5, 0.6, 0.7, 0.8], [0.1, 0.8, 0.6, 0.0], [0.6, 0.9, 0.5, 0.1]], np.float32)
@@ -44,7 +44,7 @@ def test_precomputed_matrix_stable_json(matrix_files, capsys):
     assert evaluate.main(_args(matrix_files, "--json", str(out))) == 0
     result = json.loads(out.read_text())
     for direction in ("t2v", "v2t"):
-        assert set(result[direction]) == {"R@1", "R@5", "R@10", "MdR", "MnR"}
+        assert set(result[direction]) == {"R@1", "R@5", "R@10", "R@50", "RSum", "MdR", "MnR"}
     assert result["t2v"]["R@1"] == pytest.approx(37.5)          # hand-computed in test_metrics
     assert result["t2v"]["MdR"] == pytest.approx(2.25)
     assert result["v2t"]["MnR"] == pytest.approx(5 / 3)
@@ -159,3 +159,12 @@ def test_dimension_mismatch_refused(tvr_home, monkeypatch, capsys):
     monkeypatch.setattr(sys.modules["fusion.api"], "encode_split", mismatched)
     assert evaluate.main(["--run", "zero-shot", "--dataset", "toy"]) == 2
     assert "dimension mismatch: text vectors have 16 dimensions, video vectors 8" in capsys.readouterr().err
+
+
+def test_ks_choose_the_recall_columns_and_rsum_stays(matrix_files):
+    out = matrix_files / "KS.json"
+    assert evaluate.main(_args(matrix_files, "--ks", "2", "1", "--json", str(out))) == 0
+    result = json.loads(out.read_text())
+    assert set(result["t2v"]) == {"R@1", "R@2", "RSum", "MdR", "MnR"}
+    assert "| R@1 | R@2 | MdR | MnR | RSum |" in (matrix_files / "KS.md").read_text()
+    assert result["RSum"] == pytest.approx(result["t2v"]["RSum"] + result["v2t"]["RSum"])

@@ -213,16 +213,6 @@ def test_dpc_knn_respects_masks():
     assert out.shape == (2, 4, 8) and cmask.sum(1).tolist() == [4, 4]
 
 
-def test_ensemble_lambda_is_fitted_on_validation():
-    model = make_model("m2hf", fusion="ensemble")
-    with torch.no_grad():
-        model.eval()
-        t, v = model.encode_text(text_batch(n=3, lengths=(6, 9, 4))), model.encode_video(video_batch())
-    fitted = model.fit_on_validation(t, v, torch.eye(3, dtype=torch.bool))
-    assert abs(sum(fitted["ensemble_lambda"].values()) - 1) < 1e-6
-    assert torch.allclose(model.ensemble_lambda.sum(), torch.tensor(1.0))
-
-
 def test_config_rejects_unknown_keys_and_models():
     with pytest.raises(ValueError, match="unknown model"):
         load_config("clip5")

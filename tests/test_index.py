@@ -11,7 +11,7 @@ from data.settings import get_settings
 from fake_fusion_api import write_dataset
 from retrieval import faiss_index
 from retrieval import index as rindex
-from retrieval.metrics import GroundTruth, VectorScores, evaluate_scores, text_to_video_counts
+from data.metrics import GroundTruth, VectorScores, evaluate_scores, text_to_video_counts
 from retrieval.ranked import counts_from_index, counts_with_rerank
 from test_reindex import home  # noqa: F401 (a fixture: tiny synthetic videos, real extraction, first reindex)
 

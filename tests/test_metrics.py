@@ -1,4 +1,4 @@
-"""Hand-computed cases for retrieval.metrics, plus independent brute-force and CE-style checks."""
+"""Hand-computed cases for data.metrics, plus independent brute-force and CE-style checks."""
 from __future__ import annotations
 
 import itertools
@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from retrieval.metrics import (DualSoftmaxScores, MatrixScores, RankCounts, ScoreError,
+from data.metrics import (DualSoftmaxScores, MatrixScores, RankCounts, ScoreError,
                                VectorScores, evaluate_scores)
 
 # Videos A, B, C have 3, 1 and 2 captions (uneven); D has none (a distractor).
@@ -41,10 +41,12 @@ def test_video_to_text_both_protocols_hand_computed():
     # group-best: column A groups (0.9, 0.5, 0.6) -> 1; B groups (0.4, 0.6, 0.9) -> 2;
     # C groups (0.2, 0.7, 0.6) -> 2.  D has no captions: not a query.
     best = out["v2t_by_protocol"]["group-best"]
-    assert best == pytest.approx({"R@1": 100 / 3, "R@2": 100.0, "R@3": 100.0, "MdR": 2.0, "MnR": 5 / 3})
+    assert best == pytest.approx({"R@1": 100 / 3, "R@2": 100.0, "R@3": 100.0, "MdR": 2.0, "MnR": 5 / 3,
+                                  "RSum": 100 / 3 + 200})       # RSum = R@1 + R@5 + R@10 whatever ks are
     # all-captions: column B has two captions of C (0.8, 0.9) above its own (0.6) -> 3.
     every = out["v2t_by_protocol"]["all-captions"]
-    assert every == pytest.approx({"R@1": 100 / 3, "R@2": 200 / 3, "R@3": 100.0, "MdR": 2.0, "MnR": 2.0})
+    assert every == pytest.approx({"R@1": 100 / 3, "R@2": 200 / 3, "R@3": 100.0, "MdR": 2.0, "MnR": 2.0,
+                                   "RSum": 100 / 3 + 200})
     assert out["v2t"] == best
     assert out["protocol"]["v2t"] == "group-best"
     assert out["protocol"]["ties"] == "averaged"
@@ -55,14 +57,15 @@ def test_tie_with_ground_truth_after_strictly_better():
     # g = 1 strictly better, w = 3 tied wrong: rank 1 + 1 + 3/2; R@K = (K - 1) / 4
     row = np.array([[0.9, 0.5, 0.5, 0.5, 0.5, 0.1]])
     out = evaluate_scores(row, ["v1"], [f"v{i}" for i in range(6)], ks=(1, 2, 3, 5))["t2v"]
-    assert out == pytest.approx({"R@1": 0.0, "R@2": 25.0, "R@3": 50.0, "R@5": 100.0, "MdR": 3.5, "MnR": 3.5})
+    assert out == pytest.approx({"R@1": 0.0, "R@2": 25.0, "R@3": 50.0, "R@5": 100.0, "MdR": 3.5, "MnR": 3.5,
+                                 "RSum": 200.0})
 
 
 def test_constant_scores_give_exactly_chance():
     n = 20
     out = evaluate_scores(np.zeros((n, n)), [str(i) for i in range(n)], [str(i) for i in range(n)],
                           v2t_protocols=("group-best", "all-captions"))
-    chance = {"R@1": 5.0, "R@5": 25.0, "R@10": 50.0, "MdR": 10.5, "MnR": 10.5}
+    chance = {"R@1": 5.0, "R@5": 25.0, "R@10": 50.0, "R@50": 100.0, "MdR": 10.5, "MnR": 10.5, "RSum": 80.0}
     assert out["t2v"] == pytest.approx(chance)
     for protocol in ("group-best", "all-captions"):
         assert out["v2t_by_protocol"][protocol] == pytest.approx(chance)
@@ -79,7 +82,7 @@ def test_tied_correct_captions_all_captions_protocol():
 
 def _brute_force(scores: np.ndarray, correct: list[set[int]], ks) -> dict:
     """Expected first-correct position over every tie-breaking order (exact enumeration)."""
-    ranks, hits = [], {k: [] for k in ks}
+    ranks, hits = [], {k: [] for k in set(ks) | {1, 5, 10}}
     for row, good in zip(scores, correct):
         positions = []
         for perm in itertools.permutations(range(len(row))):
@@ -87,10 +90,11 @@ def _brute_force(scores: np.ndarray, correct: list[set[int]], ks) -> dict:
             positions.append(1 + min(int(np.flatnonzero(order == g)[0]) for g in good))
         positions = np.array(positions)
         ranks.append(positions.mean())
-        for k in ks:
+        for k in hits:
             hits[k].append((positions <= k).mean())
     out = {f"R@{k}": 100 * float(np.mean(hits[k])) for k in ks}
-    out.update(MdR=float(np.median(ranks)), MnR=float(np.mean(ranks)))
+    out.update(MdR=float(np.median(ranks)), MnR=float(np.mean(ranks)),
+               RSum=sum(100 * float(np.mean(hits[k])) for k in (1, 5, 10)))
     return out
 
 
@@ -166,6 +170,6 @@ def test_bad_ids_and_shapes_rejected():
 def test_dual_softmax_hand_computed():
     base = np.array([[1.0, 0.0], [0.0, 1.0]])
     e = np.e / (np.e + 1)
-    dual = DualSoftmaxScores(MatrixScores(base))
+    dual = DualSoftmaxScores(MatrixScores(base), temperature=1.0)
     assert dual.rows(0, 2) == pytest.approx(np.array([[e, 0.0], [0.0, e]]))
     assert dual.cols(np.array([1])) == pytest.approx(np.array([[0.0, e]]))  # transposed chunk

@@ -207,9 +207,11 @@ def test_ablation_writes_the_table(tmp_path):
     assert summary["random_weights"] and summary["oracle"]["t2v"]
     stats = summary["rows"][1]["stats"]
     assert {"t2v R@1", "v2t R@10", "match colour", "match sound", "match motion"} <= set(stats)
-    assert all(0 <= stats[k][0] <= 100 for k in stats)
+    assert all(0 <= stats[k][0] <= 100 for k in stats if k != "RSum") and 0 <= stats["RSum"][0] <= 300
     text = (out / "ablation.md").read_text()
     assert "RANDOM WEIGHTS" in text and "Oracle ceilings" in text and "| M2HF V+AV |" in text
+    run = json.loads((settings.runs_dir / "ablation-synthetic-row01-s0" / "metrics.json").read_text())
+    assert run["test"]["v2t_protocol"] in text and summary["v2t_protocol"] == run["test"]["v2t_protocol"]
 
 
 def test_bench_runs_on_tiny_sizes(tmp_path, capsys):

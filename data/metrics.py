@@ -45,7 +45,8 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 TIES = "averaged"
-KS = (1, 5, 10)
+KS = (1, 5, 10, 50)
+RSUM_KS = (1, 5, 10)   # RSum = R@1 + R@5 + R@10 of one direction (computed whatever ``ks`` asks for)
 V2T_PROTOCOLS = ("group-best", "all-captions")
 CHUNK_BYTES = 256 * 2**20
 TIE_RULE = ("rank = 1 + #strictly better + #wrong tied / (#correct tied + 1); "
@@ -126,11 +127,14 @@ class FunctionScores:
 class DualSoftmaxScores:
     """Dual softmax post-processing: ``S * softmax(temperature * S, axis=queries)``.
 
+    The default temperature 100 is CLIP's logit scale (scores are cosines; at 1 the softmax is
+    nearly flat and the post-processing nearly a no-op).
+
     Transductive (each score depends on every query), so it is only ever a separate, labelled row.
     The per-column log-normaliser is computed once, streaming over row chunks.
     """
 
-    def __init__(self, base: ScoreSource, temperature: float = 1.0, chunk_bytes: int = CHUNK_BYTES):
+    def __init__(self, base: ScoreSource, temperature: float = 100.0, chunk_bytes: int = CHUNK_BYTES):
         self.base, self.temperature = base, float(temperature)
         self.n_rows, self.n_cols = base.n_rows, base.n_cols
         peak = np.full(self.n_cols, -np.inf)
@@ -215,6 +219,7 @@ class RankCounts:
     def summary(self, ks: Sequence[int] = KS) -> dict[str, float]:
         ranks = self.ranks()
         out = {f"R@{k}": float(100.0 * self.hit_rate(k).mean()) for k in ks}
+        out["RSum"] = float(sum(100.0 * self.hit_rate(k).mean() for k in RSUM_KS))
         out["MdR"] = float(np.median(ranks))
         out["MnR"] = float(ranks.mean())
         return out
@@ -316,7 +321,8 @@ def evaluate_scores(scores, query_videos: Sequence[str], video_ids: Sequence[str
     """Both directions, every metric, with the protocol named.
 
     ``scores``: ``[Q, V]`` array or :class:`ScoreSource`. Returns
-    ``{"t2v": {"R@1","R@5","R@10","MdR","MnR"}, "v2t": {...}, "protocol": {...}}`` (R@K in %,
+    ``{"t2v": {"R@1","R@5","R@10","R@50","RSum","MdR","MnR"}, "v2t": {...}, "RSum", "protocol": {...}}``
+    (R@K for every K of ``ks``, in %; RSum = R@1 + R@5 + R@10 per direction, the top-level one summing both;
     ranks 1-based); with several ``v2t_protocols`` the first is ``"v2t"`` and all are in
     ``"v2t_by_protocol"``. ``text_to_video=False`` leaves ``"t2v"`` as None (the caller ranks
     text-to-video another way, e.g. through a FAISS index).
@@ -348,4 +354,8 @@ def evaluate_scores(scores, query_videos: Sequence[str], video_ids: Sequence[str
     }
     if len(v2t_protocols) > 1:
         result["v2t_by_protocol"] = {p: v2t[p].summary(ks) for p in v2t_protocols}
+    if result["t2v"]:
+        result["RSum"] = result["t2v"]["RSum"] + result["v2t"]["RSum"]
+        result["protocol"]["rsum"] = ("RSum per direction = R@1 + R@5 + R@10; top-level RSum = "
+                                      "both directions summed")
     return result
