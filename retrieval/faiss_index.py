@@ -35,7 +35,7 @@ TRAIN_SAMPLE = 160_000          # IVF lists are capped at TRAIN_SAMPLE / 39 (FAI
 ADD_BATCH = 100_000
 PQ_CODES = (64, 32, 16, 8)       # bytes per vector tried, largest first (PQ128 trains ~10x slower)
 BUDGET_SHARE = 0.75              # of the budget for the index; the rest for the sample, a batch, searching
-HNSW_QUANTIZER_FROM = 4096       # IVF coarse quantizers this large are HNSW graphs (fast assignment)
+HNSW_QUANTIZER_FROM = 1024       # IVF coarse quantizers this large are HNSW graphs (fast assignment)
 SEARCH_KEYS = ("nprobe", "efSearch", "rerank")
 
 
@@ -94,7 +94,7 @@ def plan_index(n: int, dim: int, memory_gb: float | None = None, index_type: str
     """(type, factory string, params incl. ``reason``) for ``n`` vectors of ``dim`` under the budget.
 
     Without a budget: :func:`choose_type`. With one: the first of flat (``n <= EXACT_UP_TO``), hnsw,
-    ivf, ivfpq (``PQ_CODES``, largest first) whose :func:`estimated_bytes` is at most
+    ivf, ivfpq (``PQ_CODES``, largest first; ``sqrt(N)`` lists) whose :func:`estimated_bytes` is at most
     ``BUDGET_SHARE`` x the budget; ivfpq searches re-rank ``rerank`` candidates exactly from stored
     vectors when a build has them. ``factory`` overrides the choice (type ``factory``).
     """
@@ -111,7 +111,9 @@ def plan_index(n: int, dim: int, memory_gb: float | None = None, index_type: str
     budget = BUDGET_SHARE * memory_gb * 2**30
     ivf = default_params("ivf", n)
     options = ([("flat", {})] if n <= EXACT_UP_TO else []) + [("hnsw", default_params("hnsw", n)), ("ivf", ivf)]
-    options += [("ivfpq", {**ivf, "pq": m, "rerank": 100}) for m in PQ_CODES if dim % m == 0]
+    lists = int(max(1, min(round(math.sqrt(n)), n // 39, TRAIN_SAMPLE // 39)))   # sqrt(N): cheap k-means
+    options += [("ivfpq", {"nlist": lists, "nprobe": int(min(lists, 16)), "pq": m, "rerank": 100})
+                for m in PQ_CODES if dim % m == 0]
     rejected = []
     for kind, params in options:
         size = estimated_bytes(kind, n, dim, params)
@@ -183,7 +185,11 @@ def build_streamed(batches: Callable[[], Iterable[np.ndarray]], sample: np.ndarr
     if use_gpu:
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     if not index.is_trained:
-        index.train(sample)
+        try:
+            index.train(sample)
+        except RuntimeError as err:
+            reason = str(err).strip().splitlines()[-1].split("failed: ")[-1][:200]
+            raise IndexFolderError(f"cannot train {factory!r} on {len(sample)} vectors: {reason}") from None
     added = 0
     rows = iter(ids) if ids is not None else None
     for batch in batches():
