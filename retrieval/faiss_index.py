@@ -351,7 +351,7 @@ def tune(index, queries: np.ndarray, exact: np.ndarray, *, target: float = 0.9, 
          vectors: np.ndarray | None = None, grid: dict | None = None) -> dict:
     """Recall@k (against ``exact [Q, k]``) and ms per query for each setting of ``grid`` (default:
     nprobe 1..nlist in powers of 2 for IVF, efSearch 16..512 for HNSW; rerank 0 / 50 / 100 / 200
-    with stored ``vectors``). Returns ``{"target", "chosen": setting or None, "curve": [...]}``: the
+    with stored ``vectors``; also 400). Returns ``{"target", "chosen": setting or None, "curve": [...]}``: the
     fastest setting reaching ``target`` (else the most accurate, with ``"reached": False``)."""
     grid = grid or default_grid(index, vectors is not None)
     settings = [{}]
@@ -380,5 +380,5 @@ def default_grid(index, with_vectors: bool) -> dict:
     elif isinstance(faiss.downcast_index(first), faiss.IndexHNSW):
         grid["efSearch"] = [16, 32, 64, 128, 256, 512]
     if with_vectors:
-        grid["rerank"] = [0, 50, 100, 200]
+        grid["rerank"] = [0, 50, 100, 200, 400]
     return grid

@@ -67,7 +67,7 @@ from data.manifest import Manifest, manifest_fingerprint, read_manifest
 from data.settings import Settings, get_settings
 from retrieval.faiss_index import (EXACT_UP_TO, INDEX_TYPES, SEARCH_KEYS, IndexFolderError, apply_search_params,
                                    build_faiss, builds_on_gpu, exact_top, sample_rows, tune)
-from retrieval.shards import PartitionedIndex, build_parts
+from retrieval.shards import PartitionedIndex, build_parts, plan_parts
 from retrieval.runs import ZERO_SHOT, fusion_api, load, run_name
 
 VECTORS_FILE = "vectors.npy"
@@ -244,19 +244,17 @@ def _write_index(folder: Path, vectors: np.ndarray, video_ids: Sequence[str], in
                  *, use_gpu, memory_gb, factory, shards: int, processes: int) -> dict:
     """Write ``index.faiss`` (one index) or the ``part-NNN.*`` files (shards, zero-block groups);
     returns ``index_type``, ``params`` and, for partitioned builds, ``partitions``."""
-    if shards > 1 and processes > 1:
-        np.save(folder / VECTORS_FILE, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
-    if shards > 1 or (index_type in ("auto", "flat") and factory is None):
-        partitions = build_parts(vectors, video_ids, folder, shards=shards, processes=processes,
+    specs = plan_parts(video_ids, vectors, shards, zero_blocks=factory is None)
+    if len(specs) > 1 or shards > 1:
+        if processes > 1:
+            np.save(folder / VECTORS_FILE, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
+        partitions = build_parts(vectors, specs, folder, shards=shards, processes=processes,
                                  index_type=index_type, memory_gb=memory_gb, factory=factory)
-        if partitions["count"] > 1 or shards > 1:
-            first = partitions["parts"][0]
-            search_defaults = {k: first[k] for k in SEARCH_KEYS if k in first}
-            kinds = sorted({p["type"] for p in partitions["parts"]})
-            return {"index_type": "+".join(kinds), "params": {**search_defaults, **(params or {}),
-                    "reason": f"{partitions['count']} parts; " + first["reason"]}, "partitions": partitions}
-        for name in ("part-000.faiss", "part-000.rows.npy", "part-000.cols.npy"):
-            (folder / name).unlink()
+        first = partitions["parts"][0]
+        search_defaults = {k: first[k] for k in SEARCH_KEYS if k in first}
+        kinds = sorted({p["type"] for p in partitions["parts"]})
+        return {"index_type": "+".join(kinds), "params": {**search_defaults, **(params or {}),
+                "reason": f"{partitions['count']} parts; " + first["reason"]}, "partitions": partitions}
     index, index_type, params = build_faiss(vectors, index_type, params, use_gpu=use_gpu, memory_gb=memory_gb,
                                             factory=factory)
     faiss.write_index(index, str(folder / "index.faiss"))

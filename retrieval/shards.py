@@ -65,9 +65,11 @@ def zero_block_groups(vectors: np.ndarray, block: int = BLOCK) -> list[tuple[np.
     return groups
 
 
-def plan_parts(video_ids: Sequence[str], vectors: np.ndarray, shards: int = 1) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """The parts of a build: zero-block groups (when the vectors have that layout) x hash shards."""
-    groups = zero_block_groups(vectors) or [(np.arange(len(vectors)), None)]
+def plan_parts(video_ids: Sequence[str], vectors: np.ndarray, shards: int = 1,
+               zero_blocks: bool = True) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """The parts of a build: zero-block groups (when the vectors have that layout and
+    ``zero_blocks``) x hash shards."""
+    groups = (zero_blocks and zero_block_groups(vectors)) or [(np.arange(len(vectors)), None)]
     if shards <= 1:
         return groups
     shard = np.array([shard_of(v, shards) for v in video_ids])
@@ -103,13 +105,13 @@ def _build_and_write(vectors_path: str, rows, cols, out: str, kwargs: dict) -> d
     return params
 
 
-def build_parts(vectors: np.ndarray, video_ids: Sequence[str], folder: Path, *, shards: int = 1,
-                processes: int = 1, index_type: str = "auto", memory_gb: float | None = None,
+def build_parts(vectors: np.ndarray, specs: list[tuple[np.ndarray, np.ndarray | None]], folder: Path, *,
+                shards: int = 1, processes: int = 1, index_type: str = "auto", memory_gb: float | None = None,
                 factory: str | None = None) -> dict:
-    """Write the parts of a partitioned build into ``folder`` (``vectors`` must then also be saved as
-    ``folder/vectors.npy`` when ``processes > 1``: workers memory-map it). Each part gets the share
-    of ``memory_gb`` its row count is of the total. Returns the ``partitions`` info entry."""
-    specs = plan_parts(video_ids, vectors, shards)
+    """Write the parts ``specs`` (:func:`plan_parts`) of a partitioned build into ``folder``
+    (``vectors`` must then also be saved as ``folder/vectors.npy`` when ``processes > 1``: workers
+    memory-map it). Each part gets the share of ``memory_gb`` its row count is of the total.
+    Returns the ``partitions`` info entry."""
     n = len(vectors)
     jobs = []
     for i, (rows, cols) in enumerate(specs):
