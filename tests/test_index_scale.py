@@ -210,3 +210,30 @@ def test_budget_build_records_why_and_searches_with_overrides(fake, capsys):
         rsearch.check_params({"nprobe": 0})
     with pytest.raises(rsearch.QueryError, match="unknown search parameter 'depth'"):
         rsearch.check_params({"depth": 3})
+
+
+def test_m2hf_vectors_partitioned_by_availability_score_exactly():
+    """The real M2HF layout (fusion/m2hf.py video_vectors / text_vectors): groups by availability
+    pattern store only their own blocks, and merged top-k equals the full 8-block inner product."""
+    torch = pytest.importorskip("torch")
+    from test_fusion_models import make_model, text_batch, video_batch
+
+    model = make_model("m2hf", branches=["V", "AV", "MV"])
+    video = video_batch(n_videos=8, n_frames=(8, 12, 5, 9, 6, 7, 10, 4),
+                        has_audio=torch.tensor([True, False, True, False, True, False, True, False]))
+    video.has_motion = torch.tensor([True, True, False, False, True, True, False, False])
+    with torch.no_grad():
+        model.eval()
+        text = model.text_vectors(model.encode_text(text_batch())).numpy()
+        videos = model.video_vectors(model.encode_video(video)).numpy()
+    width = videos.shape[1] // 8
+    groups = shards.zero_block_groups(videos, block=width)
+    assert sorted(len(c) // width for _, c in groups) == [1, 2, 2, 3]       # V; V+A, V+M; V+A+M
+    stored = sum(len(r) * len(c) for r, c in groups)
+    assert stored == 8 * 2 * width                                           # 2 blocks per video on average, not 8
+    parts = [shards.Part(fi.build_faiss(np.ascontiguousarray(videos[r][:, c]), "flat", use_gpu=False)[0], r, c)
+             for r, c in groups]
+    scores, rows = shards.PartitionedIndex(parts, videos.shape[1]).search(text, 8)
+    full = text @ videos.T
+    assert np.allclose(scores, np.sort(full, axis=1)[:, ::-1], atol=1e-5)
+    assert np.allclose(np.take_along_axis(full, rows, 1), scores, atol=1e-5)   # each row's own full score
