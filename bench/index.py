@@ -22,7 +22,6 @@ averaged over queries; exact = ``IndexFlatIP``.
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import shutil
 import sys
