@@ -2,6 +2,7 @@
 type (flat, ivf, hnsw) at several collection sizes, printed side by side in one run.
 
     python -m bench.index [--sizes 10000,100000,1000000] [--embeddings BASE.npy | --features DIR]
+    python -m bench.index --sizes 1000000,10000000 --memory-gb 2     # budget mode (:func:`bench_budget`)
 
 Vectors: N database vectors and ``--queries`` query vectors are made by perturbing a set of base
 vectors (there are not 1M real videos here). The base vectors are, in order of preference:
@@ -22,15 +23,20 @@ averaged over queries; exact = ``IndexFlatIP``.
 from __future__ import annotations
 
 import argparse
+import resource
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import faiss
 import numpy as np
 
 from data.store import FeatureSet
-from retrieval.faiss_index import INDEX_TYPES, build_faiss
+from retrieval.faiss_index import (ADD_BATCH, INDEX_TYPES, TRAIN_SAMPLE, ExactTop, build_faiss, build_streamed, plan_index,
+                                   recall_at, search, tune)
 
 
 def base_from_features(folder: Path) -> np.ndarray:
@@ -66,17 +72,26 @@ class Perturber:
         bases, dim = self.base.shape
         self.tangent = np.linalg.qr(rng.normal(size=(bases, dim, rank)))[0].astype(np.float32)  # [B, D, r]
 
-    def draw(self, n: int, seed: int, chunk: int = 8192) -> np.ndarray:
+    def draw(self, n: int, seed: int) -> np.ndarray:
+        """``n`` perturbed vectors ``[n, D]`` float32; the same ``seed`` gives the same vectors.
+        Vectors of one base are drawn together (one ``[D, r] @ [r, c]`` product per base)."""
         rng = np.random.default_rng(seed)
-        out = np.empty((n, self.base.shape[1]), np.float32)
-        for start in range(0, n, chunk):
-            m = min(chunk, n - start)
-            which = rng.integers(0, len(self.base), m)
-            z = rng.normal(size=(m, self.rank, 1)).astype(np.float32)
-            along = (self.tangent[which] @ z)[:, :, 0] / np.sqrt(self.rank)
-            noise = rng.normal(size=(m, self.base.shape[1])).astype(np.float32) / np.sqrt(self.base.shape[1])
-            out[start:start + m] = _normalise(self.base[which] + self.sigma * along + self.tau * noise)
-        return out
+        dim = self.base.shape[1]
+        which = rng.integers(0, len(self.base), n)
+        z = rng.standard_normal((n, self.rank), dtype=np.float32)
+        out = self.base[which] + self.tau * rng.standard_normal((n, dim), dtype=np.float32) / np.sqrt(dim)
+        order = np.argsort(which, kind="stable")
+        bounds = np.searchsorted(which[order], np.arange(len(self.base) + 1))
+        scale = self.sigma / np.sqrt(self.rank)
+        for b in np.flatnonzero(np.diff(bounds)):
+            rows = order[bounds[b]:bounds[b + 1]]
+            out[rows] += scale * (z[rows] @ self.tangent[b].T)
+        return _normalise(out)
+
+    def stream(self, n: int, seed: int, batch: int = ADD_BATCH) -> Iterator[np.ndarray]:
+        """:meth:`draw` in batches of ``batch`` rows (batch i from seed ``(seed, i)``): never all ``n`` at once."""
+        for i, start in enumerate(range(0, n, batch)):
+            yield self.draw(min(batch, n - start), seed=int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
 
 
 def bench_one(vectors: np.ndarray, queries: np.ndarray, exact_rows: np.ndarray | None, kind: str,
@@ -91,6 +106,86 @@ def bench_one(vectors: np.ndarray, queries: np.ndarray, exact_rows: np.ndarray |
         [len(set(a) & set(b)) / k for a, b in zip(rows, exact_rows)]))
     return {"type": kind, "params": params, "build_s": build, "search_s": search, "recall": recall,
             "rows": rows}
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident set so far (``getrusage(RUSAGE_SELF).ru_maxrss``, KiB on Linux), GB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def bench_budget(n: int, perturb: Perturber, queries: np.ndarray, held_out: np.ndarray, args) -> None:
+    """One streamed build under ``--memory-gb`` (or ``--factory``) at size ``n``; prints each figure.
+
+    Each batch of :data:`ADD_BATCH` vectors is generated, merged into the exact top-10 of the test and
+    held-out queries, appended to ``vectors.npy`` (exact re-ranking) and added; nothing N-sized is
+    held. Tuning (:func:`retrieval.faiss_index.tune`) uses the held-out queries only; the test
+    queries then measure ms/query at 1 and 2 threads and recall@10 with the chosen setting."""
+    dim = perturb.base.shape[1]
+    kind, factory, params = plan_index(n, dim, args.memory_gb, factory=args.factory)
+    print(f"\n== N={n:,} x {dim}: {factory} ({params['reason']})", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-index-", dir=args.workdir))
+    try:
+        keep = None
+        if args.rerank_store:          # plain writes (a writable memory map would count its pages as RSS)
+            keep = open(work / "vectors.npy", "wb")
+            np.lib.format.write_array_header_2_0(keep, {"descr": "<f4", "fortran_order": False, "shape": (n, dim)})
+        exact = ExactTop(np.concatenate([queries, held_out]))
+        clock = {"generate": 0.0, "exact": 0.0, "store": 0.0}
+
+        def batches() -> Iterator[np.ndarray]:
+            start = time.perf_counter()
+            for block in perturb.stream(n, seed=args.seed + 2 + n):
+                clock["generate"] += time.perf_counter() - start
+                start = time.perf_counter()
+                exact.add(block)
+                clock["exact"] += time.perf_counter() - start
+                if keep is not None:
+                    start = time.perf_counter()
+                    keep.write(np.ascontiguousarray(block, dtype="<f4").tobytes())
+                    clock["store"] += time.perf_counter() - start
+                yield block
+                start = time.perf_counter()
+
+        def progress(added: int) -> None:
+            if added % (10 * ADD_BATCH) == 0 or added == n:
+                print(f"   added {added:,}/{n:,} at {time.perf_counter() - begin:.0f} s, "
+                      f"peak RSS {peak_rss_gb():.2f} GB", flush=True)
+
+        begin = time.perf_counter()
+        sample = perturb.draw(min(n, TRAIN_SAMPLE), seed=args.seed + 3 + n)     # i.i.d. draws: a random sample
+        index = build_streamed(batches, sample, factory, progress=progress)
+        del sample
+        build_s = time.perf_counter() - begin
+        rss = peak_rss_gb()
+        path = work / "index.faiss"
+        faiss.write_index(index, str(path))
+        if keep is not None:
+            keep.close()
+        size = path.stat().st_size
+        other = clock["generate"] + clock["exact"] + clock["store"]
+        print(f"build {build_s:.1f} s wall (of which generating {clock['generate']:.1f} s, exact answers "
+              f"{clock['exact']:.1f} s, writing stored vectors {clock['store']:.1f} s; index training + adding "
+              f"{build_s - other:.1f} s); peak RSS {rss:.2f} GB; index.faiss {size / 1e9:.3f} GB "
+              f"({size / n:.1f} bytes/vector)", flush=True)
+        truth, truth_held = exact.rows[:len(queries)], exact.rows[len(queries):]
+        vectors = np.load(work / "vectors.npy", mmap_mode="r") if keep is not None else None
+        tuned = tune(index, held_out, truth_held, target=args.target, vectors=vectors)
+        print(f"tuned on {len(held_out)} held-out queries for recall@10 >= {args.target}: {tuned['chosen']}"
+              f" (reached: {tuned['reached']}); curve: " +
+              "; ".join(f"{ {k: v for k, v in c.items() if k not in ('recall', 'ms_per_query')} } "
+                        f"{c['recall']:.3f} {c['ms_per_query']:.2f} ms" for c in tuned["curve"]), flush=True)
+        for threads in (1, 2):
+            faiss.omp_set_num_threads(threads)
+            search(index, queries[:50], 10, vectors=vectors, **tuned["chosen"])          # warm-up
+            start = time.perf_counter()
+            _, rows = search(index, queries, 10, vectors=vectors, **tuned["chosen"])
+            ms = 1000 * (time.perf_counter() - start) / len(queries)
+            print(f"search {len(queries)} test queries, {threads} thread(s), {tuned['chosen']}: {ms:.3f} ms/query, "
+                  f"recall@10 {recall_at(rows, truth):.3f} vs exact", flush=True)
+        faiss.omp_set_num_threads(args.threads)
+        print(f"final peak RSS {peak_rss_gb():.2f} GB", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sigma", type=float, default=0.25)
     parser.add_argument("--tau", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=2, help="FAISS OpenMP threads")
+    parser.add_argument("--memory-gb", type=float, help="streamed build of the index this budget picks "
+                        "(retrieval.faiss_index.plan_index) instead of the per-type table")
+    parser.add_argument("--factory", help="streamed build of this FAISS index_factory string")
+    parser.add_argument("--no-rerank-store", dest="rerank_store", action="store_false",
+                        help="budget mode: do not keep the vectors on disk for exact re-ranking")
+    parser.add_argument("--target", type=float, default=0.9, help="budget mode: recall@10 the tuning aims for")
+    parser.add_argument("--held-out", type=int, default=500, help="budget mode: queries used for tuning only")
+    parser.add_argument("--workdir", default=None, help="budget mode: where the index and vectors are written")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     faiss.omp_set_num_threads(args.threads)
@@ -128,6 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"perturbation: rank-{args.rank} tangent sigma={args.sigma}, isotropic tau={args.tau}; "
           f"{args.queries} fresh queries; FAISS {faiss.__version__}, {args.threads} threads, CPU")
     queries = perturb.draw(args.queries, seed=args.seed + 1)
+    if args.memory_gb is not None or args.factory:
+        held_out = perturb.draw(args.held_out, seed=args.seed + 4)
+        print(f"budget mode: {args.memory_gb} GB / factory {args.factory}; vectors streamed in batches of "
+              f"{ADD_BATCH:,}; exact top-10 of {args.queries} test + {args.held_out} held-out queries merged "
+              f"block by block; peak RSS = getrusage(RUSAGE_SELF).ru_maxrss of this process")
+        for n in (int(s) for s in args.sizes.split(",")):
+            bench_budget(n, perturb, queries, held_out, args)
+        return 0
     header = f"{'N':>9}  {'index':<5}  {'params':<40}  {'build s':>8}  {'search s':>8}  {'ms/query':>8}  {'recall@10':>9}"
     print(header + "\n" + "-" * len(header))
     for n in (int(s) for s in args.sizes.split(",")):

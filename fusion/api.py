@@ -161,8 +161,9 @@ class QueryEncoder:
         batch = truncate_tokens(text, torch.arange(len(encoded)), eot, self.loaded.config["max_words"])
         with torch.no_grad():
             model.eval()
-            encoding = {k: v.cpu() for k, v in model.encode_text(batch.to(model_device(model))).items()}
-            vectors = model.text_vectors(encoding).numpy().astype(np.float32)
+            on_device = model.encode_text(batch.to(model_device(model)))
+            vectors = model.text_vectors(on_device).cpu().numpy().astype(np.float32)
+            encoding = {k: v.cpu() for k, v in on_device.items()}
         return EncodedQueries(vectors, encoding, clip)
 
 

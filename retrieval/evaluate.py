@@ -33,7 +33,7 @@ from data.cli import add_version
 from data.progress import Bars, ProgressEvent, ProgressFn
 from data.settings import Settings, get_settings
 from retrieval import report
-from retrieval.faiss_index import INDEX_TYPES, IndexFolderError, build_faiss
+from retrieval.faiss_index import INDEX_TYPES, IndexFolderError, apply_search_params, build_faiss
 from data.metrics import (KS, RSUM_KS, V2T_PROTOCOLS, DualSoftmaxScores, FunctionScores, GroundTruth,
                                ScoreError, VectorScores, as_source,
                                evaluate_scores)
@@ -90,8 +90,10 @@ def read_ids(path: str | Path) -> list[str]:
 def evaluate_model(loaded, dataset: str, split: str, *, captions: str = "all",
                    v2t_protocols: Sequence[str] = ("group-best",), index_type: str = "exact",
                    rerank_depth: int = 100, dual_softmax: float | None = None, ks: Sequence[int] = KS,
-                   settings: Settings | None = None) -> dict:
-    """Encode ``dataset/split`` with a :class:`fusion.api.LoadedModel` and compute the metrics."""
+                   settings: Settings | None = None, index_options: dict | None = None) -> dict:
+    """Encode ``dataset/split`` with a :class:`fusion.api.LoadedModel` and compute the metrics.
+    ``index_options``: ``factory`` / ``memory_gb`` (the index built) and ``nprobe`` / ``efSearch``
+    (its search parameters) for ``index_type`` other than exact."""
     split_data = fusion_api().encode_split(loaded, dataset, split, settings=settings, captions=captions)
     text, video = split_data.text_vectors, split_data.video_vectors
     if text.shape[1] != video.shape[1]:
@@ -106,7 +108,7 @@ def evaluate_model(loaded, dataset: str, split: str, *, captions: str = "all",
     result["protocol"]["n_videos_listed"], result["protocol"]["n_queries_listed"] = map(int, listed)
     if index_type != "exact":
         result["t2v"], result["protocol"]["t2v_search"] = _t2v_through_index(
-            split_data, ids, index_type, rerank_depth, ks)
+            split_data, ids, index_type, rerank_depth, ks, index_options or {})
     result["model"] = {"name": loaded.name, "run": run_name(loaded.run_dir), "dataset": dataset,
                        "split": split, "captions": captions, "fine_grained": bool(loaded.fine_grained),
                        "extractor_ids": dict(loaded.extractor_ids)}
@@ -116,9 +118,12 @@ def evaluate_model(loaded, dataset: str, split: str, *, captions: str = "all",
     return _with_dual_softmax(result, source, ids, dual_softmax, **kwargs)
 
 
-def _t2v_through_index(split_data, ids, index_type: str, rerank_depth: int, ks) -> tuple[dict, dict]:
+def _t2v_through_index(split_data, ids, index_type: str, rerank_depth: int, ks, options: dict) -> tuple[dict, dict]:
     """Text-to-video R@K searched through a FAISS index of the split's video vectors."""
-    index, chosen, params = build_faiss(split_data.video_vectors, index_type)
+    index, chosen, params = build_faiss(split_data.video_vectors, index_type, factory=options.get("factory"),
+                                        memory_gb=options.get("memory_gb"))
+    params.update({key: options[key] for key in ("nprobe", "efSearch") if options.get(key) is not None})
+    apply_search_params(index, params)
     true_rows = GroundTruth.from_ids(*ids).query_col
     note = {"index_type": chosen, "params": params,
             "note": "R@K from the top of the FAISS ranking (null for K above a re-rank depth); "
@@ -261,9 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--split", default="test", help="split to evaluate (default: test)")
     mod.add_argument("--captions", default="all", choices=("all", "first"),
                      help="every caption a query (default) or the first caption of each video")
-    mod.add_argument("--index-type", default="exact", choices=("exact",) + INDEX_TYPES,
+    mod.add_argument("--index-type", default="exact", choices=("exact", "auto") + INDEX_TYPES,
                      help="exact: full chunked ranking (default); flat/ivf/hnsw: text-to-video R@K "
                           "searched through a FAISS index")
+    mod.add_argument("--factory", help="with --index-type: any FAISS index_factory string instead (e.g. IVF256,PQ32)")
+    mod.add_argument("--memory-gb", type=float, help="with --index-type auto: the index this memory budget picks")
+    mod.add_argument("--nprobe", type=int, help="with --index-type: IVF lists searched")
+    mod.add_argument("--ef-search", type=int, dest="efSearch", help="with --index-type: HNSW efSearch")
     mod.add_argument("--rerank-depth", type=int, default=100,
                      help="fine-grained models with --index-type: candidates re-ranked exactly (default 100)")
     out = parser.add_argument_group("protocol and output")
@@ -313,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(evaluate_model(loaded, args.dataset, args.split, captions=args.captions,
                                               v2t_protocols=protocols, index_type=args.index_type,
                                               rerank_depth=args.rerank_depth, dual_softmax=args.dual_softmax,
-                                              ks=ks, settings=settings))
+                                              ks=ks, settings=settings, index_options={
+                                                  key: getattr(args, key) for key in
+                                                  ("factory", "memory_gb", "nprobe", "efSearch")}))
             bars(ProgressEvent(f"evaluate {args.dataset}/{args.split}", len(args.run), len(args.run), "run"))
             what = f"{args.dataset} / {args.split}"
             if args.json is None:

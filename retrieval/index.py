@@ -8,7 +8,10 @@ Layout::
         manifest.parquet   snapshot of the dataset manifest the index covers
         info.json          extractor_ids, manifest_fingerprint, dim, index_type, params,
                            random_weights, model, run, dataset, splits, n_vectors, build_id, ...
-        vectors.npy        optional: the vectors [N, D] float32, rows as ids.json (for reuse)
+        vectors.npy        optional: the vectors [N, D] float32, rows as ids.json (for reuse, and
+                           for exact re-ranking of compressed indexes' candidates)
+        part-NNN.*         instead of index.faiss in a partitioned build (shards by video-id hash,
+                           zero-block groups): retrieval.shards
         videos.parquet     optional: per-video state of the build (written by retrieval.reindex)
     indexes/<dataset>/<run>/current   the live build-id (replaced atomically after a build)
 
@@ -25,7 +28,12 @@ naming a missing or corrupt build falls back to the newest verified build with a
 exclusive ``flock`` on its ``.lock`` file while they write, so :func:`remove_partial_builds` can
 tell a killed writer's ``.tmp-*`` debris from a build in progress.
 
-The FAISS layer (index type by scale, parameters, GPU) is :mod:`retrieval.faiss_index`.
+The FAISS layer (index type by scale or memory budget, factory strings, streamed adding, search
+parameters, tuning) is :mod:`retrieval.faiss_index`; partitioned builds are :mod:`retrieval.shards`.
+``info.json["params"]`` holds the build's search defaults (``nprobe`` / ``efSearch`` / ``rerank``),
+the ``factory`` string and the ``reason`` the index was chosen; ``info.json["tuning"]`` the recall /
+latency curve of ``--tune``. Indexes larger than ``TVR_INDEX_MMAP_GB`` (default: half the machine's
+memory) are opened memory-mapped (``faiss.IO_FLAG_MMAP``).
 
 Build with ``python -m retrieval.index --dataset D [--run R]``.
 """
@@ -59,14 +67,15 @@ from data.cli import add_version
 from data.manifest import Manifest, manifest_fingerprint, read_manifest
 from data.progress import Bars, ProgressEvent, ProgressFn
 from data.settings import Settings, get_settings
-from retrieval.faiss_index import (EXACT_UP_TO, INDEX_TYPES, IndexFolderError, apply_search_params, build_faiss,
-                                   builds_on_gpu)
+from retrieval.faiss_index import (EXACT_UP_TO, INDEX_TYPES, SEARCH_KEYS, IndexFolderError, apply_search_params,
+                                   build_faiss, builds_on_gpu, exact_top, sample_rows, tune)
+from retrieval.shards import PartitionedIndex, build_parts, plan_parts
 from retrieval.runs import ZERO_SHOT, fusion_api, load, run_name
 from retrieval.serving import set_serving_run
 
 VECTORS_FILE = "vectors.npy"
 VIDEO_STATE_FILE = "videos.parquet"
-REQUIRED_FILES = ("index.faiss", "ids.json", "manifest.parquet", "info.json")
+REQUIRED_FILES = ("ids.json", "manifest.parquet", "info.json")          # + index.faiss or part-NNN.*
 CRASH_ENV = "TVR_INDEX_CRASH_AT"
 BUILD_STEPS = ("files-written", "synced", "verified", "renamed", "pointer-written", "published")
 log = logging.getLogger(__name__)
@@ -127,14 +136,14 @@ def write_build(dataset: str, run: str, vectors: np.ndarray, video_ids: Sequence
                 info: dict, index_type: str = "auto", params: dict | None = None,
                 settings: Settings | None = None, use_gpu: bool | None = None, keep: int = 3,
                 manifest: Manifest | None = None, video_state: pa.Table | None = None,
-                store_vectors: bool = False) -> Path:
+                store_vectors: bool = False, **layout) -> Path:
     """Build the FAISS index, write the build folder atomically and make it ``current``; keep the
     newest ``keep`` builds. :func:`stage_build` then :func:`publish_build`; see there.
     Returns the build folder."""
     settings = settings or get_settings()
     folder = stage_build(dataset, run, vectors, video_ids, info=info, index_type=index_type, params=params,
                          settings=settings, use_gpu=use_gpu, manifest=manifest, video_state=video_state,
-                         store_vectors=store_vectors)
+                         store_vectors=store_vectors, **layout)
     publish_build(folder, keep)
     return folder
 
@@ -155,14 +164,20 @@ def stage_build(dataset: str, run: str, vectors: np.ndarray, video_ids: Sequence
                 info: dict, index_type: str = "auto", params: dict | None = None,
                 settings: Settings | None = None, use_gpu: bool | None = None,
                 manifest: Manifest | None = None, video_state: pa.Table | None = None,
-                store_vectors: bool = False) -> Path:
+                store_vectors: bool = False, memory_gb: float | None = None, factory: str | None = None,
+                shards: int = 1, processes: int = 1, tune_target: float | None = None) -> Path:
     """Build the FAISS index and write a complete build folder beside the others, NOT yet current.
 
     ``info`` must hold ``extractor_ids``, ``random_weights`` and ``model``; the manifest snapshot,
     its fingerprint, dim, index type and params are added here. ``manifest``: the manifest the
     vectors were computed for (default: the dataset's manifest file as it is now).
     ``video_state``: a table saved as ``videos.parquet``; ``store_vectors``: also save the vectors
-    ``[N, D]`` as ``vectors.npy`` (so a later build can reuse them). Returns the build folder.
+    ``[N, D]`` as ``vectors.npy`` (so a later build can reuse them; compressed indexes re-rank their
+    candidates from it). ``memory_gb`` / ``factory``: :func:`retrieval.faiss_index.plan_index`
+    (an IVF-PQ choice stores the vectors for re-ranking). ``shards``: parts by video-id hash, built
+    by ``processes`` processes; vectors with zero blocks (M2HF) are partitioned by pattern
+    (:mod:`retrieval.shards`). ``tune_target``: :func:`tune_build` before publishing.
+    Returns the build folder.
     """
     settings = settings or get_settings()
     missing = [key for key in ("extractor_ids", "random_weights", "model") if key not in info]
@@ -177,35 +192,39 @@ def stage_build(dataset: str, run: str, vectors: np.ndarray, video_ids: Sequence
     unknown = sorted(set(video_ids) - set(manifest.video_ids))
     if unknown:
         raise IndexFolderError(f"{len(unknown)} video ids are not in {manifest_path} (first: {unknown[:3]})")
-    start = time.perf_counter()
-    index, index_type, params = build_faiss(vectors, index_type, params, use_gpu=use_gpu)
-    build_seconds = time.perf_counter() - start
     root = index_root(dataset, run, settings)
     build_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:4]
     tmp = root / f".tmp-{build_id}"
     with _write_lock(root):
         tmp.mkdir(parents=True)
         try:
-            faiss.write_index(index, str(tmp / "index.faiss"))
+            start = time.perf_counter()
+            layout = _write_index(tmp, vectors, video_ids, index_type, params, use_gpu=use_gpu, memory_gb=memory_gb,
+                                  factory=factory, shards=shards, processes=processes)
+            build_seconds = time.perf_counter() - start
+            index_type, params = layout.pop("index_type"), layout.pop("params")
+            if (store_vectors or params.get("rerank")) and not (tmp / VECTORS_FILE).exists():
+                np.save(tmp / VECTORS_FILE, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
             write_json_atomic(tmp / "ids.json", list(video_ids))
             pq.write_table(manifest.table, tmp / "manifest.parquet")
-            if store_vectors:
-                np.save(tmp / VECTORS_FILE, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
             if video_state is not None:
                 pq.write_table(video_state, tmp / VIDEO_STATE_FILE)
             full_info = {
                 **info,
                 "dataset": dataset, "run": run, "build_id": build_id,
                 "manifest_fingerprint": manifest_fingerprint(manifest),
-                "dim": int(index.d), "n_vectors": int(index.ntotal),
-                "index_type": index_type, "params": params,
-                "gpu_used": builds_on_gpu(index_type, use_gpu),
+                "dim": int(vectors.shape[1]), "n_vectors": int(len(vectors)),
+                "index_type": index_type, "params": params, **layout,
+                "gpu_used": builds_on_gpu(index_type, use_gpu) and "partitions" not in layout,
                 "build_seconds": round(build_seconds, 3),
                 "faiss_version": faiss.__version__,
                 "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             if full_info["random_weights"]:
                 full_info["WARNING"] = RANDOM_WARNING
+            if tune_target is not None:
+                full_info["tuning"] = tune_build(tmp, full_info, tune_target)
+                full_info["params"].update(full_info["tuning"]["chosen"])
             full_info["checksums"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
             write_json_atomic(tmp / "info.json", full_info)
             _crash_point("files-written")
@@ -222,6 +241,69 @@ def stage_build(dataset: str, run: str, vectors: np.ndarray, video_ids: Sequence
             if tmp.exists():
                 shutil.rmtree(tmp)
     return root / build_id
+
+
+def _write_index(folder: Path, vectors: np.ndarray, video_ids: Sequence[str], index_type: str, params: dict | None,
+                 *, use_gpu, memory_gb, factory, shards: int, processes: int) -> dict:
+    """Write ``index.faiss`` (one index) or the ``part-NNN.*`` files (shards, zero-block groups);
+    returns ``index_type``, ``params`` and, for partitioned builds, ``partitions``."""
+    specs = plan_parts(video_ids, vectors, shards, zero_blocks=factory is None)
+    if len(specs) > 1 or shards > 1:
+        if processes > 1:
+            np.save(folder / VECTORS_FILE, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
+        partitions = build_parts(vectors, specs, folder, shards=shards, processes=processes,
+                                 index_type=index_type, memory_gb=memory_gb, factory=factory)
+        first = partitions["parts"][0]
+        search_defaults = {k: first[k] for k in SEARCH_KEYS if k in first}
+        kinds = sorted({p["type"] for p in partitions["parts"]})
+        return {"index_type": "+".join(kinds), "params": {**search_defaults, **(params or {}),
+                "reason": f"{partitions['count']} parts; " + first["reason"]}, "partitions": partitions}
+    index, index_type, params = build_faiss(vectors, index_type, params, use_gpu=use_gpu, memory_gb=memory_gb,
+                                            factory=factory)
+    faiss.write_index(index, str(folder / "index.faiss"))
+    return {"index_type": index_type, "params": params}
+
+
+def tune_build(folder: Path, info: dict, target: float, queries: int = 200, k: int = 10) -> dict:
+    """Recall@k / latency curve of a written build (:func:`retrieval.faiss_index.tune`) on held-out
+    queries: ``queries`` stored vectors chosen at random plus Gaussian noise of norm 0.1 x theirs
+    (so no query is its own answer); exact answers from the stored vectors in chunks. Returns the
+    ``tuning`` entry of ``info.json`` (target, chosen setting, curve)."""
+    index = _read_index(folder, info)
+    vectors = np.load(folder / VECTORS_FILE, mmap_mode="r") if (folder / VECTORS_FILE).is_file() else None
+    if vectors is None:
+        raise IndexFolderError("tuning needs the vectors: build with store_vectors (or a budget that re-ranks)")
+    rng = np.random.default_rng(0)
+    picked = np.asarray(vectors[sample_rows(len(vectors), queries)], np.float32)
+    noise = rng.normal(size=picked.shape).astype(np.float32)
+    noise *= 0.1 * np.linalg.norm(picked, axis=1, keepdims=True) / np.linalg.norm(noise, axis=1, keepdims=True)
+    held_out = picked + noise
+    exact = exact_top(held_out, (vectors[s:s + 100_000] for s in range(0, len(vectors), 100_000)), k)
+    result = tune(index, held_out, exact, target=target, k=k,
+                  vectors=vectors if info["params"].get("rerank") else None)
+    return {**result, "queries_from": f"{len(held_out)} stored vectors + noise (0.1 x norm), held out of nothing else"}
+
+
+def mmap_threshold_bytes() -> int:
+    """Index files larger than this are memory-mapped: ``$TVR_INDEX_MMAP_GB`` GB, default half the RAM."""
+    if os.environ.get("TVR_INDEX_MMAP_GB"):
+        return int(float(os.environ["TVR_INDEX_MMAP_GB"]) * 1e9)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def _read_index(folder: Path, info: dict):
+    """The build's FAISS index (memory-mapped when larger than :func:`mmap_threshold_bytes`) or its
+    :class:`retrieval.shards.PartitionedIndex`."""
+    partitions = info.get("partitions")
+    files = ([folder / f"part-{i:03d}.faiss" for i in range(partitions["count"])] if partitions
+             else [folder / "index.faiss"])
+    missing = [p.name for p in files if not p.is_file()]
+    if missing:
+        raise IndexFolderError(f"{folder} lacks {missing[:3]}")
+    flags = faiss.IO_FLAG_MMAP if sum(p.stat().st_size for p in files) > mmap_threshold_bytes() else 0
+    if partitions:
+        return PartitionedIndex.read(folder, partitions["count"], int(info["dim"]), flags)
+    return faiss.read_index(str(files[0]), flags)
 
 
 def publish_build(folder: Path, keep: int = 3) -> None:
@@ -282,7 +364,7 @@ def verify_build(folder: Path) -> IndexBuild:
             raise IndexFolderError(f"{path}: missing or its sha256 differs from the one recorded in info.json "
                                    f"(a damaged or partly written build)")
     try:
-        index = faiss.read_index(str(folder / "index.faiss"))
+        index = _read_index(folder, info)
         manifest = read_manifest(folder / "manifest.parquet")
     except (RuntimeError, ValueError, OSError) as err:
         raise IndexFolderError(f"{folder}: index.faiss or manifest.parquet cannot be read ({str(err)[:200]})") from None
@@ -436,10 +518,12 @@ def model_info(loaded) -> dict:
 
 def build_from_model(dataset: str, run: str = ZERO_SHOT, *, splits: Sequence[str] | None = None,
                      index_type: str = "auto", settings: Settings | None = None,
-                     use_gpu: bool | None = None, progress: ProgressFn | None = None) -> Path:
+                     use_gpu: bool | None = None, progress: ProgressFn | None = None, **layout) -> Path:
     """Encode the videos of ``splits`` (default: every split of the manifest) with the model of
     ``run`` and write an index build. Fine-grained models are indexed by their coarse vector.
-    ``progress`` gets one event per split encoded and one when the build is written."""
+    ``progress`` gets one event per split encoded and one when the build is written. ``layout``:
+    ``memory_gb``, ``factory``, ``shards``, ``processes``, ``tune_target``, ``store_vectors``
+    (:func:`stage_build`)."""
     settings = settings or get_settings()
     loaded = load(run, dataset, settings)
     if splits is None:
@@ -453,7 +537,7 @@ def build_from_model(dataset: str, run: str = ZERO_SHOT, *, splits: Sequence[str
     ids = [vid for p in parts for vid in p.video_ids]
     info = {**model_info(loaded), "splits": list(splits)}
     folder = write_build(dataset, run_name(loaded.run_dir), vectors, ids, info=info,
-                         index_type=index_type, settings=settings, use_gpu=use_gpu)
+                         index_type=index_type, settings=settings, use_gpu=use_gpu, **layout)
     if progress:
         progress(ProgressEvent(f"index {dataset}/{run}", steps, steps, "step", {"built": folder.name}))
     return folder
@@ -471,21 +555,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index-type", default="auto", choices=("auto",) + INDEX_TYPES,
                         help=f"auto = flat up to {EXACT_UP_TO:,} vectors, hnsw above")
     parser.add_argument("--no-gpu", action="store_true", help="never use a GPU even if FAISS has one")
+    parser.add_argument("--memory-gb", type=float, help="memory budget: the first of flat, HNSW, IVF-Flat, IVF-PQ "
+                        "(+ exact re-ranking from stored vectors) that fits; the reason goes into info.json")
+    parser.add_argument("--factory", help="any FAISS index_factory string, e.g. 'IVF1024,PQ64' or 'OPQ64,IVF4096,PQ64'")
+    parser.add_argument("--shards", type=int, default=1, help="split into this many parts by video-id hash")
+    parser.add_argument("--processes", type=int, default=1, help="processes building shards in parallel")
+    parser.add_argument("--tune", type=float, metavar="RECALL", dest="tune_target",
+                        help="pick nprobe / efSearch / rerank reaching this recall@10 on held-out queries "
+                             "and record the curve in info.json (stores the vectors)")
+    parser.add_argument("--store-vectors", action="store_true", help="keep vectors.npy (exact re-ranking, reuse)")
     parser.add_argument("--serve", action="store_true",
                         help="also record this run as the dataset's serving run: the index the search service "
                              "answers from and the nightly reindex/<dataset> deployment keeps fresh")
     add_version(parser)
     args = parser.parse_args(argv)
+    if args.shards < 1 or args.processes < 1:
+        print("error: --shards and --processes must be at least 1", file=sys.stderr)
+        return 2
     try:
         with Bars.for_cli() as bars:
             folder = build_from_model(args.dataset, args.run, splits=args.splits, index_type=args.index_type,
-                                      use_gpu=False if args.no_gpu else None, progress=bars)
+                                      use_gpu=False if args.no_gpu else None, progress=bars,
+                                      memory_gb=args.memory_gb, factory=args.factory, shards=args.shards,
+                                      processes=args.processes, tune_target=args.tune_target,
+                                      store_vectors=args.store_vectors or args.tune_target is not None)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     info = json.loads((folder / "info.json").read_text())
     print(f"index {folder}: {info['n_vectors']} x {info['dim']} {info['index_type']} {info['params']}, "
           f"built in {info['build_seconds']} s")
+    if "partitions" in info:
+        p = info["partitions"]
+        print(f"{p['count']} parts ({p['shards']} shards, zero-block groups: {p['zero_blocks']}); bytes per video "
+              f"{p['bytes_per_video_before']} as one vector, {p['bytes_per_video_after']} stored")
+    if "tuning" in info:
+        print(f"tuned for recall@10 >= {info['tuning']['target']}: {info['tuning']['chosen']}")
     if info["random_weights"]:
         print(f"!!! {RANDOM_WARNING} !!!")
     if args.serve:

@@ -13,6 +13,10 @@ stages: FAISS top-``depth`` by the coarse vector, then the model's exact score r
 candidates (``first_stage`` in the JSON states the depth); with a depth covering the collection
 the ranking equals the exact ranking over every video.
 
+Search-time parameters (:data:`SEARCH_PARAMS`): ``nprobe`` (IVF), ``efSearch`` (HNSW and HNSW coarse
+quantizers) and ``rerank`` (candidates re-scored exactly from the build's stored vectors) can be
+given per query; unset ones take the build's tuned defaults (``info.json["params"]``).
+
 Refuses, with a specific message: a missing run, a missing index, an index built with other
 extractor ids or for another manifest (fewer than half of its videos in the dataset), a dimension
 mismatch, an empty query, ``k`` outside 1..1000, a query over :data:`MAX_QUERY_CHARS` characters.
@@ -36,7 +40,7 @@ import numpy as np
 from data.cli import add_version
 from data.manifest import ManifestError, read_manifest
 from data.settings import Settings, get_settings
-from retrieval.faiss_index import search
+from retrieval.faiss_index import SEARCH_KEYS, search
 from retrieval.index import IndexBuild, IndexFolderError, check_build, open_build
 from retrieval.runs import RunNotFound, fusion_api, load, run_name
 from retrieval.serving import serving_run
@@ -46,6 +50,7 @@ MAX_K = 1000
 MAX_QUERY_CHARS = 1000
 RERANK_DEPTH = 100
 RANDOM_TEXT = "RANDOM WEIGHTS: rankings come from randomly initialised feature extractors"
+SEARCH_PARAMS = {"nprobe": (1, 65536), "efSearch": (1, 65536), "rerank": (0, 10_000)}   # name: (min, max)
 
 
 class QueryError(ValueError):
@@ -61,6 +66,21 @@ def check_query(text: str, k: int) -> str:
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise QueryError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}")
     return text
+
+
+def check_params(params: dict | None) -> dict:
+    """Per-query search parameters, validated: only :data:`SEARCH_PARAMS` names, whole numbers in range."""
+    out = {}
+    for name, value in (params or {}).items():
+        if value is None:
+            continue
+        if name not in SEARCH_PARAMS:
+            raise QueryError(f"unknown search parameter {name!r}; choose from {', '.join(SEARCH_PARAMS)}")
+        low, high = SEARCH_PARAMS[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise QueryError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+        out[name] = value
+    return out
 
 
 def resolve_device(name: str) -> str:
@@ -84,6 +104,7 @@ class BuildState:
     scorer: object | None = None            # fusion.api.VideoScorer of a fine-grained model
     frames: FrameFeatures | None = None
     info: dict = field(default_factory=dict)
+    vectors: np.ndarray | None = None       # stored vectors (memory-mapped) for exact re-ranking
 
     @property
     def build_id(self) -> str:
@@ -132,14 +153,19 @@ class Searcher:
                   if frames_id else None)
         info = {key: build.info.get(key) for key in ("build_id", "index_type", "params", "n_vectors")}
         return BuildState(build, present, sum(1 for vid in build.ids if vid not in present),
-                          [n for n in (build.warning, stale) if n], captions, scorer, frames, info)
+                          [n for n in (build.warning, stale) if n], captions, scorer, frames, info,
+                          build.stored_vectors())
 
-    def search(self, texts: list[str], k: int | Sequence[int] = 10, state: BuildState | None = None) -> list[dict]:
+    def search(self, texts: list[str], k: int | Sequence[int] = 10, state: BuildState | None = None,
+               params: dict | Sequence[dict | None] | None = None) -> list[dict]:
         """One result dict (the ``--json`` output) per text, all answered from one build; ``k``: one
-        for all texts or one per text (the service batches queries with different ``k``)."""
+        for all texts or one per text (the service batches queries with different ``k``); ``params``:
+        search parameters (:data:`SEARCH_PARAMS`) for all texts or one dict per text."""
         ks = [k] * len(texts) if isinstance(k, int) else list(k)
+        per = [params] * len(texts) if params is None or isinstance(params, dict) else list(params)
         for text, kq in zip(texts, ks, strict=True):
             check_query(text, kq)
+        per = [check_params(p) for p in per]
         state = state or self.state
         try:
             queries = self.encoder.encode(list(texts))
@@ -151,14 +177,26 @@ class Searcher:
                                    f"{state.build.folder} holds {state.build.index.d}-dimensional vectors; rebuild "
                                    f"with: python -m retrieval.index --dataset {self.dataset} --run {self.run}")
         depths = [max(kq, self.rerank_depth) if state.scorer is not None else kq for kq in ks]
-        scores, rows = search(state.build.index, queries.vectors, max(depths) + state.hidden)
-        hits = [[(float(s), state.build.ids[r]) for s, r in zip(srow, rrow)
-                 if r >= 0 and state.build.ids[r] in state.present][:depth]
-                for srow, rrow, depth in zip(scores, rows, depths)]
+        hits: list = [None] * len(texts)
+        for setting in {tuple(sorted(p.items())) for p in per}:          # one FAISS call per setting
+            group = [q for q, p in enumerate(per) if tuple(sorted(p.items())) == setting]
+            found = self._first_stage(queries.vectors[group], max(depths[q] for q in group), dict(setting), state)
+            for q, row in zip(group, found):
+                hits[q] = row[:depths[q]]
         if state.scorer is not None:
             hits = self._rerank(queries, hits, state)
         return [self._result(text, found[:kq], queries.clip[q], state, depth)
                 for q, (text, found, kq, depth) in enumerate(zip(texts, hits, ks, depths))]
+
+    def _first_stage(self, vectors: np.ndarray, depth: int, setting: dict, state: BuildState) -> list:
+        """(score, video id) lists from the index, removed videos hidden; ``setting`` over the build's defaults."""
+        defaults = {key: value for key, value in (state.build.info.get("params") or {}).items() if key in SEARCH_KEYS}
+        merged = {**defaults, **setting}
+        scores, rows = search(state.build.index, vectors, depth + state.hidden, nprobe=merged.get("nprobe"),
+                              efSearch=merged.get("efSearch"), rerank=merged.get("rerank"),
+                              vectors=state.vectors if merged.get("rerank") else None)
+        return [[(float(s), state.build.ids[r]) for s, r in zip(srow, rrow)
+                 if r >= 0 and state.build.ids[r] in state.present] for srow, rrow in zip(scores, rows)]
 
     def _rerank(self, queries, hits: list[list[tuple[float, str]]], state: BuildState) -> list:
         """Exact scores of each query's candidates; candidates sorted by them (stable)."""
@@ -190,10 +228,11 @@ class Searcher:
 
 
 def search_text(text: str, dataset: str, run: str | None = None, k: int = 10,
-                settings: Settings | None = None, rerank_depth: int = RERANK_DEPTH) -> dict:
+                settings: Settings | None = None, rerank_depth: int = RERANK_DEPTH, params: dict | None = None) -> dict:
     """Top-``k`` videos for ``text``; the dict printed by ``--json``."""
     check_query(text, k)
-    return Searcher(dataset, run, settings=settings, rerank_depth=rerank_depth).search([text], k)[0]
+    params = check_params(params)
+    return Searcher(dataset, run, settings=settings, rerank_depth=rerank_depth).search([text], k, params=params)[0]
 
 
 def render(found: dict) -> str:
@@ -224,11 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", type=int, default=10, help=f"how many videos (default 10, at most {MAX_K})")
     parser.add_argument("--depth", type=int, default=RERANK_DEPTH,
                         help=f"fine-grained models: first-stage candidates re-ranked exactly (default {RERANK_DEPTH})")
+    parser.add_argument("--nprobe", type=int, help="IVF lists searched (default: the build's tuned value)")
+    parser.add_argument("--ef-search", type=int, dest="efSearch", help="HNSW efSearch (default: the build's)")
+    parser.add_argument("--rerank", type=int, help="candidates re-scored exactly from stored vectors (default: the build's)")
     parser.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     add_version(parser)
     args = parser.parse_args(argv)
     try:
-        found = search_text(args.query, args.dataset, args.run, args.k, rerank_depth=args.depth)
+        found = search_text(args.query, args.dataset, args.run, args.k, rerank_depth=args.depth,
+                            params={"nprobe": args.nprobe, "efSearch": args.efSearch, "rerank": args.rerank})
     except (RunNotFound, IndexFolderError, ManifestError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

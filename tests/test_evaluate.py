@@ -105,6 +105,17 @@ def test_zero_shot_run_exact_and_through_faiss(tvr_home, monkeypatch, capsys):
         assert through["t2v"][f"R@{k}"] == pytest.approx(result["t2v"][f"R@{k}"])
     assert through["t2v"]["MdR"] is None and through["protocol"]["t2v_search"]["index_type"] == "flat"
     assert through["v2t"] == pytest.approx(result["v2t"])
+    ivf = tvr_home / "ivf.json"                                  # a factory string, every list probed: exact
+    assert evaluate.main(["--run", "zero-shot", "--dataset", "toy", "--json", str(ivf), "--index-type", "auto",
+                          "--factory", "IVF2,Flat", "--nprobe", "2"]) == 0
+    searched = json.loads(ivf.read_text())
+    assert searched["protocol"]["t2v_search"]["params"]["nprobe"] == 2
+    assert searched["protocol"]["t2v_search"]["params"]["factory"] == "IVF2,Flat"
+    for k in KS:
+        assert searched["t2v"][f"R@{k}"] == pytest.approx(result["t2v"][f"R@{k}"])
+    capsys.readouterr()
+    assert evaluate.main(["--run", "zero-shot", "--dataset", "toy", "--index-type", "auto", "--factory", "IVF,x"]) == 2
+    assert "invalid FAISS index factory string 'IVF,x'" in capsys.readouterr().err
 
 
 def test_fine_grained_reports_first_stage_recall(tvr_home, monkeypatch):

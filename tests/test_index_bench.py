@@ -38,3 +38,23 @@ def test_metrics_bench_runs(capsys):
     assert bench_metrics.main(["--n", "300", "--dim", "16"]) == 0
     out = capsys.readouterr().out
     assert "300 x 300 (vectors" in out and "ties: averaged" in out
+
+
+def test_index_bench_budget_mode_streams_and_reports(tmp_path, capsys):
+    assert bench_index.main(["--sizes", "3000", "--queries", "30", "--held-out", "20", "--bases", "40",
+                             "--dim", "32", "--memory-gb", "0.0002", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"IVF\d+,PQ\d+ \(ivfpq: estimated", out)            # the budget rules out flat / hnsw / ivf
+    assert re.search(r"build [\d.]+ s wall .* peak RSS [\d.]+ GB; index\.faiss [\d.]+ GB", out)
+    found = [float(r) for r in re.findall(r"recall@10 ([01]\.\d{3}) vs exact", out)]
+    assert len(found) == 2 and all(r >= 0.9 for r in found)                 # 1 and 2 threads, tuned + re-ranked
+    assert "tuned on 20 held-out queries" in out and list(tmp_path.iterdir()) == []
+
+
+def test_perturber_stream_equals_its_batches():
+    perturb = bench_index.Perturber(np.random.default_rng(0).normal(size=(10, 16)), 4, 0.25, 0.05, 0)
+    blocks = list(perturb.stream(250, seed=3, batch=100))
+    assert [len(b) for b in blocks] == [100, 100, 50]
+    again = np.concatenate(list(perturb.stream(250, seed=3, batch=100)))
+    assert np.array_equal(np.concatenate(blocks), again)
+    assert np.allclose(np.linalg.norm(again, axis=1), 1.0, atol=1e-5)

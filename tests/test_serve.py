@@ -307,3 +307,25 @@ def test_thumbnail_links_point_at_the_best_moment():
     first, second = with_media_urls(found)["results"]
     assert first["thumbnail"] == "/thumbnails/a%20b.jpg?t=1.5" and first["video"] == "/videos/a%20b"
     assert second["thumbnail"] == "/thumbnails/c.jpg"
+
+
+def test_search_parameters_per_query_reach_the_index(client, monkeypatch, capsys):
+    """GET /api/search?nprobe=..&efSearch=..&rerank=..: per query, equal to the CLI's flags; bad values are 422."""
+    calls = []
+    real = search.search
+
+    def spy(index, queries, k, **kwargs):
+        calls.append(kwargs)
+        return real(index, queries, k, **kwargs)
+
+    monkeypatch.setattr(search, "search", spy)
+    served = client.get("/api/search", params={"q": "a clip of v7", "k": 3, "nprobe": 7, "efSearch": 40})
+    assert served.status_code == 200 and calls[-1]["nprobe"] == 7 and calls[-1]["efSearch"] == 40
+    assert search.main(["a clip of v7", "--dataset", "toy", "-k", "3", "--json", "--nprobe", "7",
+                        "--ef-search", "40"]) == 0
+    assert _strip_media(served.json()) == json.loads(capsys.readouterr().out)
+    assert calls[-1]["nprobe"] == 7
+    client.get("/api/search", params={"q": "a clip of v7", "k": 3})
+    assert calls[-1]["nprobe"] is None                                  # the build's defaults
+    bad = client.get("/api/search", params={"q": "a clip of v7", "nprobe": 0})
+    assert bad.status_code == 422 and "nprobe" in bad.json()["error"]

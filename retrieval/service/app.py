@@ -192,8 +192,12 @@ def create_app(settings: ServeSettings, service: SearchService | None = None) ->
              dependencies=[Depends(strict_query)])
     async def api_search(service: ServiceDep,
                          q: Annotated[str, Query(description=f"the text, at most {MAX_QUERY_CHARS} characters")] = "",
-                         k: Annotated[int, Query(ge=1, le=MAX_K, description="how many videos")] = 10) -> dict:
-        found = await asyncio.wrap_future(service.submit(q, k))
+                         k: Annotated[int, Query(ge=1, le=MAX_K, description="how many videos")] = 10,
+                         nprobe: Annotated[int | None, Query(ge=1, le=65536, description="IVF lists searched")] = None,
+                         efSearch: Annotated[int | None, Query(ge=1, le=65536, description="HNSW efSearch")] = None,
+                         rerank: Annotated[int | None, Query(ge=0, le=10_000, description="exact re-rank depth")] = None) -> dict:
+        params = {"nprobe": nprobe, "efSearch": efSearch, "rerank": rerank}
+        found = await asyncio.wrap_future(service.submit(q, k, params))
         return with_media_urls(found)
 
     @app.get("/thumbnails/{name}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from retrieval.index import current_build_id
-from retrieval.search import Searcher, check_query
+from retrieval.search import Searcher, check_params, check_query
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ class _Request:
     text: str
     k: int
     future: Future
+    params: dict | None = None
 
 
 class MicroBatcher:
@@ -45,9 +46,9 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._loop, name="query-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, text: str, k: int) -> Future:
+    def submit(self, text: str, k: int, params: dict | None = None) -> Future:
         future: Future = Future()
-        self._queue.put(_Request(text, k, future))
+        self._queue.put(_Request(text, k, future, params))
         return future
 
     def close(self) -> None:
@@ -76,7 +77,7 @@ class MicroBatcher:
             self.n_queries += len(batch)
             start = time.perf_counter()
             try:
-                results = self.answer([r.text for r in batch], [r.k for r in batch])
+                results = self.answer([r.text for r in batch], [r.k for r in batch], [r.params for r in batch])
             except Exception as err:            # handed to each waiting request, never lost
                 for r in batch:
                     r.future.set_exception(err)
@@ -108,19 +109,20 @@ class SearchService:
         self._note_fallback()
 
     # ---- answering ------------------------------------------------------------------------------
-    def _answer(self, texts: list[str], ks: list[int]) -> list[dict]:
+    def _answer(self, texts: list[str], ks: list[int], params: list[dict | None]) -> list[dict]:
         state = self.searcher.state                 # one read: the whole batch answers from one build
-        return self.searcher.search(texts, ks, state=state)
+        return self.searcher.search(texts, ks, state=state, params=params)
 
     def query(self, text: str, k: int = 10, timeout: float = 60.0) -> dict:
         """The ``retrieval.search --json`` dict for ``text`` (validated first; raises QueryError)."""
         check_query(text, k)
         return self.batcher.submit(text, k).result(timeout)
 
-    def submit(self, text: str, k: int) -> Future:
-        """Validated, queued query; the future resolves to the result dict (for async callers)."""
+    def submit(self, text: str, k: int, params: dict | None = None) -> Future:
+        """Validated, queued query (``params``: per-query search parameters, retrieval.search's
+        ``SEARCH_PARAMS``); the future resolves to the result dict (for async callers)."""
         check_query(text, k)
-        return self.batcher.submit(text, k)
+        return self.batcher.submit(text, k, check_params(params))
 
     # ---- hot swaps ------------------------------------------------------------------------------
     def check_for_new_build(self) -> bool:
