@@ -213,7 +213,8 @@ def test_cli_refuses_unsafe_dataset_names_cleanly(tvr_home, capsys):
 
     for bad in ("../escape", "a/b", ".hidden", "x\ny"):
         assert main([bad, "--modalities", "clip_text"]) == 2
-        assert "dataset name" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert err.startswith("error: dataset") and "one path component" in err
     assert main(["nothing-here", "--modalities", "clip_text"]) == 2
     assert "no manifest here" in capsys.readouterr().err
     assert not (tvr_home / "features").exists() and not (tvr_home.parent / "escape").exists()

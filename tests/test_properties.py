@@ -199,13 +199,14 @@ class FeatureSetMachine(RuleBasedStateMachine):
     def debris(self, kind):
         """What a killed writer leaves behind: never visible to readers, gone after a tidy."""
         folder = self.fs.folder
+        number = self.fs._reserve_index()   # a killed writer had reserved its number, as every writer does
         if kind == "tmp":
-            (folder / ".part-00999.parquet.x.tmp").write_bytes(b"half")
+            (folder / f".part-{number:05d}.parquet.x.tmp").write_bytes(b"half")
         elif kind == "unmarked":
             pq.write_table(self.fs._to_table([FeatureRow("a", np.ones((1, DIM), np.float32), np.zeros(1))]),
-                           folder / "part-00998.parquet")
+                           folder / f"part-{number:05d}.parquet")
         else:
-            (folder / "part-00997.done").write_text("{}")
+            (folder / f"part-{number:05d}.done").write_text("{}")
 
     @invariant()
     def reads_match_the_model(self):
