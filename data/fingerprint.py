@@ -23,6 +23,15 @@ EDGE_BYTES = 1 << 20
 MISSING = "missing"
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a whole file, read in 1 MiB blocks (checksums of builds and bundles)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def stat_key(path: str | os.PathLike) -> tuple[int, int] | None:
     """``(size, mtime_ns)`` of ``path``, or None when it is not a readable file."""
     try:

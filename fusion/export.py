@@ -20,7 +20,6 @@ checksum and refuses a bundle whose files changed. Written to a temporary folder
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 from safetensors.torch import load_model as load_safetensors, save_model as save_safetensors
 
 from data.atomic import write_json_atomic
+from data.fingerprint import sha256_file
 from data.cli import add_version, version
 from data.settings import Settings, get_settings
 from fusion.data import TEXT, pick_extractor
@@ -45,14 +45,6 @@ LOCAL_DIR = "local-dir:"
 
 class BundleError(ValueError):
     """A bundle that cannot be written or loaded; the message says which file and why."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _portable_tower(params: dict, tmp: Path) -> dict:
@@ -100,7 +92,7 @@ def export_bundle(run: str | Path, out: str | Path, *, settings: Settings | None
     try:
         save_safetensors(loaded.model.cpu(), str(tmp / WEIGHTS_FILE))
         text = {**text, "params": _portable_tower(text["params"], tmp)}
-        files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         write_json_atomic(tmp / BUNDLE_FILE, {
             "format": FORMAT, "run_id": loaded.run_dir.name, "model": loaded.name, "config": loaded.config,
             "width": int(meta["width"]), "dataset": loaded.dataset, "extractor_ids": loaded.extractor_ids,
@@ -135,7 +127,7 @@ def load_bundle(folder: str | Path):
         raise BundleError(f"{folder}: bundle format {meta.get('format')!r}, this code reads {FORMAT!r}")
     for name, digest in meta["files"].items():
         path = folder / name
-        if not path.is_file() or _sha256(path) != digest:
+        if not path.is_file() or sha256_file(path) != digest:
             raise BundleError(f"{path}: missing or changed since export (sha256 differs from bundle.json)")
     model = build_model(meta["config"], int(meta["width"]))
     missing, unexpected = load_safetensors(model, str(folder / WEIGHTS_FILE), strict=False)

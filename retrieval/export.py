@@ -22,7 +22,6 @@ import json
 import sys
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,22 +30,21 @@ from data.atomic import atomic_path
 from data.cli import add_version
 from data.names import check_name
 from data.settings import Settings, get_settings
-from retrieval.faiss_index import IndexFolderError
+from retrieval.faiss_index import IndexFolderError, reconstruct_all
 from retrieval.index import IndexBuild, open_build
+from retrieval.shards import PartitionedIndex
 from retrieval.runs import RunNotFound, fusion_api, load, run_name
 
 
 def index_vectors(build: IndexBuild) -> np.ndarray:
     """The build's vectors ``[N, D]`` float32, rows as ``build.ids``: the stored copy when the build
-    kept one, else reconstructed from the FAISS index (flat and HNSW directly, IVF via a direct map)."""
+    kept one, else reconstructed from the FAISS index (:func:`retrieval.faiss_index.reconstruct_all`, per part for a partitioned build)."""
     stored = build.stored_vectors()
     if stored is not None:
         return np.asarray(stored, np.float32)
-    index = build.index
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        ivf.make_direct_map()
-    return index.reconstruct_n(0, index.ntotal).astype(np.float32)
+    if isinstance(build.index, PartitionedIndex):
+        return build.index.reconstruct_all()
+    return reconstruct_all(build.index)
 
 
 def _table(kind: str, video_ids: list[str], vectors: np.ndarray, captions: list[str | None],

@@ -382,3 +382,11 @@ def default_grid(index, with_vectors: bool) -> dict:
     if with_vectors:
         grid["rerank"] = [0, 50, 100, 200, 400]
     return grid
+
+
+def reconstruct_all(index: faiss.Index) -> np.ndarray:
+    """Every vector of ``index`` ``[ntotal, d]`` float32 (flat and HNSW directly, IVF through a direct map)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.make_direct_map()
+    return index.reconstruct_n(0, index.ntotal).astype(np.float32)

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
-import hashlib
 import logging
 import os
 import shutil
@@ -64,6 +63,7 @@ import pyarrow.parquet as pq
 
 from data.atomic import write_json_atomic, write_text_atomic
 from data.cli import add_version
+from data.fingerprint import sha256_file
 from data.manifest import Manifest, manifest_fingerprint, read_manifest
 from data.progress import Bars, ProgressEvent, ProgressFn
 from data.settings import Settings, get_settings
@@ -225,7 +225,7 @@ def stage_build(dataset: str, run: str, vectors: np.ndarray, video_ids: Sequence
             if tune_target is not None:
                 full_info["tuning"] = tune_build(tmp, full_info, tune_target)
                 full_info["params"].update(full_info["tuning"]["chosen"])
-            full_info["checksums"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+            full_info["checksums"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
             write_json_atomic(tmp / "info.json", full_info)
             _crash_point("files-written")
             for path in tmp.iterdir():
@@ -334,14 +334,6 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_build(folder: Path) -> IndexBuild:
     """Open the build ``folder`` and check it: every required file present, every file matching
     the sha256 recorded in ``info.json`` (builds written before checksums were recorded are checked
@@ -360,7 +352,7 @@ def verify_build(folder: Path) -> IndexBuild:
         raise IndexFolderError(f"{folder}: info.json is not an object or ids.json is not a list")
     for name, digest in (info.get("checksums") or {}).items():
         path = folder / name
-        if name == "info.json" or not path.is_file() or _sha256(path) != digest:
+        if name == "info.json" or not path.is_file() or sha256_file(path) != digest:
             raise IndexFolderError(f"{path}: missing or its sha256 differs from the one recorded in info.json "
                                    f"(a damaged or partly written build)")
     try:

@@ -32,7 +32,7 @@ import faiss
 import numpy as np
 
 from retrieval.faiss_index import (ADD_BATCH, TRAIN_SAMPLE, IndexFolderError, apply_search_params, build_streamed,
-                                   plan_index, sample_rows, search_parameters)
+                                   plan_index, reconstruct_all, sample_rows, search_parameters)
 
 BLOCK = 64                 # column block width for zero-block detection (M2HF blocks are 512 wide)
 MAX_GROUPS = 64            # more distinct zero patterns than this: not a block layout, no partitioning
@@ -163,6 +163,14 @@ class PartitionedIndex:
                                        f"{len(rows)} rows and {len(cols)} columns")
             parts.append(Part(index, rows, None if len(cols) == d and (cols == np.arange(d)).all() else cols))
         return cls(parts, d)
+
+    def reconstruct_all(self) -> np.ndarray:
+        """The full vectors ``[ntotal, d]`` float32, rows in global order (zeros in the columns a part omits)."""
+        out = np.zeros((self.ntotal, self.d), np.float32)
+        for part in self.parts:
+            cols = np.arange(self.d) if part.cols is None else part.cols
+            out[np.ix_(part.rows, cols)] = reconstruct_all(part.index)
+        return out
 
     def search(self, queries: np.ndarray, k: int, *, nprobe: int | None = None,
                efSearch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
