@@ -141,8 +141,8 @@ def test_video_that_killed_its_worker_is_recorded_failed_not_retried(media, tmp_
         proc.wait()
     config = tiny_config(tmp_path, modalities=MODALITIES)
     decoded: list[str] = []
-    real = extract_run.decode_video
-    monkeypatch.setattr(extract_run, "decode_video", lambda p, r: decoded.append(Path(p).stem) or real(p, r))
+    real = extract_run.stream_video
+    monkeypatch.setattr(extract_run, "stream_video", lambda p, r: decoded.append(Path(p).stem) or real(p, r))
     counts = extract_dataset(DS, config, shard_size=3)
     assert victim not in decoded                              # not decoded again: it would kill this run too
     assert counts["clip_frames"].failed == 1 and counts["clip_frames"].errors[0].startswith(FINAL_FAILURE)
