@@ -21,7 +21,6 @@ store rows (:meth:`to_rows`). The base class owns everything else:
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from data.fingerprint import sha256_file
 from data.manifest import VideoRecord
 from data.store import ExtractorSpec, FeatureRow, FeatureSet
 from extractors.decode import DecodedChunk, DecodedVideo, DecodeError, DecodeRequest
@@ -86,11 +86,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     st = os.stat(path)
     key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
+        _SHA_CACHE[key] = sha256_file(path)
     return _SHA_CACHE[key]
 
 
