@@ -92,7 +92,7 @@ def load(base: str, clients: int, total: int) -> dict:
 
 
 @contextmanager
-def served(home: Path, wait_ms: float) -> Iterator[str]:
+def served(home: Path, wait_ms: float, threads: int | None = None) -> Iterator[str]:
     """``python -m retrieval.serve --dataset bench`` on a free loopback port; yields its base URL."""
     import httpx
 
@@ -101,7 +101,8 @@ def served(home: Path, wait_ms: float) -> Iterator[str]:
         port = probe.getsockname()[1]
     env = {**os.environ, "TVR_HOME": str(home)}
     proc = subprocess.Popen([sys.executable, "-m", "retrieval.serve", "--dataset", "bench", "--port", str(port),
-                             "--poll", "0", "--wait-ms", str(wait_ms)], env=env)
+                             "--poll", "0", "--wait-ms", str(wait_ms)]
+                            + (["--threads", str(threads)] if threads else []), env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="ViT-B-32", help="open_clip model of the random CLIP (default ViT-B-32)")
     parser.add_argument("--home", type=Path, help="TVR_HOME to build in (default: a temporary folder)")
     parser.add_argument("--wait-ms", type=float, default=2.0, help="micro-batch wait (default 2 ms)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="the service's torch CPU threads (default: the service's default)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
         return run(args, args.home or Path(scratch))
@@ -144,7 +147,7 @@ def run(args: argparse.Namespace, home: Path) -> int:
           f"in {time.perf_counter() - start:.1f} s; {os.cpu_count()} cores, "
           f"TVR_DEVICE={os.environ.get('TVR_DEVICE', 'auto')}")
     rows = []
-    with served(home, args.wait_ms) as base:
+    with served(home, args.wait_ms, args.threads) as base:
         health = httpx.get(base + "/api/info").json()
         print(f"service: build {health['build_id']}, device {health['device']}")
         load(base, 1, 10)                                    # warm-up

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--depth", type=int, default=RERANK_DEPTH, dest="rerank_depth",
                         help=f"fine-grained models: first-stage candidates re-ranked exactly (default {RERANK_DEPTH})")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (default $TVR_DEVICE)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads for encoding queries (default: torch's choice, one per core)")
     return add_version(parser)
 
 
@@ -46,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = ServeSettings(**vars(args))
+        if settings.threads:
+            import torch
+
+            torch.set_num_threads(settings.threads)
         service = SearchService(
             Searcher(settings.dataset, settings.run, rerank_depth=settings.rerank_depth, device=settings.device),
             poll_s=settings.poll_s, max_batch=settings.max_batch, wait_s=settings.wait_ms / 1000)

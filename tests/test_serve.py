@@ -142,6 +142,36 @@ def test_concurrent_queries_share_model_calls(service):
     assert counters["batches"] == len(sizes) and counters["queries"] == 64 and counters["busy_s"] > 0
 
 
+def test_a_lone_query_does_not_wait_for_a_batch():
+    """One request alone is answered at once, whatever ``wait_s``; queued ones still share a call."""
+    from retrieval.service.core import MicroBatcher
+
+    calls, gate, entered = [], threading.Event(), threading.Event()
+
+    def answer(texts, ks, params):
+        entered.set()
+        gate.wait(5)
+        calls.append(list(texts))
+        return [t.upper() for t in texts]
+
+    batcher = MicroBatcher(answer, wait_s=2.0)
+    try:
+        gate.set()
+        start = time.monotonic()
+        assert batcher.submit("alone", 1).result(5) == "ALONE"
+        assert time.monotonic() - start < 1.0          # not the 2 s batch wait
+        gate.clear()
+        entered.clear()
+        blocker = batcher.submit("first", 1)           # holds the worker until the gate opens
+        assert entered.wait(5)
+        queued = [batcher.submit(f"q{i}", 1) for i in range(5)]
+        gate.set()
+        assert blocker.result(5) == "FIRST" and [f.result(5) for f in queued] == [f"Q{i}" for i in range(5)]
+    finally:
+        batcher.close()
+    assert calls[0] == ["alone"] and ["q0", "q1", "q2", "q3", "q4"] in calls
+
+
 def test_hot_swap_and_a_failing_new_build(client, service, tvr_home):
     old = service.searcher.state.build_id
     write_dataset("toy", 28)                                     # 3 new videos

@@ -52,6 +52,7 @@ class ServeSettings(BaseModel):
     wait_ms: float = Field(2.0, ge=0)      # how long a batch waits for more queries after its first
     rerank_depth: int = Field(RERANK_DEPTH, ge=1)
     device: str | None = None              # None: $TVR_DEVICE
+    threads: int | None = Field(None, ge=1)  # torch CPU threads of the query encoder (None: torch's choice)
 
     @field_validator("dataset", "run")
     @classmethod

@@ -2,7 +2,8 @@
 hot swaps of the ``current`` build.
 
 - :class:`MicroBatcher`: requests queue up; one worker thread takes what is waiting (up to
-  ``max_batch``, waiting at most ``wait_s`` after the first) and answers them with ONE call of the
+  ``max_batch``; when more than one is waiting, also what arrives within ``wait_s``; a lone request
+  is answered at once) and answers them with ONE call of the
   model and one FAISS search, so concurrent clients share a forward pass.
 - :class:`SearchService`: a watcher thread polls ``current`` every ``poll_s`` seconds; a changed
   build is opened in that thread (never in a request) and the searcher's state is replaced by one
@@ -56,15 +57,24 @@ class MicroBatcher:
         self._thread.join(timeout=10)
 
     def _take(self) -> list[_Request] | None:
+        """The next batch: everything already queued; when that is more than one request (clients
+        are concurrent), also what arrives within ``wait_s``. A lone request is answered at once."""
         first = self._queue.get()
         if first is None:
             return None
-        batch, deadline = [first], time.monotonic() + self.wait_s
+        batch = [first]
+        deadline = None
         while len(batch) < self.max_batch:
             try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                if deadline is None:
+                    item = self._queue.get_nowait()
+                else:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                break
+                if deadline is not None or len(batch) == 1:
+                    break
+                deadline = time.monotonic() + self.wait_s      # concurrent load: wait for stragglers
+                continue
             if item is None:
                 self._queue.put(None)
                 break
