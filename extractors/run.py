@@ -28,9 +28,9 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
-from typing import Callable, ContextManager, Iterable, Iterator
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping
 
 from data.fingerprint import caption_digests, current_fingerprints
 from data.manifest import Manifest, ManifestError, VideoRecord, read_manifest, safe_video_path
@@ -78,6 +78,15 @@ class ExtractConfig:
         unknown = [m for m in self.modalities if m not in MODALITIES]
         if unknown or not self.modalities:
             raise ValueError(f"modalities {unknown or '[]'}: choose from {', '.join(MODALITIES)}")
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, Any], settings: Settings) -> "ExtractConfig":
+        """The config from named values, e.g. a flow's parameters or the command line's options: a
+        name that is not a field is ignored; a value None (or absent) takes the field's default, for
+        ``seed`` and ``device`` the settings' (``$TVR_SEED``, ``$TVR_DEVICE``)."""
+        names = {f.name for f in fields(cls)}
+        given = {k: v for k, v in parameters.items() if k in names and v is not None}
+        return cls(**{"seed": settings.seed, "device": settings.device, **given})
 
     def model_for(self, modality: str) -> str:
         if modality == "clip_text" and modality not in self.models:
@@ -498,9 +507,9 @@ def config_from_args(args: argparse.Namespace, settings: Settings) -> ExtractCon
                                 ("clip_frames", args.motion_clip_frames)) if v is not None}
     if motion:
         options["motion"] = motion
-    return ExtractConfig(
+    return ExtractConfig.from_parameters(dict(
         modalities=tuple(m.strip() for m in args.modalities.split(",") if m.strip()),
         weights=args.weights, models=args.model, batch_sizes=args.batch_size, options=options,
-        seed=settings.seed if args.seed is None else args.seed, device=args.device or settings.device,
-        precision=args.precision, decode_workers=args.decode_workers, prefetch=args.prefetch, decode=args.decode,
-        decode_threads=args.decode_threads, decode_budget_s=args.decode_budget, hwaccel=args.hwaccel)
+        seed=args.seed, device=args.device or None, precision=args.precision, decode_workers=args.decode_workers,
+        prefetch=args.prefetch, decode=args.decode, decode_threads=args.decode_threads,
+        decode_budget_s=args.decode_budget, hwaccel=args.hwaccel), settings)
