@@ -378,11 +378,17 @@ class FeatureSet:
         return {v for v, fp in expected.items() if v in states and states[v].done_for(fp)}
 
     def read(self, video_ids: Iterable[str] | None = None) -> "FeatureTable":
-        """Read every completed shard (newest row set per video wins), validating each one."""
+        """Read every completed shard (newest row set per video wins), validating each one; with
+        ``video_ids``, only the shards holding one of them are read beyond their ``video_id`` column."""
         tables = []
         newest: dict[str, int] = {}
+        wanted = None if video_ids is None else set(video_ids)
         with locks.shared(self.lock_path) if self.folder.is_dir() else nullcontext():
             for shard in self.completed_shards():
+                if wanted is not None:
+                    ids = self._load(shard, ["video_id"])
+                    if ids is None or wanted.isdisjoint(ids.column("video_id").to_pylist()):
+                        continue
                 t = self._load(shard)
                 if t is None:
                     continue
@@ -392,7 +398,6 @@ class FeatureSet:
         if not tables:
             return FeatureTable.from_arrow(self.spec.schema().empty_table(), self.spec)
         keep_parts = []
-        wanted = None if video_ids is None else set(video_ids)
         for k, t in enumerate(tables):
             ids = t.column("video_id").to_pylist()
             mask = [newest[v] == k and (wanted is None or v in wanted) for v in ids]
