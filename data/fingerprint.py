@@ -5,11 +5,14 @@ SHA-256 over the file size and its first and last :data:`EDGE_BYTES` bytes (at m
 file, whatever its length). Replacing a file changes its size, its modification time or both ends;
 touching it changes the mtime. A missing file has the fingerprint :data:`MISSING`.
 
-A caption digest is the first 16 hex digits of SHA-256 over the JSON list of a video's captions;
-correcting, adding or removing a caption changes it.
+A captions digest is the first 16 hex digits of SHA-256 over the JSON list of a video's captions;
+correcting, adding or removing a caption changes it. A caption digest (:func:`caption_digest`) is the
+same over ``[index, caption]`` of ONE caption: the fingerprint of that caption's text row, so a
+corrected caption is the only one encoded again.
 
-The manifest records both per video (``data.prepare``); extraction stamps every stored row with
-the one its content came from; re-indexing compares them. :func:`current_fingerprints` re-checks the
+The manifest records the file fingerprint and the captions digest per video (``data.prepare``);
+extraction stamps every stored row with the one its content came from (a text row: its caption
+digest); re-indexing compares them. :func:`current_fingerprints` re-checks the
 files cheaply: a ``stat`` per video, hashing only files whose size or mtime moved since the manifest.
 """
 from __future__ import annotations
@@ -73,6 +76,16 @@ def fingerprint_stat(fingerprint: str | None) -> tuple[int, int] | None:
 def captions_digest(captions: Sequence[str]) -> str:
     """Digest of one video's captions, in order."""
     return hashlib.sha256(json.dumps(list(captions), ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def caption_digest(index: int, caption: str) -> str:
+    """Digest of one caption at its place ``index`` in its video's caption list (a text row's fingerprint)."""
+    return hashlib.sha256(json.dumps([int(index), caption], ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def caption_digests(captions: Sequence[str]) -> tuple[str, ...]:
+    """The :func:`caption_digest` of each of a video's captions, in order."""
+    return tuple(caption_digest(i, c) for i, c in enumerate(captions))
 
 
 def refresh(paths: Mapping[str, str | os.PathLike], known: Mapping[str, str | None]) -> dict[str, str]:

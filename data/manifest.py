@@ -3,7 +3,8 @@
 Columns: ``video_id`` (string, unique), ``path`` (relative to the dataset's video root),
 ``split`` (string), ``duration_s`` (float, nullable), ``captions`` (list<string>, non-empty),
 ``fingerprint`` (the file's content fingerprint, ``<size>-<mtime_ns>-<hash>`` or ``missing``) and
-``captions_digest`` (digest of the captions), both defined once in :mod:`data.fingerprint`.
+``captions_digest`` (digest of the captions; text rows carry per-caption digests), both defined
+once in :mod:`data.fingerprint`.
 The video root is kept in the Parquet schema metadata (``tvr.video_root``) so a manifest
 is self-contained; readers add facts such as the split protocol as further ``tvr.<key>`` entries
 (:attr:`Manifest.metadata`).

@@ -14,7 +14,8 @@ Row columns: ``video_id`` (string), ``values`` (list of fixed-size float32 lists
 ``timestamps_s`` (list<float64>, ``[T]`` seconds from the start of the video, or empty where time
 has no meaning, e.g. text tokens), ``status`` (``ok`` / ``empty`` / ``failed``), ``error`` (string or
 null), ``fingerprint`` (the content the row came from: the video file's fingerprint, or for a
-modality keyed by captions the video's caption digest; see :mod:`data.fingerprint`), plus the extra
+modality keyed by captions the row's own caption digest over its index and text; see
+:mod:`data.fingerprint`), plus the extra
 columns an extractor declares (e.g. ``caption_index`` and ``eot_index`` for text, ``has_audio`` for
 audio). Every shard's Parquet schema metadata carries ``tvr.extractor_id``, ``tvr.modality``,
 ``tvr.dim`` and ``tvr.random_weights`` (and the RANDOM WEIGHTS warning), so a copied file still
@@ -47,7 +48,7 @@ import os
 import re
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -158,16 +159,35 @@ class FeatureRow:
 @dataclass(frozen=True)
 class VideoState:
     """The newest stored outcome of one video: ``status`` (``failed`` if any of its rows failed),
-    the first ``error``, and the ``fingerprint`` its rows carry (None in shards older than fingerprints)."""
+    the first ``error``, and the ``fingerprint`` its rows carry (None in shards older than fingerprints).
+
+    In a set keyed by captions, ``fingerprint`` is the tuple of the caption digests its ``ok`` rows
+    carry, in caption-index order (None at an index without an ``ok`` row; ``()`` for none).
+    """
 
     status: str
     error: str | None
-    fingerprint: str | None
+    fingerprint: str | tuple[str | None, ...] | None
 
-    def done_for(self, fingerprint: str | None) -> bool:
+    def done_for(self, fingerprint: str | tuple[str, ...] | None) -> bool:
         """Skip this video when its content is still ``fingerprint`` (None: do not compare)?"""
         final = self.status in DONE_STATUSES or (self.status == "failed" and (self.error or "").startswith(FINAL_FAILURE))
         return final and (fingerprint is None or self.fingerprint == fingerprint)
+
+
+def _shard_states(rows: Iterable[tuple], by_caption: bool) -> dict[str, VideoState]:
+    """One shard's rows ``(video_id, status, error, fingerprint[, caption_index])`` -> state per video."""
+    here: dict[str, VideoState] = {}
+    parts: dict[str, dict[int, str | None]] = {}
+    for vid, status, error, fingerprint, *caption in rows:
+        if vid not in here or (status == "failed" and here[vid].status != "failed"):
+            here[vid] = VideoState(status, error, fingerprint)
+        if by_caption and status == "ok" and caption[0] is not None:
+            parts.setdefault(vid, {})[caption[0]] = fingerprint
+    if not by_caption:
+        return here
+    ordered = {v: tuple(p.get(i) for i in range(max(p) + 1)) for v, p in parts.items()}
+    return {v: replace(s, fingerprint=ordered.get(v, ())) for v, s in here.items()}
 
 
 def _shard_index(path: Path) -> int:
@@ -330,40 +350,45 @@ class FeatureSet:
         return target
 
     def video_states(self) -> dict[str, VideoState]:
-        """``video_id -> VideoState`` of the newest completed shard holding each video (reads 4 columns)."""
+        """``video_id -> VideoState`` of the newest completed shard holding each video (reads 4 columns,
+        and ``caption_index`` in a set keyed by captions)."""
         out: dict[str, VideoState] = {}
         if not self.folder.is_dir():
             return out
+        by_caption = self.spec.keyed_by == "captions"
+        columns = ["video_id", "status", "error", "fingerprint"] + (["caption_index"] if by_caption else [])
         with locks.shared(self.lock_path):
             for shard in self.completed_shards():
-                t = self._load(shard, ["video_id", "status", "error", "fingerprint"])
-                if t is None:
-                    continue
-                here: dict[str, VideoState] = {}
-                for vid, st, err, fp in zip(*(t.column(c).to_pylist() for c in ("video_id", "status", "error", "fingerprint"))):
-                    if vid not in here or (st == "failed" and here[vid].status != "failed"):
-                        here[vid] = VideoState(st, err, fp)
-                out.update(here)
+                t = self._load(shard, columns)
+                if t is not None:
+                    out.update(_shard_states(zip(*(t.column(c).to_pylist() for c in columns)), by_caption))
         return out
 
     def video_status(self) -> dict[str, str]:
         """``video_id -> status`` of the newest completed row set of each video."""
         return {v: s.status for v, s in self.video_states().items()}
 
-    def done_ids(self, expected: Mapping[str, str] | None = None) -> set[str]:
+    def done_ids(self, expected: Mapping[str, str | tuple[str, ...]] | None = None) -> set[str]:
         """Videos a resumed run skips: status ``ok`` / ``empty`` (or a final failure) and, when
-        ``expected`` (``video_id -> fingerprint``) is given, rows carrying that fingerprint."""
+        ``expected`` (``video_id -> fingerprint``; keyed by captions: the tuple of caption digests,
+        see :class:`VideoState`) is given, rows carrying that fingerprint."""
         states = self.video_states()
         if expected is None:
             return {v for v, s in states.items() if s.done_for(None)}
         return {v for v, fp in expected.items() if v in states and states[v].done_for(fp)}
 
     def read(self, video_ids: Iterable[str] | None = None) -> "FeatureTable":
-        """Read every completed shard (newest row set per video wins), validating each one."""
+        """Read every completed shard (newest row set per video wins), validating each one; with
+        ``video_ids``, only the shards holding one of them are read beyond their ``video_id`` column."""
         tables = []
         newest: dict[str, int] = {}
+        wanted = None if video_ids is None else set(video_ids)
         with locks.shared(self.lock_path) if self.folder.is_dir() else nullcontext():
             for shard in self.completed_shards():
+                if wanted is not None:
+                    ids = self._load(shard, ["video_id"])
+                    if ids is None or wanted.isdisjoint(ids.column("video_id").to_pylist()):
+                        continue
                 t = self._load(shard)
                 if t is None:
                     continue
@@ -373,7 +398,6 @@ class FeatureSet:
         if not tables:
             return FeatureTable.from_arrow(self.spec.schema().empty_table(), self.spec)
         keep_parts = []
-        wanted = None if video_ids is None else set(video_ids)
         for k, t in enumerate(tables):
             ids = t.column("video_id").to_pylist()
             mask = [newest[v] == k and (wanted is None or v in wanted) for v in ids]
@@ -503,6 +527,13 @@ class FeatureTable:
 
     def timestamps(self, i: int) -> np.ndarray:
         return np.asarray(self.table.column("timestamps_s")[i].as_py(), np.float64)
+
+    def feature_row(self, i: int) -> FeatureRow:
+        """Row ``i`` as a :class:`FeatureRow` to write again unchanged (e.g. into a newer shard)."""
+        cells = {name: self.table.column(name)[i].as_py() for name in ("video_id", "status", "error", "fingerprint")}
+        extra = {name: self.table.column(name)[i].as_py() for name in self.spec.extra_columns}
+        return FeatureRow(cells["video_id"], self.row(i).copy(), self.timestamps(i), cells["status"], cells["error"],
+                          extra, cells["fingerprint"])
 
     def padded(self, rows: Sequence[int] | None = None, max_len: int | None = None
                ) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ store rows (:meth:`to_rows`). The base class owns everything else:
   preparing units, or a failed batch (each of its parts is then retried alone) becomes a
   ``failed`` row with the error text; the run goes on;
 - identity and skip-if-done: :attr:`spec` (the extractor-id and what a row's fingerprint names:
-  the video file, or for an extractor that decodes nothing, i.e. text, the video's captions) and
+  the video file, or for an extractor that decodes nothing, i.e. text, the row's own caption) and
   :meth:`feature_set` (the :class:`data.store.FeatureSet` that the run checks and writes).
 """
 from __future__ import annotations
@@ -44,13 +44,15 @@ class VideoItem:
     ``decoded``: the stream facts (and, from :func:`~extractors.decode.decode_video`, all arrays);
     ``chunks``: the decoded windows, one pass (a generator that may raise
     :class:`~extractors.decode.DecodeError`) or a list; ``None`` = ``decoded`` as one window.
-    ``error``: the file could not be opened.
+    ``error``: the file could not be opened. ``captions``: per text modality, the
+    ``(caption index, caption)`` pairs to encode (a modality absent: all of the record's captions).
     """
 
     record: VideoRecord
     decoded: DecodedVideo | None = None
     error: str | None = None
     chunks: Iterable[DecodedChunk] | None = None
+    captions: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
 
     @property
     def video_id(self) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from data.fingerprint import caption_digest
 from data.store import FeatureRow
 from extractors.base import Extractor, VideoItem, Weights, seeded_build
 from extractors.decode import DecodedChunk, DecodeRequest
@@ -140,7 +141,8 @@ class ClipTextExtractor(_ClipBase):
         return [], None  # text rows do not depend on the video
 
     def last_units(self, item: VideoItem, state: dict) -> tuple[list[tuple[int, str]], None]:
-        return list(enumerate(item.record.captions)), None
+        """The video's captions to encode: those the run asked for, else all of them."""
+        return item.captions.get(self.modality, list(enumerate(item.record.captions))), None
 
     def collate(self, parts: list) -> list[tuple[int, str]]:
         return [u for part in parts for u in part]
@@ -178,7 +180,7 @@ class ClipTextExtractor(_ClipBase):
 
     def to_rows(self, item: VideoItem, outputs: list, times: np.ndarray) -> list[FeatureRow]:
         return [FeatureRow(item.video_id, values, np.zeros(0), "ok", None,
-                           {"caption_index": i, "eot_index": eot, "caption": cap})
+                           {"caption_index": i, "eot_index": eot, "caption": cap}, caption_digest(i, cap))
                 for i, cap, values, eot in outputs]
 
     def failed_extra(self, item: VideoItem) -> dict:

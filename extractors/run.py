@@ -3,7 +3,8 @@
 ``plan_shards`` splits the manifest into shards of videos and prepares each modality's feature
 folder; ``extract_shard`` does one shard: it finds, per modality, the videos not yet done for the
 same extractor-id *and the same content* (the rows' fingerprint must equal the video file's
-fingerprint now, or for text the caption digest: :mod:`data.fingerprint`), decodes each such video
+fingerprint now; text is decided per caption, each row carrying its own caption digest, and only
+changed or new captions are encoded: :mod:`extractors.textplan`), decodes each such video
 ONCE in background threads (running ahead of the models) with the union of what the modalities
 still need, streams the decoded windows to every modality (bounded memory per video), and writes
 one store shard per modality.
@@ -27,11 +28,11 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
-from typing import Callable, ContextManager, Iterable, Iterator
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping
 
-from data.fingerprint import current_fingerprints
+from data.fingerprint import caption_digests, current_fingerprints
 from data.manifest import Manifest, ManifestError, VideoRecord, read_manifest, safe_video_path
 from data.settings import Settings, get_settings
 from data.store import RANDOM_WARNING, FeatureRow, FeatureSet
@@ -40,6 +41,7 @@ from extractors.base import Extractor, VideoItem, push_video, resolve_device
 from extractors.decode import DecodeError, DecodeOptions, DecodeRequest, stream_video
 from extractors.inprogress import crash_error, dead_records, decoding, records_dir
 from extractors.registry import DEFAULT_MODELS, MODALITIES, build_extractor
+from extractors.textplan import CaptionPlan, plan_captions
 
 log = logging.getLogger("tvr.extract")
 Log = Callable[[str], None]
@@ -76,6 +78,15 @@ class ExtractConfig:
         unknown = [m for m in self.modalities if m not in MODALITIES]
         if unknown or not self.modalities:
             raise ValueError(f"modalities {unknown or '[]'}: choose from {', '.join(MODALITIES)}")
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, Any], settings: Settings) -> "ExtractConfig":
+        """The config from named values, e.g. a flow's parameters or the command line's options: a
+        name that is not a field is ignored; a value None (or absent) takes the field's default, for
+        ``seed`` and ``device`` the settings' (``$TVR_SEED``, ``$TVR_DEVICE``)."""
+        names = {f.name for f in fields(cls)}
+        given = {k: v for k, v in parameters.items() if k in names and v is not None}
+        return cls(**{"seed": settings.seed, "device": settings.device, **given})
 
     def model_for(self, modality: str) -> str:
         if modality == "clip_text" and modality not in self.models:
@@ -118,6 +129,7 @@ class ModalityCounts:
     empty: int = 0      # encoded in this run, nothing to encode (e.g. no audio stream)
     failed: int = 0     # recorded as failed in this run
     skipped: int = 0    # already done before this run
+    kept: int = 0       # text: unchanged caption rows written again beside a video's re-encoded ones
     errors: list[str] = field(default_factory=list)  # first few error texts
 
     def add(self, other: "ModalityCounts") -> None:
@@ -125,6 +137,7 @@ class ModalityCounts:
         self.empty += other.empty
         self.failed += other.failed
         self.skipped += other.skipped
+        self.kept += other.kept
         self.errors = (self.errors + other.errors)[:5]
 
 
@@ -160,11 +173,12 @@ def finish_run(dataset: str, counts: dict[str, "ModalityCounts"], settings: Sett
 
 
 def content_keys(fs: FeatureSet, manifest: Manifest, video_ids: list[str],
-                 file_fingerprints: dict[str, str]) -> dict[str, str]:
-    """``video_id -> fingerprint`` each stored row of ``fs`` must carry to count as done."""
+                 file_fingerprints: dict[str, str]) -> dict[str, str | tuple[str, ...]]:
+    """``video_id -> fingerprint`` each stored row of ``fs`` must carry to count as done; for a set
+    keyed by captions, the tuple of the video's caption digests (one per text row, in order)."""
     if fs.spec.keyed_by == "captions":
-        digests = manifest.captions_digests()
-        return {v: digests[v] for v in video_ids}
+        captions = dict(zip(manifest.video_ids, manifest.table.column("captions").to_pylist()))
+        return {v: caption_digests(captions[v]) for v in video_ids}
     return {v: file_fingerprints[v] for v in video_ids}
 
 
@@ -307,10 +321,16 @@ def extract_shard(dataset: str, video_ids: list[str], config: ExtractConfig | di
     fingerprints = current_fingerprints(manifest, video_ids)
     keys = {e.modality: content_keys(sets[e.modality], manifest, video_ids, fingerprints) for e in extractors}
     todo: dict[str, set[str]] = {}
+    plans: dict[str, CaptionPlan] = {}
     for e in extractors:
-        done = sets[e.modality].done_ids(keys[e.modality])
-        todo[e.modality] = {v for v in video_ids if v not in done}
-        counts[e.modality].skipped = len(video_ids) - len(todo[e.modality])
+        if sets[e.modality].spec.keyed_by == "captions":
+            plans[e.modality] = plan = plan_captions(sets[e.modality], keys[e.modality], records)
+            todo[e.modality] = set(plan.encode)
+            counts[e.modality].skipped = len(video_ids) - len(plan.redo)
+        else:
+            done = sets[e.modality].done_ids(keys[e.modality])
+            todo[e.modality] = {v for v in video_ids if v not in done}
+            counts[e.modality].skipped = len(video_ids) - len(todo[e.modality])
     rows: dict[str, list[FeatureRow]] = {e.modality: [] for e in extractors}
     in_progress = records_dir(dataset, settings)
     dead = dead_records(in_progress, video_ids)
@@ -329,6 +349,7 @@ def extract_shard(dataset: str, video_ids: list[str], config: ExtractConfig | di
     jobs = [(record, replace(request, options=config.decode_options())) for record, request in jobs]
     for n, item in enumerate(iter_decoded(jobs, manifest.video_root, workers=config.decode_workers,
                                           prefetch=config.prefetch, guard=partial(decoding, in_progress)), 1):
+        item.captions = {m: plan.encode[item.video_id] for m, plan in plans.items() if item.video_id in plan.encode}
         for modality, new in push_video([e for e in extractors if item.video_id in todo[e.modality]], item).items():
             rows[modality] += new
         if on_progress:
@@ -338,10 +359,14 @@ def extract_shard(dataset: str, video_ids: list[str], config: ExtractConfig | di
             say(f"{dataset}: {n}/{len(jobs)} videos of this shard decoded and queued "
                 f"({time.time() - start:.1f} s)")
             last_report = time.time()
+    stamps = {"file": fingerprints, "captions": manifest.captions_digests()}
     for e in extractors:
         rows[e.modality] += e.flush()
+        if e.modality in plans:
+            rows[e.modality], counts[e.modality].kept = plans[e.modality].complete(rows[e.modality])
         for r in rows[e.modality]:
-            r.fingerprint = keys[e.modality][r.video_id]
+            if r.fingerprint is None:   # text rows carry their caption's digest; the video's otherwise
+                r.fingerprint = stamps[e.spec.keyed_by][r.video_id]
         if rows[e.modality]:
             sets[e.modality].write_shard(rows[e.modality])
         _count(counts[e.modality], rows[e.modality])
@@ -397,7 +422,8 @@ def summary_lines(dataset: str, counts: dict[str, ModalityCounts]) -> list[str]:
     lines = [f"extraction of {dataset!r}:"]
     for m, c in counts.items():
         flag = "  [RANDOM WEIGHTS]" if c.random_weights else ""
-        lines.append(f"  {m:<12} {c.extractor_id}  done {c.done}, empty {c.empty}, failed {c.failed}, "
+        kept = f" (kept {c.kept} unchanged captions)" if c.kept else ""
+        lines.append(f"  {m:<12} {c.extractor_id}  done {c.done}{kept}, empty {c.empty}, failed {c.failed}, "
                      f"skipped {c.skipped}{flag}")
         lines += [f"      error: {e}" for e in c.errors]
     randoms = [m for m, c in counts.items() if c.random_weights]
@@ -481,9 +507,9 @@ def config_from_args(args: argparse.Namespace, settings: Settings) -> ExtractCon
                                 ("clip_frames", args.motion_clip_frames)) if v is not None}
     if motion:
         options["motion"] = motion
-    return ExtractConfig(
+    return ExtractConfig.from_parameters(dict(
         modalities=tuple(m.strip() for m in args.modalities.split(",") if m.strip()),
         weights=args.weights, models=args.model, batch_sizes=args.batch_size, options=options,
-        seed=settings.seed if args.seed is None else args.seed, device=args.device or settings.device,
-        precision=args.precision, decode_workers=args.decode_workers, prefetch=args.prefetch, decode=args.decode,
-        decode_threads=args.decode_threads, decode_budget_s=args.decode_budget, hwaccel=args.hwaccel)
+        seed=args.seed, device=args.device or None, precision=args.precision, decode_workers=args.decode_workers,
+        prefetch=args.prefetch, decode=args.decode, decode_threads=args.decode_threads,
+        decode_budget_s=args.decode_budget, hwaccel=args.hwaccel), settings)

@@ -18,9 +18,14 @@ flow run could not start or failed; 2 bad input (a missing manifest, unknown mod
 
 The deployment ``extract/<dataset>`` has a concurrency limit of 1 (prefect.yaml): a second run of
 the same dataset waits (``AwaitingConcurrencySlot``) until the first ends. A flow run ends after
-``TIMEOUTS["extract"]`` seconds at most; ``decode_budget_s`` (seconds of decoding per video; None:
-the decoder's default) is handed to the decoder as ``ExtractConfig.decode_budget_s``, which
-fails a video whose decoding exceeds it (extractors/decode.py).
+``TIMEOUTS["extract"]`` seconds at most.
+
+The flow has one parameter per :class:`extractors.run.ExtractConfig` field, of the same name (plus
+``dataset`` and ``shard_size``); None takes the config's default, and the config is built from them
+by ``ExtractConfig.from_parameters``, as the command line builds it from its options, so every
+option (decoding ones included: ``decode``, ``decode_threads``, ``decode_workers``, ``prefetch``,
+``hwaccel``, ``decode_budget_s``) reaches the shard tasks the same way with or without ``--prefect``
+and in deployments (``-p decode=exact``).
 """
 from __future__ import annotations
 
@@ -40,7 +45,6 @@ from data.cli import add_version
 from data.names import InvalidName
 from data.settings import get_settings
 from extractors.base import resolve_device
-from extractors.registry import MODALITIES
 from extractors.run import (ExtractConfig, build_parser, config_from_args, extract_dataset, extract_shard,
                             finish_run, merge_counts, plan_shards, summary_lines, summary_markdown)
 from flows.common import TIMEOUTS, artifact_key, check_names
@@ -73,25 +77,27 @@ def all_failed(dataset: str, counts: dict) -> str | None:
 
 
 @flow(name="extract", task_runner=task_runner(), timeout_seconds=TIMEOUTS["extract"])
-def extract(dataset: str, modalities: list[str] = list(MODALITIES), weights: dict[str, str] | None = None,
-            models: dict[str, str] | None = None, shard_size: int | None = None, device: str = "auto",
-            precision: str = "auto", seed: int | None = None, batch_sizes: dict[str, int] | None = None,
-            options: dict[str, dict] | None = None, decode_workers: int = 1,
-            decode_budget_s: float | None = None) -> dict:
+def extract(dataset: str, modalities: list[str] | None = None, weights: dict[str, str] | None = None,
+            models: dict[str, str] | None = None, shard_size: int | None = None, device: str | None = None,
+            precision: str | None = None, seed: int | None = None, batch_sizes: dict[str, int] | None = None,
+            options: dict[str, dict] | None = None, decode_workers: int | None = None,
+            decode_budget_s: float | None = None, prefetch: int | None = None, decode: str | None = None,
+            decode_threads: int | None = None, hwaccel: str | None = None) -> dict:
     """Extract ``modalities`` of ``dataset`` into the feature store; returns the summary dict.
 
+    Every parameter but ``dataset`` and ``shard_size`` is the :class:`ExtractConfig` field of that
+    name (None: its default; ``seed`` / ``device``: ``$TVR_SEED`` / ``$TVR_DEVICE``).
     Raises :class:`AllVideosFailed` (the run ends Failed, after publishing its summary) when
     every video attempted failed in some modality."""
+    parameters = dict(locals())
     check_names(dataset=dataset)
     logger = get_run_logger()
     settings = get_settings()
-    config = ExtractConfig(tuple(modalities), weights or {}, models or {}, batch_sizes or {}, options or {},
-                           settings.seed if seed is None else seed, device, precision, decode_workers,
-                           **({} if decode_budget_s is None else {"decode_budget_s": decode_budget_s}))
+    config = ExtractConfig.from_parameters(parameters, settings)
     shards = plan_shards(dataset, config, shard_size=shard_size, settings=settings)
     shard_task = shard_task_for(config.device)
     on_gpu = GPU_TAG in shard_task.tags
-    logger.info(f"{dataset}: {sum(map(len, shards))} videos in {len(shards)} shards; modalities {list(modalities)}; "
+    logger.info(f"{dataset}: {sum(map(len, shards))} videos in {len(shards)} shards; modalities {list(config.modalities)}; "
                 f"tasks run in {describe(FlowRunContext.get().task_runner)}"
                 + (f", tagged '{GPU_TAG}'" if on_gpu else ""))
     progress = create_progress_artifact(0.0, description=f"extract {dataset}: shards finished (%)")
@@ -110,6 +116,11 @@ def extract(dataset: str, modalities: list[str] = list(MODALITIES), weights: dic
     if failure:
         raise AllVideosFailed(failure)
     return {m: vars(c) for m, c in total.items()}
+
+
+def flow_parameters(config: ExtractConfig) -> dict:
+    """The :func:`extract` parameters that give ``config`` back (every field, by name)."""
+    return {**config.to_dict(), "modalities": list(config.modalities)}
 
 
 def shard_task_for(device: str):
@@ -154,9 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             runner = task_runner(address, workers, settings)
             require_api_server(runner)
             run = extract.with_options(task_runner=runner)
-            run(args.dataset, list(config.modalities), config.weights, config.models, args.shard_size,
-                config.device, config.precision, config.seed, config.batch_sizes, config.options,
-                config.decode_workers, config.to_dict().get("decode_budget_s"))
+            run(args.dataset, shard_size=args.shard_size, **flow_parameters(config))
         except Exception as err:  # noqa: BLE001 - the flow run's own log has the traceback
             print(f"error: the extract flow run did not finish: {err.__class__.__name__}: {err}", file=sys.stderr)
             return 1

@@ -4,8 +4,9 @@ Recipe (METHODS.md section 2): AdamW (lr 1e-4, weight decay 0.2 on matrices, bet
 10% linear warm-up then cosine, gradient clipping 1.0, every caption of a training video is a sample.
 Seeded and deterministic on CPU: the sample order of each epoch and the random state of each step
 are functions of (seed, epoch, step), so a run killed at any point and resumed from its last
-checkpoint (``resume.pt``, written every ``train.checkpoint_every`` steps and at each epoch end)
-ends with the same weights and metrics as an uninterrupted run. The best epoch is chosen on the
+checkpoint (``resume.pt``, written every ``train.checkpoint_every`` steps and at each epoch end;
+with fp16 on CUDA it holds the loss scaler's state too) ends with the same weights and metrics as an
+uninterrupted run. The best epoch is chosen on the
 validation split's text-to-video R@1, never on test (with no validation split, ``val_holdout: 0``
 as in CLIP4Clip's protocol, the last epoch); the test split is scored once, at the end.
 
@@ -49,6 +50,11 @@ def autocast(device: torch.device, precision: str):
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("train.precision fp16 needs a CUDA device (use bf16 on the CPU)")
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16's loss scaler on CUDA (its state is part of ``resume.pt``); None otherwise."""
+    return torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
 
 
 def _step_seed(seed: int, epoch: int, step: int) -> int:
@@ -222,7 +228,7 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
     scheduler = (torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, tc["warmup"]))
                  if optimizer else None)
 
-    scaler = torch.amp.GradScaler("cuda") if tc["precision"] == "fp16" and device.type == "cuda" else None
+    scaler = make_scaler(tc["precision"], device)
     state = run.load_state()
     history: list[dict] = []
     epoch, step, best = 0, 0, {"epoch": -1, "val_R@1": -1.0}
@@ -234,11 +240,17 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
         epoch, step = state["epoch"], state["step"]
         history, best, sums = (json.loads(state[k]) for k in ("history", "best", "sums"))
         say(f"resuming {run_id} at epoch {epoch} step {step}")
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        elif scaler is not None:
+            say(f"{run.state_path} holds no loss-scaler state (written without fp16 or by an older version): "
+                f"the fp16 loss scale starts afresh")
 
     def save_state():
         run.save_state({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
-                        "history": json.dumps(history), "best": json.dumps(best), "sums": json.dumps(sums)})
+                        "history": json.dumps(history), "best": json.dumps(best), "sums": json.dumps(sums),
+                        **({"scaler": scaler.state_dict()} if scaler is not None else {})})
 
     while epoch < tc["epochs"]:
         order = epoch_order(len(train_caps), seed, epoch)

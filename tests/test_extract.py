@@ -1,6 +1,8 @@
 """End-to-end extraction: every modality from one decode per video, resume, bad files, fixtures, CLI."""
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
 import shutil
@@ -24,7 +26,8 @@ from extractors import decode
 from extractors.audio import AudioExtractor
 from extractors.clip import ClipFramesExtractor, ClipTextExtractor
 from extractors.motion import MotionExtractor
-from extractors.run import extract_dataset, summary_lines, summary_markdown
+from extractors.run import (ExtractConfig, build_parser, config_from_args, extract_dataset, summary_lines,
+                            summary_markdown)
 
 MODALITIES = ("clip_frames", "clip_text", "audio", "motion")
 
@@ -193,6 +196,39 @@ def test_cli_help_documents_the_options():
                          capture_output=True, text=True).stdout
     for option in ("--modalities", "--weights", "--model", "--shard-size", "--device", "--prefect"):
         assert option in out
+
+
+def test_prefect_path_builds_the_same_config_as_the_plain_run(tvr_home, tmp_path, monkeypatch):
+    """``--prefect`` (and so a deployment) gets every option: each ExtractConfig field is a flow
+    parameter, and the flow parameters the command line hands over give back the plain run's config."""
+    from flows import extract as flow_module
+
+    flow_parameters = set(inspect.signature(flow_module.extract.fn).parameters)
+    assert {f.name for f in dataclasses.fields(ExtractConfig)} <= flow_parameters
+    argv = ["syn", "--modalities", "clip_frames,clip_text", "--model", f"clip_frames={tiny_clip_dir(tmp_path)}",
+            "--device", "cpu", "--precision", "fp32", "--seed", "9", "--batch-size", "clip_text=5",
+            "--frame-fps", "2", "--decode", "exact", "--decode-threads", "3", "--decode-workers", "2",
+            "--prefetch", "7", "--decode-budget", "12.5", "--hwaccel", "none", "--shard-size", "4"]
+    settings = get_settings()
+    plain = config_from_args(build_parser("x").parse_args(argv), settings)
+    defaults = ExtractConfig()
+    assert all(getattr(plain, f) != getattr(defaults, f) for f in
+               ("decode", "decode_threads", "decode_workers", "prefetch", "decode_budget_s", "hwaccel"))
+    calls = []
+
+    class Flow:   # stands in for the Prefect flow: records what a flow run would be given
+        def with_options(self, **_):
+            return lambda *args, **kwargs: calls.append((args, kwargs))
+
+    monkeypatch.setattr(flow_module, "extract", Flow())
+    monkeypatch.setattr(flow_module, "require_api_server", lambda runner: None)
+    settings.manifest_path("syn").parent.mkdir(parents=True)
+    settings.manifest_path("syn").write_bytes(b"")     # only its presence is checked before the flow run
+    assert flow_module.main(argv + ["--prefect"]) == 0
+    [(args, kwargs)] = calls
+    assert args == ("syn",) and kwargs["shard_size"] == 4
+    assert set(kwargs) <= flow_parameters
+    assert ExtractConfig.from_parameters(kwargs, settings) == plain
 
 
 @pytest.mark.slow

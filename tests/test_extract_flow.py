@@ -15,16 +15,28 @@ def prefect_harness():
         yield
 
 
-def test_extract_flow_run_writes_features_summary_and_artifact(prefect_harness, tiny_synthetic, tvr_home, tmp_path):
+def test_extract_flow_run_writes_features_summary_and_artifact(prefect_harness, tiny_synthetic, tvr_home, tmp_path,
+                                                                monkeypatch):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+    from flows import extract as flow_module
     from flows.extract import extract
 
+    given: list[dict] = []
+    real_shard = flow_module.extract_shard
+
+    def shard_spy(dataset, video_ids, config, **kw):
+        given.append(config)
+        return real_shard(dataset, video_ids, config, **kw)
+
+    monkeypatch.setattr(flow_module, "extract_shard", shard_spy)
     prepare_synthetic(tiny_synthetic)
     cfg = tiny_config(tmp_path)
+    decoding = {"decode": "exact", "decode_threads": 1, "prefetch": 2, "hwaccel": "none", "decode_budget_s": 300.0}
     summary = extract("synthetic", modalities=list(cfg.modalities), models=cfg.models, shard_size=8,
-                      device="cpu", options=cfg.options)
+                      device="cpu", options=cfg.options, **decoding)
+    assert len(given) == 2 and all({k: c[k] for k in decoding} == decoding for c in given)   # reach every task
     assert set(summary) == set(cfg.modalities)
     for m, counts in summary.items():
         assert counts["failed"] == 0 and counts["done"] + counts["empty"] == 16 and counts["random_weights"]

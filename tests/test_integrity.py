@@ -15,17 +15,20 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import torch
 from test_extract_support import tiny_clip_dir, tiny_config
 
+from data.manifest import read_manifest
 from data.prepare import prepare
 from data.settings import get_settings
 from data.store import FINAL_FAILURE, FeatureSet
 from extractors import inprogress
 from extractors import run as extract_run
+from extractors.clip import ClipTextExtractor
 from extractors.run import extract_dataset
 
 DS = "syn"
@@ -104,6 +107,56 @@ def test_planted_corrupt_shards_are_quarantined_and_redone(media, tmp_path, capl
     assert ids[0] in caplog.text and ids[7] in caplog.text         # the log names the videos
     check_at_rest(feature_dirs(), ids, {r["video_id"]: r["captions"] for r in records})
     assert extract_dataset(DS, config, shard_size=4)["clip_frames"].skipped == 8
+
+
+@pytest.mark.slow
+def test_changed_captions_are_the_only_ones_encoded(media, tmp_path, monkeypatch):
+    """Text is decided per caption: a removed caption's row is superseded without any encoding, an
+    added caption is the only one encoded, a video's other rows are written again unchanged; rows of
+    a store written before per-caption digests are encoded once, then skipped."""
+    folder, ids, records = media
+    config = tiny_config(tmp_path, modalities=("clip_text",))
+    extract_dataset(DS, config, shard_size=4)
+    encoded: list[str] = []
+    real_forward = ClipTextExtractor.forward
+
+    def forward_spy(self, batch):
+        encoded.extend(cap for _, cap in batch)
+        return real_forward(self, batch)
+
+    monkeypatch.setattr(ClipTextExtractor, "forward", forward_spy)
+    text_dir = next((get_settings().features_dir / DS / "clip_text").iterdir())
+    before = FeatureSet(text_dir).read()
+    keys = zip(before.video_ids, before.column("caption_index"))
+    old = {key: before.row(i).copy() for i, key in enumerate(keys)}
+    shorter, longer = records[1], records[5]
+    assert len(shorter["captions"]) > 1
+    shorter["captions"] = shorter["captions"][:-1]
+    longer["captions"] = longer["captions"] + ["a caption added later about a slow grey square"]
+    (folder / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    prepare("synthetic", folder / "annotations.jsonl", folder, name=DS)
+    counts = extract_dataset(DS, config, shard_size=4)["clip_text"]
+    assert encoded == [longer["captions"][-1]]
+    assert (counts.done, counts.skipped, counts.kept) == (2, 6, len(shorter["captions"]) + len(longer["captions"]) - 1)
+    captions = {r["video_id"]: r["captions"] for r in records}
+    check_at_rest({"clip_text": text_dir}, ids, captions)          # the removed caption's row is gone at rest
+    after = FeatureSet(text_dir).read()
+    for i, (vid, index) in enumerate(zip(after.video_ids, after.column("caption_index"))):
+        if (vid, index) in old:
+            np.testing.assert_array_equal(after.row(i), old[(vid, index)])
+    encoded.clear()
+    assert extract_dataset(DS, config, shard_size=4)["clip_text"].skipped == 8 and encoded == []
+    # a store of the previous version: every row carries its video's captions digest
+    digests = read_manifest(get_settings().manifest_path(DS)).captions_digests()
+    legacy = [after.feature_row(i) for i in range(len(after))]
+    for row in legacy:
+        row.fingerprint = digests[row.video_id]
+    FeatureSet(text_dir).write_shard(legacy)
+    counts = extract_dataset(DS, config, shard_size=4)["clip_text"]
+    assert (counts.done, counts.kept) == (8, 0) and sorted(encoded) == sorted(c for v in ids for c in captions[v])
+    encoded.clear()
+    assert extract_dataset(DS, config, shard_size=4)["clip_text"].skipped == 8 and encoded == []
+    check_at_rest({"clip_text": text_dir}, ids, captions)
 
 
 def run_extract(tmp_path: Path, name: str, env: dict | None = None, module: str = "flows.extract") -> subprocess.Popen:

@@ -21,11 +21,14 @@ import pytest
 import torch
 from test_extract_support import tiny_config
 
+from data.fingerprint import caption_digest
 from data.prepare import prepare
 from data.settings import get_settings
 from data.store import FeatureSet
 from extractors import run as extract_run
+from extractors.clip import ClipTextExtractor
 from extractors.run import extract_dataset
+from fusion.data import load_features
 from retrieval import reindex as rx
 from retrieval.faiss_index import search as index_search
 from retrieval.index import open_build
@@ -297,9 +300,10 @@ def test_killed_rebuild_leaves_the_old_index_answering(home, tmp_path, stage, ch
 
 
 @pytest.mark.slow
-def test_replaced_video_and_corrected_caption_are_the_only_work(home, decoded, tmp_path):
+def test_replaced_video_and_corrected_caption_are_the_only_work(home, decoded, tmp_path, monkeypatch):
     """Replace one file and correct one caption, re-prepare, extract: exactly that video's frames and
-    that video's captions are extracted again (new values checked); the next reindex serves them."""
+    exactly that caption are extracted again (new values checked: a fresh encoding of the new text);
+    the other captions' rows keep their values; the next reindex serves the new vectors."""
     import pyarrow.dataset as ds
 
     target, source, fixed = home.ids[2], home.ids[5], home.ids[3]
@@ -314,13 +318,26 @@ def test_replaced_video_and_corrected_caption_are_the_only_work(home, decoded, t
 
     text_before = text_rows()
     frames_before = FeatureSet(frames_dir).read()
+    encoded: list[str] = []
+    real_forward = ClipTextExtractor.forward
+
+    def forward_spy(self, batch):
+        encoded.extend(cap for _, cap in batch)
+        return real_forward(self, batch)
+
+    monkeypatch.setattr(ClipTextExtractor, "forward", forward_spy)
     replace_file(home, target, source)
-    home.records[3]["captions"][0] = "a corrected caption about something else entirely"
+    new_text = "a corrected caption about something else entirely"
+    home.records[3]["captions"][0] = new_text
+    n_captions = len(home.records[3]["captions"])
     home.manifest(home.ids[:10])                                          # data.prepare again
-    counts = extract_dataset(DS, tiny_config(tmp_path, modalities=MODALITIES), shard_size=8)
+    config = tiny_config(tmp_path, modalities=MODALITIES)
+    counts = extract_dataset(DS, config, shard_size=8)
     assert decoded == [target]                                            # one decode: the replaced file
+    assert encoded == [new_text]                                          # one caption encoded: the new one
     assert (counts["clip_frames"].done, counts["clip_frames"].skipped) == (1, 9)
-    assert (counts["clip_text"].done, counts["clip_text"].skipped) == (1, 9)   # one video's captions
+    assert (counts["clip_text"].done, counts["clip_text"].skipped) == (1, 9)   # one video's rows written
+    assert counts["clip_text"].kept == n_captions - 1                    # its other captions kept as stored
     frames = FeatureSet(frames_dir).read()
     rows = {vid: frames.row(i) for i, vid in enumerate(frames.video_ids)}
     old_rows = {vid: frames_before.row(i) for i, vid in enumerate(frames_before.video_ids)}
@@ -332,12 +349,19 @@ def test_replaced_video_and_corrected_caption_are_the_only_work(home, decoded, t
     text_after = text_rows()
     assert text_after.keys() == text_before.keys()
     new_caption, new_values = text_after[(fixed, 0)]
-    assert new_caption == "a corrected caption about something else entirely"
+    assert new_caption == new_text
     assert new_values.shape != text_before[(fixed, 0)][1].shape or not np.allclose(new_values, text_before[(fixed, 0)][1])
+    fresh = next(e for e in config.build() if e.modality == "clip_text").encode([new_text])[0][0]
+    np.testing.assert_allclose(new_values, fresh, atol=1e-6)              # the new text's own encoding
+    stored = FeatureSet(text_dir).read([fixed])                            # each row: its own caption's digest
+    assert stored.column("fingerprint") == [caption_digest(i, c) for i, c in enumerate(home.records[3]["captions"])]
     for key, (caption, values) in text_before.items():
-        if key != (fixed, 0):                                             # the other captions: same values
+        if key != (fixed, 0):                                             # the other captions: the same rows
             assert text_after[key][0] == caption
-            np.testing.assert_allclose(text_after[key][1], values, atol=1e-6)
+            np.testing.assert_array_equal(text_after[key][1], values)
+    feats = load_features(DS, MODALITIES)                                 # what training and evaluation read
+    own = [c for c, v in zip(feats.captions, feats.caption_video.tolist()) if feats.video_ids[v] == fixed]
+    assert own == home.records[3]["captions"]
     # at rest a plain glob, read without project code, holds exactly one current row per video / caption
     plain_frames = ds.dataset(sorted(frames_dir.glob("part-*.parquet"))).to_table(columns=["video_id"])
     assert sorted(plain_frames.column("video_id").to_pylist()) == sorted(home.ids[:10])

@@ -18,6 +18,7 @@ from data.settings import get_settings
 from fusion.api import encode_queries, encode_split, load_model
 from fusion.data import load_features, pick_extractor, segment_positions, uniform_positions
 from fusion.fakes import write_fake_dataset
+from fusion import train as fusion_train
 from fusion.train import train
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -142,6 +143,39 @@ def test_killed_mid_epoch_and_resumed_equals_uninterrupted(home):
     log2 = (home.runs_dir / "killed" / "log.jsonl").read_text().splitlines()
     strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in lines]  # noqa: E731
     assert strip(log1) == strip(log2)
+
+
+class _Interrupt(Exception):
+    """Stands for a run killed between two steps."""
+
+
+def test_loss_scaler_state_survives_a_resume(home, monkeypatch):
+    """fp16's loss-scaler state is saved in resume.pt and restored: a run interrupted mid-epoch and
+    resumed ends with the scaler state (and weights) of an uninterrupted run. On CPU a GradScaler
+    (enabled there in this torch) stands in for CUDA's, growing its scale at every step."""
+    made: list[torch.amp.GradScaler] = []
+
+    def cpu_scaler(precision, device):
+        made.append(torch.amp.GradScaler("cpu", init_scale=2.0 ** 4, growth_interval=1))
+        return made[-1]
+
+    monkeypatch.setattr(fusion_train, "make_scaler", cpu_scaler)
+    args = dict(overrides=TINY, epochs=2, seed=5, settings=home, quiet=True)
+    straight = train("fake", "seqTransf", run_id="scaler-straight", **args)
+    final = made[-1].state_dict()
+
+    def stop(event):     # after epoch 2's checkpoint at step 2 (train.checkpoint_every=2)
+        if event.task.startswith("epoch 2/") and event.done == 3:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train("fake", "seqTransf", run_id="scaler-resumed", progress=stop, **args)
+    saved = torch.load(home.runs_dir / "scaler-resumed" / "resume.pt", weights_only=True)
+    assert (saved["epoch"], saved["step"]) == (1, 2) and saved["scaler"]["scale"] > 2.0 ** 4
+    resumed = train("fake", "seqTransf", run_id="scaler-resumed", **args)
+    assert made[-1].state_dict() == final
+    a, b = _state(straight / "best.pt"), _state(resumed / "best.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("name", ["seqTransf", "m2hf", "hcmi"])
