@@ -42,8 +42,8 @@ BLOCK = 64                 # column block width for zero-block detection (M2HF b
 MAX_GROUPS = 64            # more distinct zero patterns than this: not a block layout, no partitioning
 MIN_SAVING = 0.25          # partition by zero blocks only when it saves at least this share of the bytes
 VECTORS_FILE = "vectors.npy"
-# mapper(build_part_file, jobs) -> the results of build_part_file(*job) for each job, in order
-Mapper = Callable[[Callable[..., dict], list[tuple]], list[dict]]
+# mapper(jobs) -> [build_part_file(*job) for job in jobs], run wherever the mapper runs them
+Mapper = Callable[[list[tuple]], list[dict]]
 
 
 def shard_of(video_id: str, shards: int) -> int:
@@ -125,9 +125,9 @@ def build_part_file(folder: str, part: int, options: dict, vectors: np.ndarray |
 
 def map_locally(processes: int) -> Mapper:
     """A :data:`Mapper` over a spawn-context pool of ``processes`` processes."""
-    def run(fn, jobs):
+    def run(jobs):
         with ProcessPoolExecutor(min(processes, len(jobs)), mp_context=get_context("spawn")) as pool:
-            return list(pool.map(fn, *zip(*jobs)))
+            return list(pool.map(build_part_file, *zip(*jobs)))
     return run
 
 
@@ -155,7 +155,7 @@ def build_parts(vectors: np.ndarray, specs: list[tuple[np.ndarray, np.ndarray | 
     else:
         if not (folder / VECTORS_FILE).exists():
             np.save(folder / VECTORS_FILE, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
-        params = mapper(build_part_file, jobs)
+        params = mapper(jobs)
     stored = sum(len(rows) * (vectors.shape[1] if cols is None else len(cols)) for rows, cols in specs)
     return {"count": len(specs), "shards": shards, "zero_blocks": specs[0][1] is not None,
             "bytes_per_video_before": 4 * vectors.shape[1], "bytes_per_video_after": round(4 * stored / n, 1),
