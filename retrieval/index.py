@@ -538,27 +538,30 @@ def build_options(info: dict) -> dict:
 
 def write_vectors(path: Path, count: int, batches: Iterable[np.ndarray],
                   on_batch: Callable[[int], None] | None = None) -> None:
-    """Write ``count`` vectors arriving in ``[b, D]`` batches into the ``.npy`` file ``path``
-    (memory-mapped, written batch by batch to ``path`` + ``.part``, then renamed);
-    ``on_batch(rows written)`` after each batch."""
+    """Write ``count`` vectors arriving in ``[b, D]`` batches as the ``.npy`` file ``path``: a header,
+    then each batch appended to ``path`` + ``.part`` (plain writes: nothing but one batch in memory),
+    renamed when complete. ``on_batch(rows written)`` after each batch."""
     part = path.with_name(path.name + ".part")
-    out, at = None, 0
+    at, dim = 0, None
     try:
-        for block in batches:
-            if out is None:
-                out = np.lib.format.open_memmap(part, mode="w+", dtype=np.float32, shape=(count, block.shape[1]))
-            if at + len(block) > count:
-                raise IndexFolderError(f"the encoder gave more than the {count} vectors it announced")
-            out[at:at + len(block)] = block
-            at += len(block)
-            if on_batch:
-                on_batch(at)
-        if out is None:
+        with open(part, "wb") as out:
+            for block in batches:
+                block = np.ascontiguousarray(block, dtype=np.float32)
+                if dim is None:
+                    dim = block.shape[1]
+                    np.lib.format.write_array_header_2_0(
+                        out, {"descr": "<f4", "fortran_order": False, "shape": (count, dim)})
+                if block.ndim != 2 or block.shape[1] != dim or at + len(block) > count:
+                    raise IndexFolderError(f"the encoder gave a batch of shape {block.shape} after {at} of "
+                                           f"{count} {dim}-d vectors")
+                out.write(block.tobytes())
+                at += len(block)
+                if on_batch:
+                    on_batch(at)
+        if dim is None:
             raise IndexFolderError("no vectors to index: no video of the chosen splits has features")
         if at != count:
             raise IndexFolderError(f"the encoder gave {at} vectors for {count} videos")
-        out.flush()
-        del out
         os.replace(part, path)
     finally:
         part.unlink(missing_ok=True)

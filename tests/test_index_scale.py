@@ -269,3 +269,14 @@ def test_model_build_streams_batches_and_equals_the_in_memory_build(fake, monkey
     queries = _unit(20, 16, seed=4)
     got, want = fi.search(streamed.index, queries, 10), fi.search(reference.index, queries, 10)
     assert (got[1] == want[1]).all() and np.allclose(got[0], want[0])
+
+
+def test_write_vectors_refuses_a_short_or_ragged_stream_and_leaves_no_file(tmp_path):
+    path = tmp_path / "v.npy"
+    rindex.write_vectors(path, 5, iter([np.ones((3, 4)), np.zeros((2, 4))]))
+    assert np.array_equal(np.load(path), np.r_[np.ones((3, 4)), np.zeros((2, 4))].astype(np.float32))
+    for batches, message in (([np.ones((3, 4))], "gave 3 vectors for 5"), ([np.ones((3, 4)), np.ones((2, 3))],
+                             "batch of shape"), ([], "no vectors to index")):
+        with pytest.raises(fi.IndexFolderError, match=message):
+            rindex.write_vectors(tmp_path / "w.npy", 5, iter(batches))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["v.npy"]
