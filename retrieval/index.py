@@ -61,6 +61,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data import locks
 from data.atomic import write_json_atomic, write_text_atomic
 from data.cli import add_version
 from data.fingerprint import sha256_file
@@ -78,6 +79,7 @@ REQUIRED_FILES = ("ids.json", "manifest.parquet", "info.json")          # + inde
 CRASH_ENV = "TVR_INDEX_CRASH_AT"
 BUILD_STEPS = ("files-written", "synced", "verified", "renamed", "pointer-written", "published")
 log = logging.getLogger(__name__)
+ENCODING_LOCK = ".encoding.lock"   # held shared while build_from_model's .encoded-* vectors file exists
 ENCODE_BATCH = 4096           # videos encoded (and vectors added to the index) per batch by build_from_model
 RANDOM_WARNING = "RANDOM WEIGHTS: embeddings come from randomly initialised feature extractors"
 
@@ -385,14 +387,19 @@ def verify_build(folder: Path) -> IndexBuild:
 
 def remove_partial_builds(dataset: str, run: str, settings: Settings | None = None) -> list[str]:
     """Remove the ``.tmp-*`` folders of killed writers (taken under the write lock, so a build in
-    progress is never touched). Returns the removed folder names."""
+    progress is never touched) and their ``.encoded-*`` vectors files (only when no
+    :func:`build_from_model` holds the shared :data:`ENCODING_LOCK`). Returns the removed names."""
     root = index_root(dataset, run, settings)
     if not root.is_dir():
         return []
-    with _write_lock(root):
-        debris = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(".tmp-")]
+    with _write_lock(root), locks.try_exclusive(root / ENCODING_LOCK) as no_encoder:
+        debris = [p for p in root.iterdir() if (p.is_dir() and p.name.startswith(".tmp-"))
+                  or (no_encoder and p.is_file() and p.name.startswith(".encoded-"))]
         for p in debris:
-            shutil.rmtree(p, ignore_errors=True)
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
     return [p.name for p in debris]
 
 
@@ -592,14 +599,15 @@ def build_from_model(dataset: str, run: str = ZERO_SHOT, *, splits: Sequence[str
     root = index_root(dataset, name, settings)
     root.mkdir(parents=True, exist_ok=True)
     path = root / f".encoded-{uuid.uuid4().hex}.npy"
-    try:
-        write_vectors(path, len(ids), batches, progress and (
-            lambda done: progress(ProgressEvent(task, done, len(ids), "video"))))
-        info = {**model_info(loaded), "splits": list(splits)}
-        folder = write_build(dataset, name, path, ids, info=info, index_type=index_type, settings=settings,
-                             use_gpu=use_gpu, batch=batch, **layout)
-    finally:
-        path.unlink(missing_ok=True)
+    on_batch = None if progress is None else (lambda done: progress(ProgressEvent(task, done, len(ids), "video")))
+    with locks.shared(root / ENCODING_LOCK):          # remove_partial_builds leaves .encoded-* files alone
+        try:
+            write_vectors(path, len(ids), batches, on_batch)
+            info = {**model_info(loaded), "splits": list(splits)}
+            folder = write_build(dataset, name, path, ids, info=info, index_type=index_type, settings=settings,
+                                 use_gpu=use_gpu, batch=batch, **layout)
+        finally:
+            path.unlink(missing_ok=True)
     if progress:
         progress(ProgressEvent(task, len(ids), len(ids), "video", {"built": folder.name}))
     return folder

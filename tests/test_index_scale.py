@@ -280,3 +280,15 @@ def test_write_vectors_refuses_a_short_or_ragged_stream_and_leaves_no_file(tmp_p
         with pytest.raises(fi.IndexFolderError, match=message):
             rindex.write_vectors(tmp_path / "w.npy", 5, iter(batches))
         assert sorted(p.name for p in tmp_path.iterdir()) == ["v.npy"]
+
+
+def test_encoded_vectors_debris_is_removed_only_when_no_encoder_runs(fake):
+    from data import locks
+
+    root = rindex.index_root("toy", "zero-shot")
+    root.mkdir(parents=True)
+    (root / ".encoded-dead.npy.part").write_bytes(b"x")                # left by a killed python -m retrieval.index
+    with locks.shared(root / rindex.ENCODING_LOCK):                     # an encoder at work
+        assert rindex.remove_partial_builds("toy", "zero-shot") == []
+    assert rindex.remove_partial_builds("toy", "zero-shot") == [".encoded-dead.npy.part"]
+    assert not (root / ".encoded-dead.npy.part").exists()
