@@ -239,15 +239,17 @@ def main(argv: list[str] | None = None) -> int:
         for n in (int(s) for s in args.sizes.split(",")):
             bench_budget(n, perturb, queries, held_out, args)
         return 0
-    header = f"{'N':>9}  {'index':<5}  {'params':<40}  {'build s':>8}  {'search s':>8}  {'ms/query':>8}  {'recall@10':>9}"
+    header = (f"{'N':>9}  {'index':<5}  {'factory':<20}  {'params':<36}  {'build s':>8}  {'search s':>8}  "
+              f"{'ms/query':>8}  {'recall@10':>9}")
     print(header + "\n" + "-" * len(header))
     for n in (int(s) for s in args.sizes.split(",")):
         vectors = perturb.draw(n, seed=args.seed + 2 + n)
         flat = bench_one(vectors, queries, None, "flat")          # exact: the recall reference
         for kind in args.types.split(","):
             row = flat if kind == "flat" else bench_one(vectors, queries, flat["rows"], kind)
-            params = ", ".join(f"{k}={v}" for k, v in row["params"].items()) or "exact"
-            print(f"{n:>9,}  {row['type']:<5}  {params:<40}  {row['build_s']:>8.2f}  {row['search_s']:>8.3f}  "
+            params = ", ".join(f"{k}={v}" for k, v in row["params"].items() if k not in ("reason", "factory"))
+            print(f"{n:>9,}  {row['type']:<5}  {row['params']['factory']:<20}  {params or 'exact':<36}  "
+                  f"{row['build_s']:>8.2f}  {row['search_s']:>8.3f}  "
                   f"{1000 * row['search_s'] / len(queries):>8.3f}  {row['recall']:>9.3f}", flush=True)
         del vectors
     return 0

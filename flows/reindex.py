@@ -13,14 +13,24 @@ a "nothing to index" message. Another re-index of the same index still running m
 with a clear message (:class:`ReindexBusy`), as do real failures (a missing run, an extractor that
 cannot be re-created); the old index stays current.
 
+The index options (memory budget, factory string, shards, tuning target) default to the current
+build's (:func:`retrieval.reindex.index_options`). On a Dask task runner (``TVR_DASK_ADDRESS`` or
+``TVR_DASK_LOCAL_WORKERS``, docs/dask.md) the parts of a sharded build are built as mapped Prefect
+tasks (``index-part``, one per part) on the cluster's workers, which read the build folder from the
+shared ``TVR_HOME``; otherwise they are built in the flow's process, as in plain Python.
+
 Plain Python, no Prefect: ``python -m retrieval.reindex <dataset> [--run R]``.
 """
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.context import FlowRunContext
+from prefect_dask import DaskTaskRunner
 
 from flows.common import TIMEOUTS, artifact_key, check_names, flow_logger, in_flow_run
+from flows.runners import describe, task_runner
+from retrieval import shards as parts_of_builds
 from retrieval.reindex import reindex
 from retrieval.serving import serving_run
 
@@ -29,21 +39,41 @@ class ReindexBusy(RuntimeError):
     """Another re-index of the same dataset and run holds the index's lock."""
 
 
-@flow(name="reindex", timeout_seconds=TIMEOUTS["reindex"])
-def reindex_flow(dataset: str, run: str | None = None, index_type: str = "auto", shard_size: int | None = None,
-                 device: str | None = None) -> dict:
+@task(name="index-part", retries=1)
+def index_part(folder: str, part: int, options: dict) -> dict:
+    """One part of a sharded build (:func:`retrieval.shards.build_part_file`): its params."""
+    return parts_of_builds.build_part_file(folder, part, options)
+
+
+def map_parts_as_tasks(jobs: list[tuple]) -> list[dict]:
+    """A :data:`retrieval.shards.Mapper`: the part jobs as mapped ``index-part`` tasks on the flow's task runner."""
+    folders, parts, options = (list(column) for column in zip(*jobs))
+    return index_part.map(folders, parts, options).result()
+
+
+@flow(name="reindex", task_runner=task_runner(), timeout_seconds=TIMEOUTS["reindex"])
+def reindex_flow(dataset: str, run: str | None = None, index_type: str | None = None, memory_gb: float | None = None,
+                 factory: str | None = None, shards: int | None = None, tune_target: float | None = None,
+                 shard_size: int | None = None, device: str | None = None) -> dict:
     """Bring ``indexes/<dataset>/<run>`` up to date with the dataset's manifest; returns the summary dict.
 
-    ``run`` None: the dataset's serving run. Raises :class:`ReindexBusy` when another re-index of
-    the same index is running (the flow run ends Failed, the summary artifact says why).
+    ``run`` None: the dataset's serving run. ``index_type`` / ``memory_gb`` / ``factory`` /
+    ``shards`` / ``tune_target`` None: as the current build. Raises :class:`ReindexBusy` when
+    another re-index of the same index is running (the flow run ends Failed, the summary artifact
+    says why).
     """
     check_names(dataset=dataset, run=run)
     logger = flow_logger("reindex")
     if run is None:
         run = serving_run(dataset)
         logger.info(f"{dataset}: re-indexing the serving run {run!r}")
-    result = reindex(dataset, run, index_type=index_type, shard_size=shard_size, device=device,
-                     progress=logger.info)
+    runner = FlowRunContext.get().task_runner if in_flow_run() else None
+    mapper = map_parts_as_tasks if isinstance(runner, DaskTaskRunner) else None
+    if mapper:
+        logger.info(f"index parts of a sharded build run in {describe(runner)}")
+    result = reindex(dataset, run, index_type=index_type, memory_gb=memory_gb, factory=factory, shards=shards,
+                     tune_target=tune_target, shard_size=shard_size, device=device, progress=logger.info,
+                     mapper=mapper)
     for line in result.lines():
         (logger.warning if "RANDOM" in line or result.status == "busy" else logger.info)(line)
     if in_flow_run():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -127,6 +128,24 @@ def encode_split(loaded: LoadedModel, dataset: str, split: str, *, settings: Set
     return EncodedSplit(tv, [feats.video_ids[int(v)] for v in feats.caption_video[caps]],
                         [feats.captions[int(q)] for q in caps], vv, [feats.video_ids[int(v)] for v in videos],
                         loaded.fine_grained, feats.listed_counts(split, captions), loaded.model, t_enc, v_enc)
+
+
+def video_vector_batches(loaded: LoadedModel, dataset: str, splits: list[str], *, batch: int = 4096,
+                         settings: Settings | None = None) -> tuple[list[str], Iterator[np.ndarray]]:
+    """The videos of ``splits`` (those with ``ok`` frame features, split by split) and their FAISS
+    video vectors encoded ``batch`` videos at a time: (ids, an iterator of ``[b, E]`` float32 arrays
+    in id order). Only one batch's encodings are held at once (for indexing large collections)."""
+    settings = settings or get_settings()
+    feats = _features(loaded, dataset, settings)
+    rows = np.concatenate([feats.split_videos(split) for split in splits]).astype(np.int64)
+    device = model_device(loaded.model)
+
+    def batches() -> Iterator[np.ndarray]:
+        for start in range(0, len(rows), batch):
+            encoded = encode_videos(loaded.model, feats, rows[start:start + batch], loaded.config, device)
+            with torch.no_grad():
+                yield loaded.model.video_vectors(encoded).numpy().astype(np.float32)
+    return [feats.video_ids[int(v)] for v in rows], batches()
 
 
 @dataclass

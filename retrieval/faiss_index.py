@@ -213,9 +213,9 @@ def array_batches(vectors: np.ndarray, batch: int = ADD_BATCH) -> Callable[[], I
 
 def build_faiss(vectors: np.ndarray, index_type: str = "auto", params: dict | None = None,
                 *, use_gpu: bool | None = None, seed: int = 0, memory_gb: float | None = None,
-                factory: str | None = None) -> tuple[faiss.Index, str, dict]:
-    """Build an inner-product index over ``vectors [N, D]`` (an array or a memory map, read in
-    batches); returns (CPU index, type, params). Params hold the build's search defaults
+                factory: str | None = None, batch: int = ADD_BATCH) -> tuple[faiss.Index, str, dict]:
+    """Build an inner-product index over ``vectors [N, D]`` (an array or a memory map, read
+    ``batch`` rows at a time); returns (CPU index, type, params). Params hold the build's search defaults
     (``nprobe`` / ``efSearch`` / ``rerank``), ``factory`` and ``reason`` (why this index).
 
     ``use_gpu=None`` uses a GPU when :func:`gpu_available` (flat and ivf only).
@@ -230,7 +230,7 @@ def build_faiss(vectors: np.ndarray, index_type: str = "auto", params: dict | No
     if kind == "hnsw":
         factory = _factory("hnsw", params)
     sample = vectors[sample_rows(n, TRAIN_SAMPLE, seed)]
-    index = build_streamed(array_batches(vectors), sample, factory, use_gpu=builds_on_gpu(kind, use_gpu),
+    index = build_streamed(array_batches(vectors, batch), sample, factory, use_gpu=builds_on_gpu(kind, use_gpu),
                            efConstruction=params.get("efConstruction"))
     apply_search_params(index, params)
     params["factory"] = factory

@@ -54,31 +54,33 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data import locks
 from data.atomic import write_json_atomic, write_text_atomic
 from data.cli import add_version
 from data.fingerprint import sha256_file
 from data.manifest import Manifest, manifest_fingerprint, read_manifest
 from data.progress import Bars, ProgressEvent, ProgressFn
 from data.settings import Settings, get_settings
-from retrieval.faiss_index import (EXACT_UP_TO, INDEX_TYPES, SEARCH_KEYS, IndexFolderError, apply_search_params,
-                                   build_faiss, builds_on_gpu, exact_top, sample_rows, tune)
-from retrieval.shards import PartitionedIndex, build_parts, plan_parts
+from retrieval.faiss_index import (ADD_BATCH, EXACT_UP_TO, INDEX_TYPES, SEARCH_KEYS, IndexFolderError,
+                                   apply_search_params, build_faiss, builds_on_gpu, exact_top, sample_rows, tune)
+from retrieval.shards import VECTORS_FILE, Mapper, PartitionedIndex, build_parts, plan_parts
 from retrieval.runs import ZERO_SHOT, fusion_api, load, run_name
 from retrieval.serving import set_serving_run
 
-VECTORS_FILE = "vectors.npy"
 VIDEO_STATE_FILE = "videos.parquet"
 REQUIRED_FILES = ("ids.json", "manifest.parquet", "info.json")          # + index.faiss or part-NNN.*
 CRASH_ENV = "TVR_INDEX_CRASH_AT"
 BUILD_STEPS = ("files-written", "synced", "verified", "renamed", "pointer-written", "published")
 log = logging.getLogger(__name__)
+ENCODING_LOCK = ".encoding.lock"   # held shared while build_from_model's .encoded-* vectors file exists
+ENCODE_BATCH = 4096           # videos encoded (and vectors added to the index) per batch by build_from_model
 RANDOM_WARNING = "RANDOM WEIGHTS: embeddings come from randomly initialised feature extractors"
 
 
@@ -160,13 +162,18 @@ def _write_lock(root: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def stage_build(dataset: str, run: str, vectors: np.ndarray, video_ids: Sequence[str], *,
+def stage_build(dataset: str, run: str, vectors: np.ndarray | Path, video_ids: Sequence[str], *,
                 info: dict, index_type: str = "auto", params: dict | None = None,
                 settings: Settings | None = None, use_gpu: bool | None = None,
                 manifest: Manifest | None = None, video_state: pa.Table | None = None,
                 store_vectors: bool = False, memory_gb: float | None = None, factory: str | None = None,
-                shards: int = 1, processes: int = 1, tune_target: float | None = None) -> Path:
+                shards: int = 1, processes: int = 1, tune_target: float | None = None,
+                batch: int = ADD_BATCH, mapper: Mapper | None = None) -> Path:
     """Build the FAISS index and write a complete build folder beside the others, NOT yet current.
+
+    ``vectors``: ``[N, D]`` float32, an array or the path of a ``.npy`` file (such as
+    :func:`build_from_model` writes); a file is moved into the build as its ``vectors.npy`` and read
+    memory-mapped, ``batch`` rows at a time, so the vectors are never all in memory at once.
 
     ``info`` must hold ``extractor_ids``, ``random_weights`` and ``model``; the manifest snapshot,
     its fingerprint, dim, index type and params are added here. ``manifest``: the manifest the
@@ -175,11 +182,17 @@ def stage_build(dataset: str, run: str, vectors: np.ndarray, video_ids: Sequence
     ``[N, D]`` as ``vectors.npy`` (so a later build can reuse them; compressed indexes re-rank their
     candidates from it). ``memory_gb`` / ``factory``: :func:`retrieval.faiss_index.plan_index`
     (an IVF-PQ choice stores the vectors for re-ranking). ``shards``: parts by video-id hash, built
-    by ``processes`` processes; vectors with zero blocks (M2HF) are partitioned by pattern
-    (:mod:`retrieval.shards`). ``tune_target``: :func:`tune_build` before publishing.
+    by ``processes`` processes or as jobs through ``mapper`` (:func:`retrieval.shards.build_parts`);
+    vectors with zero blocks (M2HF) are partitioned by pattern (:mod:`retrieval.shards`).
+    ``tune_target``: :func:`tune_build` before publishing. The index options (``index_type``,
+    ``memory_gb``, ``factory``, ``shards``, ``tune_target``) are recorded as
+    ``info.json["build_options"]``, for the re-index to build the same way (:func:`build_options`).
     Returns the build folder.
     """
     settings = settings or get_settings()
+    source = Path(vectors) if isinstance(vectors, (str, Path)) else None
+    if source is not None:
+        vectors = np.load(source, mmap_mode="r", allow_pickle=False)
     missing = [key for key in ("extractor_ids", "random_weights", "model") if key not in info]
     if missing:
         raise IndexFolderError(f"index info lacks {missing}")
@@ -198,13 +211,20 @@ def stage_build(dataset: str, run: str, vectors: np.ndarray, video_ids: Sequence
     with _write_lock(root):
         tmp.mkdir(parents=True)
         try:
+            if source is not None:
+                os.replace(source, tmp / VECTORS_FILE)        # the open memory map follows the file
+            options = {"index_type": index_type, "memory_gb": memory_gb, "factory": factory, "shards": shards,
+                       "tune_target": tune_target}
             start = time.perf_counter()
             layout = _write_index(tmp, vectors, video_ids, index_type, params, use_gpu=use_gpu, memory_gb=memory_gb,
-                                  factory=factory, shards=shards, processes=processes)
+                                  factory=factory, shards=shards, processes=processes, batch=batch, mapper=mapper)
             build_seconds = time.perf_counter() - start
             index_type, params = layout.pop("index_type"), layout.pop("params")
-            if (store_vectors or params.get("rerank")) and not (tmp / VECTORS_FILE).exists():
+            keep_vectors = store_vectors or params.get("rerank") or tune_target is not None
+            if keep_vectors and not (tmp / VECTORS_FILE).exists():
                 np.save(tmp / VECTORS_FILE, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
+            elif not keep_vectors:
+                (tmp / VECTORS_FILE).unlink(missing_ok=True)
             write_json_atomic(tmp / "ids.json", list(video_ids))
             pq.write_table(manifest.table, tmp / "manifest.parquet")
             if video_state is not None:
@@ -214,7 +234,7 @@ def stage_build(dataset: str, run: str, vectors: np.ndarray, video_ids: Sequence
                 "dataset": dataset, "run": run, "build_id": build_id,
                 "manifest_fingerprint": manifest_fingerprint(manifest),
                 "dim": int(vectors.shape[1]), "n_vectors": int(len(vectors)),
-                "index_type": index_type, "params": params, **layout,
+                "index_type": index_type, "params": params, "build_options": options, **layout,
                 "gpu_used": builds_on_gpu(index_type, use_gpu) and "partitions" not in layout,
                 "build_seconds": round(build_seconds, 3),
                 "faiss_version": faiss.__version__,
@@ -244,22 +264,20 @@ def stage_build(dataset: str, run: str, vectors: np.ndarray, video_ids: Sequence
 
 
 def _write_index(folder: Path, vectors: np.ndarray, video_ids: Sequence[str], index_type: str, params: dict | None,
-                 *, use_gpu, memory_gb, factory, shards: int, processes: int) -> dict:
+                 *, use_gpu, memory_gb, factory, shards: int, processes: int, batch: int, mapper: Mapper | None) -> dict:
     """Write ``index.faiss`` (one index) or the ``part-NNN.*`` files (shards, zero-block groups);
     returns ``index_type``, ``params`` and, for partitioned builds, ``partitions``."""
     specs = plan_parts(video_ids, vectors, shards, zero_blocks=factory is None)
     if len(specs) > 1 or shards > 1:
-        if processes > 1:
-            np.save(folder / VECTORS_FILE, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
-        partitions = build_parts(vectors, specs, folder, shards=shards, processes=processes,
-                                 index_type=index_type, memory_gb=memory_gb, factory=factory)
+        partitions = build_parts(vectors, specs, folder, shards=shards, processes=processes, index_type=index_type,
+                                 memory_gb=memory_gb, factory=factory, batch=batch, mapper=mapper)
         first = partitions["parts"][0]
         search_defaults = {k: first[k] for k in SEARCH_KEYS if k in first}
         kinds = sorted({p["type"] for p in partitions["parts"]})
         return {"index_type": "+".join(kinds), "params": {**search_defaults, **(params or {}),
                 "reason": f"{partitions['count']} parts; " + first["reason"]}, "partitions": partitions}
     index, index_type, params = build_faiss(vectors, index_type, params, use_gpu=use_gpu, memory_gb=memory_gb,
-                                            factory=factory)
+                                            factory=factory, batch=batch)
     faiss.write_index(index, str(folder / "index.faiss"))
     return {"index_type": index_type, "params": params}
 
@@ -369,14 +387,19 @@ def verify_build(folder: Path) -> IndexBuild:
 
 def remove_partial_builds(dataset: str, run: str, settings: Settings | None = None) -> list[str]:
     """Remove the ``.tmp-*`` folders of killed writers (taken under the write lock, so a build in
-    progress is never touched). Returns the removed folder names."""
+    progress is never touched) and their ``.encoded-*`` vectors files (only when no
+    :func:`build_from_model` holds the shared :data:`ENCODING_LOCK`). Returns the removed names."""
     root = index_root(dataset, run, settings)
     if not root.is_dir():
         return []
-    with _write_lock(root):
-        debris = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(".tmp-")]
+    with _write_lock(root), locks.try_exclusive(root / ENCODING_LOCK) as no_encoder:
+        debris = [p for p in root.iterdir() if (p.is_dir() and p.name.startswith(".tmp-"))
+                  or (no_encoder and p.is_file() and p.name.startswith(".encoded-"))]
         for p in debris:
-            shutil.rmtree(p, ignore_errors=True)
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
     return [p.name for p in debris]
 
 
@@ -508,30 +531,85 @@ def model_info(loaded) -> dict:
             "model": loaded.name, "fine_grained": bool(loaded.fine_grained)}
 
 
+def build_options(info: dict) -> dict:
+    """The index options a build was made with: ``info.json["build_options"]`` (``index_type``,
+    ``memory_gb``, ``factory``, ``shards``, ``tune_target``); for a build written before they were
+    recorded, what its ``info.json`` shows (a factory string, the shard count, the tuning target)."""
+    if isinstance(info.get("build_options"), dict):
+        return dict(info["build_options"])
+    factory = info.get("params", {}).get("factory") if info.get("index_type") == "factory" else None
+    return {"index_type": "auto", "memory_gb": None, "factory": factory,
+            "shards": int((info.get("partitions") or {}).get("shards", 1)),
+            "tune_target": (info.get("tuning") or {}).get("target")}
+
+
+def write_vectors(path: Path, count: int, batches: Iterable[np.ndarray],
+                  on_batch: Callable[[int], None] | None = None) -> None:
+    """Write ``count`` vectors arriving in ``[b, D]`` batches as the ``.npy`` file ``path``: a header,
+    then each batch appended to ``path`` + ``.part`` (plain writes: nothing but one batch in memory),
+    renamed when complete. ``on_batch(rows written)`` after each batch."""
+    part = path.with_name(path.name + ".part")
+    at, dim = 0, None
+    try:
+        with open(part, "wb") as out:
+            for block in batches:
+                block = np.ascontiguousarray(block, dtype=np.float32)
+                if dim is None:
+                    dim = block.shape[1]
+                    np.lib.format.write_array_header_2_0(
+                        out, {"descr": "<f4", "fortran_order": False, "shape": (count, dim)})
+                if block.ndim != 2 or block.shape[1] != dim or at + len(block) > count:
+                    raise IndexFolderError(f"the encoder gave a batch of shape {block.shape} after {at} of "
+                                           f"{count} {dim}-d vectors")
+                out.write(block.tobytes())
+                at += len(block)
+                if on_batch:
+                    on_batch(at)
+        if dim is None:
+            raise IndexFolderError("no vectors to index: no video of the chosen splits has features")
+        if at != count:
+            raise IndexFolderError(f"the encoder gave {at} vectors for {count} videos")
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
+
+
 def build_from_model(dataset: str, run: str = ZERO_SHOT, *, splits: Sequence[str] | None = None,
                      index_type: str = "auto", settings: Settings | None = None,
-                     use_gpu: bool | None = None, progress: ProgressFn | None = None, **layout) -> Path:
+                     use_gpu: bool | None = None, progress: ProgressFn | None = None,
+                     batch: int = ENCODE_BATCH, **layout) -> Path:
     """Encode the videos of ``splits`` (default: every split of the manifest) with the model of
     ``run`` and write an index build. Fine-grained models are indexed by their coarse vector.
-    ``progress`` gets one event per split encoded and one when the build is written. ``layout``:
-    ``memory_gb``, ``factory``, ``shards``, ``processes``, ``tune_target``, ``store_vectors``
-    (:func:`stage_build`)."""
+
+    Streamed: the model encodes ``batch`` videos at a time (``fusion.api.video_vector_batches``),
+    each batch is written to a vectors file on disk (:func:`write_vectors`), and the index is
+    trained on a sample of that file and filled from it ``batch`` rows at a time
+    (:func:`stage_build`), so neither the encodings nor the vectors are ever all in memory.
+    ``progress`` gets one event per batch encoded and one when the build is written. ``layout``:
+    ``memory_gb``, ``factory``, ``shards``, ``processes``, ``tune_target``, ``store_vectors``,
+    ``mapper`` (:func:`stage_build`)."""
     settings = settings or get_settings()
+    if batch < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch}")
     loaded = load(run, dataset, settings)
     if splits is None:
         splits = sorted(set(read_manifest(settings.manifest_path(dataset)).table.column("split").to_pylist()))
-    parts, steps = [], len(splits) + 1
-    for split in splits:
-        parts.append(fusion_api().encode_split(loaded, dataset, split, settings=settings, captions="first"))
-        if progress:
-            progress(ProgressEvent(f"index {dataset}/{run}", len(parts), steps, "step", {"encoded": split}))
-    vectors = np.concatenate([p.video_vectors for p in parts])
-    ids = [vid for p in parts for vid in p.video_ids]
-    info = {**model_info(loaded), "splits": list(splits)}
-    folder = write_build(dataset, run_name(loaded.run_dir), vectors, ids, info=info,
-                         index_type=index_type, settings=settings, use_gpu=use_gpu, **layout)
+    name, task = run_name(loaded.run_dir), f"index {dataset}/{run}"
+    ids, batches = fusion_api().video_vector_batches(loaded, dataset, list(splits), batch=batch, settings=settings)
+    root = index_root(dataset, name, settings)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f".encoded-{uuid.uuid4().hex}.npy"
+    on_batch = None if progress is None else (lambda done: progress(ProgressEvent(task, done, len(ids), "video")))
+    with locks.shared(root / ENCODING_LOCK):          # remove_partial_builds leaves .encoded-* files alone
+        try:
+            write_vectors(path, len(ids), batches, on_batch)
+            info = {**model_info(loaded), "splits": list(splits)}
+            folder = write_build(dataset, name, path, ids, info=info, index_type=index_type, settings=settings,
+                                 use_gpu=use_gpu, batch=batch, **layout)
+        finally:
+            path.unlink(missing_ok=True)
     if progress:
-        progress(ProgressEvent(f"index {dataset}/{run}", steps, steps, "step", {"built": folder.name}))
+        progress(ProgressEvent(task, len(ids), len(ids), "video", {"built": folder.name}))
     return folder
 
 
@@ -555,21 +633,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune", type=float, metavar="RECALL", dest="tune_target",
                         help="pick nprobe / efSearch / rerank reaching this recall@10 on held-out queries "
                              "and record the curve in info.json (stores the vectors)")
+    parser.add_argument("--batch", type=int, default=ENCODE_BATCH,
+                        help=f"videos encoded and added to the index per batch (default {ENCODE_BATCH})")
     parser.add_argument("--store-vectors", action="store_true", help="keep vectors.npy (exact re-ranking, reuse)")
     parser.add_argument("--serve", action="store_true",
                         help="also record this run as the dataset's serving run: the index the search service "
                              "answers from and the nightly reindex/<dataset> deployment keeps fresh")
     add_version(parser)
     args = parser.parse_args(argv)
-    if args.shards < 1 or args.processes < 1:
-        print("error: --shards and --processes must be at least 1", file=sys.stderr)
+    if min(args.shards, args.processes, args.batch) < 1:
+        print("error: --shards, --processes and --batch must be at least 1", file=sys.stderr)
         return 2
     try:
         with Bars.for_cli() as bars:
             folder = build_from_model(args.dataset, args.run, splits=args.splits, index_type=args.index_type,
                                       use_gpu=False if args.no_gpu else None, progress=bars,
                                       memory_gb=args.memory_gb, factory=args.factory, shards=args.shards,
-                                      processes=args.processes, tune_target=args.tune_target,
+                                      processes=args.processes, tune_target=args.tune_target, batch=args.batch,
                                       store_vectors=args.store_vectors or args.tune_target is not None)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -14,6 +14,11 @@ build (``videos.parquet``: video_id, path, the file's content fingerprint, index
   (``retrieval.index.stage_build`` / ``publish_build``). Searches keep answering from the old build
   until the swap; a failed or killed run leaves the old build current, and the next run redoes it.
 
+The new build is made with the current build's index options (``info.json["build_options"]``:
+index type, memory budget, factory string, shard count, tuning target; :func:`index_options`)
+unless others are given; other options than the current build's make a rebuild even when nothing
+else changed. ``mapper`` builds the shards as jobs elsewhere (the flow's Dask task runner).
+
 Nothing new -> no new build, no extraction, no model forward pass. Vectors are reused only when the
 old build was made with the same extractor ids and the same model (a hash of its weights and
 config); otherwise every video is encoded again (extraction still skips what the store holds).
@@ -47,8 +52,9 @@ from data.manifest import Manifest, ManifestError, manifest_fingerprint, read_ma
 from data.names import InvalidName, check_name
 from data.settings import Settings, get_settings
 from data.store import FeatureSet, StoreError, list_extractors
-from retrieval.index import (RANDOM_WARNING, IndexBuild, IndexFolderError, index_root, model_info,
+from retrieval.index import (RANDOM_WARNING, IndexBuild, IndexFolderError, build_options, index_root, model_info,
                              open_build, publish_build, remove_partial_builds, stage_build)
+from retrieval.shards import Mapper
 from retrieval.runs import ZERO_SHOT, RunNotFound, fusion_api, load, run_name
 
 log = logging.getLogger("tvr.reindex")
@@ -115,6 +121,7 @@ class ReindexResult:
     encoded: int = 0
     without_features: int = 0
     vector_reuse: str = ""                  # why vectors were or were not reused
+    index_options: dict = field(default_factory=dict)           # what the build was made with (index_options)
     extraction: dict[str, dict] = field(default_factory=dict)   # modality -> ModalityCounts fields
     random_weights: bool = False
     seconds: float = 0.0
@@ -133,7 +140,8 @@ class ReindexResult:
                f"previous {self.previous_build_id or 'none'}) in {self.seconds:.1f} s",
                f"  added {self.added}, changed {self.changed}, removed {self.removed}, reused {self.reused}, "
                f"encoded {self.encoded}, without features {self.without_features}",
-               f"  vectors: {self.vector_reuse}"]
+               f"  vectors: {self.vector_reuse}",
+               "  index options: " + ", ".join(f"{k} {v}" for k, v in self.index_options.items() if v is not None)]
         if self.extraction:
             from extractors.run import ModalityCounts, summary_lines
 
@@ -326,10 +334,32 @@ def _pause_point(stage: str) -> None:
         time.sleep(600)
 
 
-def reindex(dataset: str, run: str = ZERO_SHOT, *, index_type: str = "auto", shard_size: int | None = None,
-            device: str | None = None, settings: Settings | None = None, keep: int = 3,
-            progress: Log | None = None) -> ReindexResult:
-    """Bring the index of ``dataset`` for ``run`` up to date with the manifest; see the module doc."""
+def index_options(previous: dict | None, *, index_type: str | None = None, memory_gb: float | None = None,
+                  factory: str | None = None, shards: int | None = None, tune_target: float | None = None) -> dict:
+    """The :func:`retrieval.index.stage_build` options of the new build: those of the ``previous``
+    build's ``info.json`` (:func:`retrieval.index.build_options`; defaults without one), with the
+    given ones (not None) replacing them. The index choice (``index_type``, ``memory_gb``,
+    ``factory``) is replaced as a whole when any of the three is given; ``shards`` and
+    ``tune_target`` one by one."""
+    out = {"index_type": "auto", "memory_gb": None, "factory": None, "shards": 1, "tune_target": None}
+    if previous is not None:
+        out.update({k: v for k, v in build_options(previous).items() if k in out})
+    if (index_type, memory_gb, factory) != (None, None, None):
+        out.update(index_type=index_type or "auto", memory_gb=memory_gb, factory=factory)
+    if shards is not None:
+        out["shards"] = shards
+    if tune_target is not None:
+        out["tune_target"] = tune_target
+    return out
+
+
+def reindex(dataset: str, run: str = ZERO_SHOT, *, index_type: str | None = None, memory_gb: float | None = None,
+            factory: str | None = None, shards: int | None = None, tune_target: float | None = None,
+            shard_size: int | None = None, device: str | None = None, settings: Settings | None = None,
+            keep: int = 3, progress: Log | None = None, mapper: Mapper | None = None) -> ReindexResult:
+    """Bring the index of ``dataset`` for ``run`` up to date with the manifest; see the module doc.
+    ``index_type`` / ``memory_gb`` / ``factory`` / ``shards`` / ``tune_target``: :func:`index_options`
+    (None: as the current build)."""
     settings = settings or get_settings()
     say = progress or log.info
     manifest_path = settings.manifest_path(dataset)   # refuses a dataset name that is not one path part
@@ -351,20 +381,23 @@ def reindex(dataset: str, run: str = ZERO_SHOT, *, index_type: str = "auto", sha
         debris = remove_partial_builds(dataset, name, settings)
         if debris:
             say(f"removed {len(debris)} partial build folder(s) left by a killed run: {', '.join(debris)}")
-        return _reindex_locked(dataset, name, loaded, index_type=index_type, shard_size=shard_size,
-                               device=device, settings=settings, keep=keep, say=say)
+        given = {"index_type": index_type, "memory_gb": memory_gb, "factory": factory, "shards": shards,
+                 "tune_target": tune_target}
+        return _reindex_locked(dataset, name, loaded, given=given, shard_size=shard_size, device=device,
+                               settings=settings, keep=keep, say=say, mapper=mapper)
 
 
-def _reindex_locked(dataset: str, run: str, loaded, *, index_type: str, shard_size: int | None,
-                    device: str | None, settings: Settings, keep: int, say: Log) -> ReindexResult:
+def _reindex_locked(dataset: str, run: str, loaded, *, given: dict, shard_size: int | None, device: str | None,
+                    settings: Settings, keep: int, say: Log, mapper: Mapper | None) -> ReindexResult:
     start = time.perf_counter()
     manifest = read_manifest(settings.manifest_path(dataset))
     now = file_states(manifest)
     signature = model_signature(loaded)
     previous, before, old_vectors, reuse_note = _previous(dataset, run, loaded, signature, settings)
+    options = index_options(previous and previous.info, **given)
     result = ReindexResult(dataset, run, "up-to-date", build_id=previous and previous.info["build_id"],
                            previous_build_id=previous and previous.info["build_id"], vector_reuse=reuse_note,
-                           random_weights=bool(loaded.random_weights))
+                           random_weights=bool(loaded.random_weights), index_options=options)
     if before is None:
         # nothing known about the files: extract what the store lacks, encode every video
         covered = set(previous.ids) if previous is not None else set()
@@ -379,7 +412,8 @@ def _reindex_locked(dataset: str, run: str, loaded, *, index_type: str, shard_si
     result.added, result.changed, result.removed = len(plan.added), len(plan.changed), len(plan.removed)
     result.reused = len(plan.reused)
     if (old_vectors is not None and plan.empty and previous.warning is None   # a fallback build: repair 'current'
-            and previous.info.get("manifest_fingerprint") == manifest_fingerprint(manifest)):
+            and previous.info.get("manifest_fingerprint") == manifest_fingerprint(manifest)
+            and options == index_options(previous.info)):                      # other options: build again
         result.n_indexed, result.without_features = len(previous.ids), len(plan.unindexable)
         result.message = "nothing new: the current build covers the manifest"
         result.seconds = time.perf_counter() - start
@@ -405,8 +439,8 @@ def _reindex_locked(dataset: str, run: str, loaded, *, index_type: str, shard_si
             "model_signature": signature,
             "reindex": {k: getattr(result, k) for k in ("added", "changed", "removed", "reused", "encoded",
                                                          "without_features", "previous_build_id")}}
-    folder = stage_build(dataset, run, vectors, ids, info=info, index_type=index_type, settings=settings,
-                         manifest=manifest, video_state=state_table(now, set(ids)), store_vectors=True)
+    folder = stage_build(dataset, run, vectors, ids, info=info, settings=settings, manifest=manifest,
+                         video_state=state_table(now, set(ids)), store_vectors=True, mapper=mapper, **options)
     _pause_point("staged")
     publish_build(folder, keep)
     result.status, result.build_id, result.n_indexed = "rebuilt", folder.name, len(ids)
@@ -443,8 +477,14 @@ def main(argv: list[str] | None = None) -> int:
                     "index's 'current' pointer atomically. Nothing new: no model work, no new build.")
     parser.add_argument("dataset", help="dataset name under datasets/")
     parser.add_argument("--run", default=ZERO_SHOT, help="run folder, run id, or 'zero-shot' (default)")
-    parser.add_argument("--index-type", default="auto", choices=("auto", "flat", "ivf", "hnsw"),
-                        help="FAISS index type of the new build (default auto: flat up to 200,000 videos)")
+    parser.add_argument("--index-type", choices=("auto", "flat", "ivf", "hnsw"),
+                        help="FAISS index type of the new build (auto: flat up to 200,000 videos)")
+    parser.add_argument("--memory-gb", type=float, help="memory budget of the new build (python -m retrieval.index)")
+    parser.add_argument("--factory", help="FAISS index_factory string of the new build")
+    parser.add_argument("--shards", type=int, help="parts by video-id hash")
+    parser.add_argument("--tune", type=float, metavar="RECALL", dest="tune_target",
+                        help="tune nprobe / efSearch / rerank for this recall@10")
+    # none of the four or --index-type given: the new build is made like the current one
     parser.add_argument("--shard-size", type=int, default=None,
                         help="videos per extraction shard (default $TVR_SHARD_SIZE or 64)")
     parser.add_argument("--device", default=None, help="extraction device: auto, cpu, cuda (default $TVR_DEVICE)")
@@ -456,8 +496,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        result = reindex(args.dataset, args.run, index_type=args.index_type, shard_size=args.shard_size,
-                         device=args.device)
+        if args.shards is not None and args.shards < 1:
+            raise ValueError("--shards must be at least 1")
+        result = reindex(args.dataset, args.run, index_type=args.index_type, memory_gb=args.memory_gb,
+                         factory=args.factory, shards=args.shards, tune_target=args.tune_target,
+                         shard_size=args.shard_size, device=args.device)
     except (ReindexError, RunNotFound, IndexFolderError, ManifestError, StoreError, InvalidName,
             FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

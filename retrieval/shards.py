@@ -14,10 +14,14 @@ the top-k of one exact index over all rows.
   rows are grouped by their pattern and each group stores its nonzero blocks only: exact, and
   the zeros are never stored (:func:`zero_block_groups`).
 
-Parts are built one per process (:func:`build_parts`, a spawn-context process pool: FAISS's
-OpenMP does not survive ``fork``); on a Dask cluster the same per-part function
-(:func:`build_part`) can be mapped with ``client.map`` (docs/dask.md). Files in a build folder:
-``part-NNN.faiss``, ``part-NNN.rows.npy`` and ``part-NNN.cols.npy`` (int64 .npy, no pickles).
+Each part is one job, :func:`build_part_file` ``(folder, part, options)``: it reads the part's rows
+and columns and the build's ``vectors.npy`` (memory-mapped) from the build folder and writes
+``part-NNN.faiss`` there, so a job carries no arrays and runs wherever the folder is visible.
+:func:`build_parts` runs the jobs in this process, on a spawn-context process pool
+(``processes``; FAISS's OpenMP does not survive ``fork``), or through a ``mapper`` the caller gives
+(:data:`Mapper`: the ``reindex`` flow maps them as Prefect tasks on its Dask task runner). Files in
+a build folder: ``part-NNN.faiss``, ``part-NNN.rows.npy`` and ``part-NNN.cols.npy`` (int64 .npy,
+no pickles).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import faiss
 import numpy as np
@@ -37,6 +41,9 @@ from retrieval.faiss_index import (ADD_BATCH, TRAIN_SAMPLE, IndexFolderError, ap
 BLOCK = 64                 # column block width for zero-block detection (M2HF blocks are 512 wide)
 MAX_GROUPS = 64            # more distinct zero patterns than this: not a block layout, no partitioning
 MIN_SAVING = 0.25          # partition by zero blocks only when it saves at least this share of the bytes
+VECTORS_FILE = "vectors.npy"
+# mapper(jobs) -> [build_part_file(*job) for job in jobs], run wherever the mapper runs them
+Mapper = Callable[[list[tuple]], list[dict]]
 
 
 def shard_of(video_id: str, shards: int) -> int:
@@ -77,40 +84,60 @@ def plan_parts(video_ids: Sequence[str], vectors: np.ndarray, shards: int = 1,
             if (shard[rows] == s).any()]
 
 
-def _gather(vectors: np.ndarray, rows: np.ndarray, cols: np.ndarray | None):
+def _gather(vectors: np.ndarray, rows: np.ndarray, cols: np.ndarray | None, batch: int = ADD_BATCH):
     def batches():
-        for s in range(0, len(rows), ADD_BATCH):
-            part = np.asarray(vectors[rows[s:s + ADD_BATCH]], dtype=np.float32)
+        for s in range(0, len(rows), batch):
+            part = np.asarray(vectors[rows[s:s + batch]], dtype=np.float32)
             yield part if cols is None else part[:, cols]
     return batches
 
 
 def build_part(vectors: np.ndarray | str, rows: np.ndarray, cols: np.ndarray | None, *, index_type: str = "auto",
-               memory_gb: float | None = None, factory: str | None = None, seed: int = 0) -> tuple[faiss.Index, dict]:
+               memory_gb: float | None = None, factory: str | None = None, seed: int = 0,
+               batch: int = ADD_BATCH) -> tuple[faiss.Index, dict]:
     """One part's index over ``vectors[rows][:, cols]`` (``vectors``: an array or a ``.npy`` path,
-    memory-mapped), read in batches; returns (index, params incl. ``factory`` and ``reason``)."""
+    memory-mapped), read ``batch`` rows at a time; returns (index, params incl. ``factory`` and ``reason``)."""
     if isinstance(vectors, (str, Path)):
         vectors = np.load(vectors, mmap_mode="r", allow_pickle=False)
     dim = vectors.shape[1] if cols is None else len(cols)
     kind, factory, params = plan_index(len(rows), dim, memory_gb, index_type, factory)
-    sample = np.concatenate(list(_gather(vectors, rows[sample_rows(len(rows), TRAIN_SAMPLE, seed)], cols)()))
-    index = build_streamed(_gather(vectors, rows, cols), sample, factory, efConstruction=params.get("efConstruction"))
+    sample = np.concatenate(list(_gather(vectors, rows[sample_rows(len(rows), TRAIN_SAMPLE, seed)], cols, batch)()))
+    index = build_streamed(_gather(vectors, rows, cols, batch), sample, factory,
+                           efConstruction=params.get("efConstruction"))
     apply_search_params(index, params)
     return index, {**params, "type": kind, "factory": factory}
 
 
-def _build_and_write(vectors_path: str, rows, cols, out: str, kwargs: dict) -> dict:
-    index, params = build_part(vectors_path, rows, cols, **kwargs)
-    faiss.write_index(index, out)
+def build_part_file(folder: str, part: int, options: dict, vectors: np.ndarray | None = None) -> dict:
+    """Build part ``part`` of the build folder ``folder`` from its ``part-NNN.rows.npy`` /
+    ``.cols.npy`` and ``vectors`` (default: the folder's ``vectors.npy``, memory-mapped); write
+    ``part-NNN.faiss``. ``options``: :func:`build_part` keywords. Returns the part's params."""
+    folder = Path(folder)
+    rows = np.load(folder / f"part-{part:03d}.rows.npy", allow_pickle=False)
+    cols = np.load(folder / f"part-{part:03d}.cols.npy", allow_pickle=False)
+    if vectors is None:
+        vectors = np.load(folder / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
+    whole = len(cols) == vectors.shape[1] and (cols == np.arange(len(cols))).all()
+    index, params = build_part(vectors, rows, None if whole else cols, **options)
+    faiss.write_index(index, str(folder / f"part-{part:03d}.faiss"))
     return params
+
+
+def map_locally(processes: int) -> Mapper:
+    """A :data:`Mapper` over a spawn-context pool of ``processes`` processes."""
+    def run(jobs):
+        with ProcessPoolExecutor(min(processes, len(jobs)), mp_context=get_context("spawn")) as pool:
+            return list(pool.map(build_part_file, *zip(*jobs)))
+    return run
 
 
 def build_parts(vectors: np.ndarray, specs: list[tuple[np.ndarray, np.ndarray | None]], folder: Path, *,
                 shards: int = 1, processes: int = 1, index_type: str = "auto", memory_gb: float | None = None,
-                factory: str | None = None) -> dict:
-    """Write the parts ``specs`` (:func:`plan_parts`) of a partitioned build into ``folder``
-    (``vectors`` must then also be saved as ``folder/vectors.npy`` when ``processes > 1``: workers
-    memory-map it). Each part gets the share of ``memory_gb`` its row count is of the total.
+                factory: str | None = None, batch: int = ADD_BATCH, mapper: Mapper | None = None) -> dict:
+    """Write the parts ``specs`` (:func:`plan_parts`) of a partitioned build into ``folder``: in
+    this process, or as :func:`build_part_file` jobs through ``mapper`` (default with
+    ``processes > 1``: :func:`map_locally`), which read ``folder/vectors.npy`` (saved here when
+    missing). Each part gets the share of ``memory_gb`` its row count is of the total.
     Returns the ``partitions`` info entry."""
     n = len(vectors)
     jobs = []
@@ -119,17 +146,16 @@ def build_parts(vectors: np.ndarray, specs: list[tuple[np.ndarray, np.ndarray | 
         np.save(folder / f"part-{i:03d}.cols.npy", (np.arange(vectors.shape[1]) if cols is None else cols).astype(np.int64),
                 allow_pickle=False)
         share = None if memory_gb is None else memory_gb * len(rows) / n
-        jobs.append((rows, cols, str(folder / f"part-{i:03d}.faiss"),
-                     {"index_type": index_type, "memory_gb": share, "factory": factory}))
-    if processes > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(min(processes, len(jobs)), mp_context=get_context("spawn")) as pool:
-            params = list(pool.map(_build_and_write, *zip(*[(str(folder / "vectors.npy"),) + j for j in jobs])))
+        jobs.append((str(folder), i, {"index_type": index_type, "memory_gb": share, "factory": factory,
+                                      "batch": batch}))
+    if mapper is None and processes > 1 and len(jobs) > 1:
+        mapper = map_locally(processes)
+    if mapper is None:
+        params = [build_part_file(*job, vectors=vectors) for job in jobs]
     else:
-        params = []
-        for rows, cols, out, kwargs in jobs:
-            index, p = build_part(vectors, rows, cols, **kwargs)
-            faiss.write_index(index, out)
-            params.append(p)
+        if not (folder / VECTORS_FILE).exists():
+            np.save(folder / VECTORS_FILE, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
+        params = mapper(jobs)
     stored = sum(len(rows) * (vectors.shape[1] if cols is None else len(cols)) for rows, cols in specs)
     return {"count": len(specs), "shards": shards, "zero_blocks": specs[0][1] is not None,
             "bytes_per_video_before": 4 * vectors.shape[1], "bytes_per_video_after": round(4 * stored / n, 1),

@@ -93,6 +93,16 @@ class FakeFusion:
         video = np.stack([_unit(v, self.dim) for v in manifest.video_ids])
         return EncodedSplit(text, qids, texts, video, manifest.video_ids, self.fine_grained)
 
+    def video_vector_batches(self, loaded, dataset, splits, *, batch=4096, settings=None):
+        manifest = read_manifest((settings or get_settings()).manifest_path(dataset))
+        ids = [v for split in splits for v in manifest.split(split).video_ids]
+
+        def batches():
+            for start in range(0, len(ids), batch):
+                self.calls.append(("video_vector_batches", dataset, len(ids[start:start + batch])))
+                yield np.stack([_unit(v, self.dim) for v in ids[start:start + batch]])
+        return ids, batches()
+
     def encode_queries(self, loaded, texts, *, settings=None):
         dim = self.query_dim or self.dim
         return np.stack([_unit(t.split(" of ")[-1], dim) for t in texts])   # "a clip of v3" -> near v3
@@ -125,7 +135,7 @@ class FakeFusion:
 
     def install(self, monkeypatch) -> "FakeFusion":
         module = types.ModuleType("fusion.api")
-        for name in ("load_model", "encode_split", "encode_queries"):
+        for name in ("load_model", "encode_split", "encode_queries", "video_vector_batches"):
             setattr(module, name, getattr(self, name))
         module.QueryEncoder, module.VideoScorer = self.query_encoder, self.video_scorer
         module.LoadedModel, module.EncodedSplit = LoadedModel, EncodedSplit

@@ -237,3 +237,58 @@ def test_m2hf_vectors_partitioned_by_availability_score_exactly():
     full = text @ videos.T
     assert np.allclose(scores, np.sort(full, axis=1)[:, ::-1], atol=1e-5)
     assert np.allclose(np.take_along_axis(full, rows, 1), scores, atol=1e-5)   # each row's own full score
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_model_build_streams_batches_and_equals_the_in_memory_build(fake, monkeypatch, shards):
+    """python -m retrieval.index's model path: the encoder yields at most ``batch`` videos at a time,
+    the index is filled at most ``batch`` vectors at a time (never the 60 at once), and the build
+    answers exactly like one built from the whole array in memory."""
+    added, real = [], fi._as_matrix
+
+    def spy(vectors, what):
+        out = real(vectors, what)
+        if what.startswith("video vectors"):
+            added.append(len(out))
+        return out
+
+    monkeypatch.setattr(fi, "_as_matrix", spy)
+    folder = rindex.build_from_model("toy", use_gpu=False, batch=16, shards=shards, store_vectors=True)
+    assert [c[2] for c in fake.calls if c[0] == "video_vector_batches"] == [16, 16, 16, 12]
+    assert added and max(added) <= 16 and sum(added) == 60
+    assert not list(folder.parent.glob(".encoded-*"))                   # the encoded file became vectors.npy
+    streamed = rindex.open_build("toy", "zero-shot")
+    assert streamed.folder == folder and streamed.info["build_options"]["shards"] == shards
+
+    whole = fake.encode_split(None, "toy", "test")                       # the previous path: one array
+    info = {"extractor_ids": {}, "random_weights": True, "model": "test"}
+    reference = rindex.verify_build(rindex.stage_build("toy", "other", whole.video_vectors, whole.video_ids,
+                                                       info=info, use_gpu=False, shards=shards))
+    assert streamed.ids == reference.ids
+    assert np.array_equal(streamed.stored_vectors(), whole.video_vectors)
+    queries = _unit(20, 16, seed=4)
+    got, want = fi.search(streamed.index, queries, 10), fi.search(reference.index, queries, 10)
+    assert (got[1] == want[1]).all() and np.allclose(got[0], want[0])
+
+
+def test_write_vectors_refuses_a_short_or_ragged_stream_and_leaves_no_file(tmp_path):
+    path = tmp_path / "v.npy"
+    rindex.write_vectors(path, 5, iter([np.ones((3, 4)), np.zeros((2, 4))]))
+    assert np.array_equal(np.load(path), np.r_[np.ones((3, 4)), np.zeros((2, 4))].astype(np.float32))
+    for batches, message in (([np.ones((3, 4))], "gave 3 vectors for 5"), ([np.ones((3, 4)), np.ones((2, 3))],
+                             "batch of shape"), ([], "no vectors to index")):
+        with pytest.raises(fi.IndexFolderError, match=message):
+            rindex.write_vectors(tmp_path / "w.npy", 5, iter(batches))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["v.npy"]
+
+
+def test_encoded_vectors_debris_is_removed_only_when_no_encoder_runs(fake):
+    from data import locks
+
+    root = rindex.index_root("toy", "zero-shot")
+    root.mkdir(parents=True)
+    (root / ".encoded-dead.npy.part").write_bytes(b"x")                # left by a killed python -m retrieval.index
+    with locks.shared(root / rindex.ENCODING_LOCK):                     # an encoder at work
+        assert rindex.remove_partial_builds("toy", "zero-shot") == []
+    assert rindex.remove_partial_builds("toy", "zero-shot") == [".encoded-dead.npy.part"]
+    assert not (root / ".encoded-dead.npy.part").exists()

@@ -210,6 +210,61 @@ def test_index_built_without_state_is_fully_encoded_once(home):
     assert rx.reindex(DS).status == "up-to-date"
 
 
+def test_reindex_keeps_the_serving_builds_index_options(home, capsys):
+    """A build made with a memory budget and shards is rebuilt by the nightly re-index with the same
+    options (read from its info.json); options given to the re-index replace them."""
+    from retrieval.index import main as index_main
+
+    assert index_main(["--dataset", DS, "--no-gpu", "--memory-gb", "2", "--shards", "4", "--batch", "4"]) == 0
+    home.manifest(home.ids[:12])
+    nightly = rx.reindex(DS)
+    info = open_build(DS, "zero-shot").info
+    assert nightly.status == "rebuilt" and info["partitions"]["shards"] == 4
+    assert info["build_options"] == {"index_type": "auto", "memory_gb": 2.0, "factory": None, "shards": 4,
+                                     "tune_target": None}
+    assert "GB budget" in info["params"]["reason"] and "memory_gb 2.0, shards 4" in "\n".join(nightly.lines())
+    reshard = rx.reindex(DS, shards=2, tune_target=0.9)                 # nothing new, other options: rebuilt
+    info = open_build(DS, "zero-shot").info
+    assert reshard.status == "rebuilt" and info["partitions"]["shards"] == 2 and info["tuning"]["target"] == 0.9
+    assert info["build_options"]["memory_gb"] == 2.0                     # the budget is kept
+    assert rx.main([DS, "--factory", "Flat"]) == 0                       # a new index choice replaces the budget
+    options = open_build(DS, "zero-shot").info["build_options"]
+    assert (options["factory"], options["memory_gb"], options["shards"]) == ("Flat", None, 2)
+    assert rx.reindex(DS).status == "up-to-date"                         # the same options: nothing to do
+    assert rx.main([DS, "--shards", "0"]) == 2 and "--shards must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_flow_on_dask_builds_the_shards_as_tasks_and_answers_like_one_index(home, tmp_path, monkeypatch):
+    """The reindex flow on a local Dask cluster of 2 workers builds each part of a sharded build as an
+    ``index-part`` task on a worker; the merged search equals one exact index over the same vectors."""
+    import dask
+    import faiss
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.reindex import reindex_flow
+    from flows.runners import task_runner
+
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    monkeypatch.setenv("TVR_TEST_COUNTS_DIR", str(counts))
+    home.manifest(home.ids[:12])
+    preload = {"distributed.worker.preload": [str(Path(__file__).with_name("dask_build_counter.py"))]}
+    with prefect_test_harness(server_startup_timeout=120), dask.config.set(preload):
+        summary = reindex_flow.with_options(task_runner=task_runner(address="", local_workers=2))(DS, shards=3)
+    assert summary["status"] == "rebuilt" and summary["n_indexed"] == 12
+    build = open_build(DS, "zero-shot")
+    assert build.info["partitions"]["shards"] == 3 and build.info["partitions"]["count"] >= 2
+    per_worker = [json.loads(f.read_text()) for f in counts.glob("*.json")]
+    assert sum(c["parts"] for c in per_worker) == build.info["partitions"]["count"], per_worker
+    vectors = np.ascontiguousarray(build.stored_vectors())
+    single = faiss.IndexFlatIP(vectors.shape[1])
+    single.add(vectors)
+    want_scores, want_rows = single.search(vectors, 5)
+    scores, rows = index_search(build.index, vectors, 5)
+    assert (rows == want_rows).all() and np.allclose(scores, want_scores, atol=1e-5)
+
+
 def test_busy_lock_and_partial_build_debris(home):
     root = home.root / "indexes" / DS / "zero-shot"
     (root / ".tmp-20260101T000000000000Z-dead").mkdir()   # left by a writer killed mid-write
