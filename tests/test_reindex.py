@@ -92,13 +92,13 @@ def current_build_id() -> str:
 def test_added_videos_are_the_only_ones_extracted_and_encoded(home, decoded, monkeypatch):
     fusion_api = rx.fusion_api()
     encoded: list[str] = []
-    real_encode = fusion_api.encode_video_ids
+    real_encode = fusion_api.video_id_vector_batches
 
     def spy(loaded, dataset, ids, **kw):
         encoded.extend(ids)
         return real_encode(loaded, dataset, ids, **kw)
 
-    monkeypatch.setattr(fusion_api, "encode_video_ids", spy)
+    monkeypatch.setattr(fusion_api, "video_id_vector_batches", spy)
     old = open_build(DS, "zero-shot")
     old_vectors = np.array(old.stored_vectors())
     home.manifest(home.ids)                                   # 6 more videos
