@@ -8,8 +8,9 @@ build (``videos.parquet``: video_id, path, the file's content fingerprint, index
   from the files as they are now, so a replaced file is seen even before ``data.prepare`` runs
   again). A changed video's stored rows carry the old fingerprint, so extraction redoes it and the
   store's newest-row-wins rule (then compaction) keeps only the new features;
-- encodes (``fusion.api.encode_video_ids``) only those videos, drops removed ones and reuses the
-  stored vectors (``vectors.npy``) of every unchanged video;
+- encodes (``fusion.api.video_id_vector_batches``) only those videos, drops removed ones and reuses the
+  stored vectors (``vectors.npy``) of every unchanged video, assembling the new build's vectors on
+  disk ``batch`` rows at a time (:func:`_assemble`; never all in memory);
 - writes the new build beside the old one and then swaps ``current`` atomically
   (``retrieval.index.stage_build`` / ``publish_build``). Searches keep answering from the old build
   until the swap; a failed or killed run leaves the old build current, and the next run redoes it.
