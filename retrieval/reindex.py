@@ -450,7 +450,10 @@ def _reindex_locked(dataset: str, run: str, loaded, *, given: dict, shard_size: 
             if not ids:
                 raise ReindexError(f"{dataset}: no video has features to index (did every extraction fail? see "
                                    f"the extraction summary)")
-            write_vectors(assembled, len(ids), blocks)
+            if ids == new_ids:        # nothing kept and encoded in the new order: that file is the assembly
+                os.replace(encoded, assembled)
+            else:
+                write_vectors(assembled, len(ids), blocks)
             info = {**model_info(loaded), "splits": sorted(set(manifest.table.column("split").to_pylist())),
                     "model_signature": signature,
                     "reindex": {k: getattr(result, k) for k in ("added", "changed", "removed", "reused", "encoded",

@@ -66,6 +66,7 @@ def home(tiny_synthetic, tvr_home, tmp_path):
     extract_dataset(DS, tiny_config(tmp_path, modalities=MODALITIES), shard_size=8)
     first = rx.reindex(DS, shard_size=8)
     assert first.status == "rebuilt" and first.n_indexed == 10 and first.added == 10
+    assert not list((tvr_home / "indexes" / DS / "zero-shot").glob(".encoded-*"))   # renamed to vectors.npy
     Home.first = first
     yield Home
     torch.set_num_threads(threads)
