@@ -60,9 +60,9 @@ def reindex_flow(dataset: str, run: str | None = None, index_type: str | None = 
 
     ``run`` None: the dataset's serving run. ``index_type`` / ``memory_gb`` / ``factory`` /
     ``shards`` / ``tune_target`` None: as the current build. ``batch``: videos encoded, vectors
-    assembled and added to the index per batch (``retrieval.reindex.reindex``). Raises :class:`ReindexBusy` when
-    another re-index of the same index is running (the flow run ends Failed, the summary artifact
-    says why).
+    assembled and added to the index per batch (``retrieval.reindex.reindex``). Raises
+    :class:`ReindexBusy` when another re-index of the same index is running (the flow run ends
+    Failed, the summary artifact says why).
     """
     check_names(dataset=dataset, run=run)
     logger = flow_logger("reindex")

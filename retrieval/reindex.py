@@ -433,7 +433,8 @@ def _reindex_locked(dataset: str, run: str, loaded, *, given: dict, shard_size: 
         result.extraction = {m: asdict(c) for m, c in counts.items()}
     _pause_point("extracted")
     root = index_root(dataset, run, settings)
-    encoded, assembled = (root / f".encoded-{uuid.uuid4().hex}{suffix}.npy" for suffix in ("-new", ""))
+    token = uuid.uuid4().hex
+    encoded, assembled = root / f".encoded-{token}-new.npy", root / f".encoded-{token}.npy"
     with locks.shared(root / ENCODING_LOCK):          # remove_partial_builds leaves .encoded-* files alone
         try:
             new, new_ids = None, []
