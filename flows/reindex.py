@@ -31,6 +31,7 @@ from prefect_dask import DaskTaskRunner
 from flows.common import TIMEOUTS, artifact_key, check_names, flow_logger, in_flow_run
 from flows.runners import describe, task_runner
 from retrieval import shards as parts_of_builds
+from retrieval.index import ENCODE_BATCH
 from retrieval.reindex import reindex
 from retrieval.serving import serving_run
 
@@ -54,13 +55,14 @@ def map_parts_as_tasks(jobs: list[tuple]) -> list[dict]:
 @flow(name="reindex", task_runner=task_runner(), timeout_seconds=TIMEOUTS["reindex"])
 def reindex_flow(dataset: str, run: str | None = None, index_type: str | None = None, memory_gb: float | None = None,
                  factory: str | None = None, shards: int | None = None, tune_target: float | None = None,
-                 shard_size: int | None = None, device: str | None = None) -> dict:
+                 shard_size: int | None = None, device: str | None = None, batch: int = ENCODE_BATCH) -> dict:
     """Bring ``indexes/<dataset>/<run>`` up to date with the dataset's manifest; returns the summary dict.
 
     ``run`` None: the dataset's serving run. ``index_type`` / ``memory_gb`` / ``factory`` /
-    ``shards`` / ``tune_target`` None: as the current build. Raises :class:`ReindexBusy` when
-    another re-index of the same index is running (the flow run ends Failed, the summary artifact
-    says why).
+    ``shards`` / ``tune_target`` None: as the current build. ``batch``: videos encoded, vectors
+    assembled and added to the index per batch (``retrieval.reindex.reindex``). Raises
+    :class:`ReindexBusy` when another re-index of the same index is running (the flow run ends
+    Failed, the summary artifact says why).
     """
     check_names(dataset=dataset, run=run)
     logger = flow_logger("reindex")
@@ -73,7 +75,7 @@ def reindex_flow(dataset: str, run: str | None = None, index_type: str | None = 
         logger.info(f"index parts of a sharded build run in {describe(runner)}")
     result = reindex(dataset, run, index_type=index_type, memory_gb=memory_gb, factory=factory, shards=shards,
                      tune_target=tune_target, shard_size=shard_size, device=device, progress=logger.info,
-                     mapper=mapper)
+                     mapper=mapper, batch=batch)
     for line in result.lines():
         (logger.warning if "RANDOM" in line or result.status == "busy" else logger.info)(line)
     if in_flow_run():

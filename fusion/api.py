@@ -138,14 +138,16 @@ def video_vector_batches(loaded: LoadedModel, dataset: str, splits: list[str], *
     settings = settings or get_settings()
     feats = _features(loaded, dataset, settings)
     rows = np.concatenate([feats.split_videos(split) for split in splits]).astype(np.int64)
-    device = model_device(loaded.model)
+    return [feats.video_ids[int(v)] for v in rows], _vector_batches(loaded, feats, rows, batch)
 
-    def batches() -> Iterator[np.ndarray]:
-        for start in range(0, len(rows), batch):
-            encoded = encode_videos(loaded.model, feats, rows[start:start + batch], loaded.config, device)
-            with torch.no_grad():
-                yield loaded.model.video_vectors(encoded).numpy().astype(np.float32)
-    return [feats.video_ids[int(v)] for v in rows], batches()
+
+def _vector_batches(loaded: LoadedModel, feats, rows: np.ndarray, batch: int) -> Iterator[np.ndarray]:
+    """FAISS video vectors ``[b, E]`` float32 of the feature rows ``rows``, ``batch`` at a time."""
+    device = model_device(loaded.model)
+    for start in range(0, len(rows), batch):
+        encoded = encode_videos(loaded.model, feats, rows[start:start + batch], loaded.config, device)
+        with torch.no_grad():
+            yield loaded.model.video_vectors(encoded).numpy().astype(np.float32)
 
 
 @dataclass
@@ -213,21 +215,23 @@ class VideoScorer:
         return score_matrix(self.loaded.model, queries.encoding, take(self.video, rows))
 
 
-def encode_video_ids(loaded: LoadedModel, dataset: str, video_ids: list[str], *,
-                     settings: Settings | None = None) -> tuple[np.ndarray, list[str]]:
-    """FAISS video vectors ``[V, E]`` float32 of just ``video_ids`` (any split), and their ids.
-
-    Videos without ``ok`` frame features are left out, so the ids returned are the subset of
-    ``video_ids`` that has a vector, in the given order. Used to re-index only new or changed videos.
-    """
+def video_id_vector_batches(loaded: LoadedModel, dataset: str, video_ids: list[str], *, batch: int = 4096,
+                            settings: Settings | None = None) -> tuple[list[str], Iterator[np.ndarray]]:
+    """FAISS video vectors of just ``video_ids`` (any split), encoded ``batch`` videos at a time:
+    (the ids that have ``ok`` frame features, in the given order; an iterator of ``[b, E]`` float32
+    arrays in that order). Videos without them are left out. Used to re-index only new or changed
+    videos; only one batch's encodings are held at once."""
     settings = settings or get_settings()
     feats = _features(loaded, dataset, settings)
     position = {v: i for i, v in enumerate(feats.video_ids)}
     found = [v for v in video_ids if v in position]
-    if not found:
-        return np.zeros((0, 0), np.float32), []
-    device = model_device(loaded.model)
     rows = np.asarray([position[v] for v in found], np.int64)
-    encoded = encode_videos(loaded.model, feats, rows, loaded.config, device)
-    with torch.no_grad():
-        return loaded.model.video_vectors(encoded).numpy().astype(np.float32), found
+    return found, _vector_batches(loaded, feats, rows, batch)
+
+
+def encode_video_ids(loaded: LoadedModel, dataset: str, video_ids: list[str], *,
+                     settings: Settings | None = None) -> tuple[np.ndarray, list[str]]:
+    """:func:`video_id_vector_batches` in one batch: vectors ``[V, E]`` float32 and their ids."""
+    found, batches = video_id_vector_batches(loaded, dataset, video_ids, batch=max(len(video_ids), 1),
+                                             settings=settings)
+    return (np.concatenate(list(batches)) if found else np.zeros((0, 0), np.float32)), found

@@ -8,8 +8,9 @@ build (``videos.parquet``: video_id, path, the file's content fingerprint, index
   from the files as they are now, so a replaced file is seen even before ``data.prepare`` runs
   again). A changed video's stored rows carry the old fingerprint, so extraction redoes it and the
   store's newest-row-wins rule (then compaction) keeps only the new features;
-- encodes (``fusion.api.encode_video_ids``) only those videos, drops removed ones and reuses the
-  stored vectors (``vectors.npy``) of every unchanged video;
+- encodes (``fusion.api.video_id_vector_batches``) only those videos, drops removed ones and reuses the
+  stored vectors (``vectors.npy``) of every unchanged video, assembling the new build's vectors on
+  disk ``batch`` rows at a time (:func:`_assemble`; never all in memory);
 - writes the new build beside the old one and then swaps ``current`` atomically
   (``retrieval.index.stage_build`` / ``publish_build``). Searches keep answering from the old build
   until the swap; a failed or killed run leaves the old build current, and the next run redoes it.
@@ -37,9 +38,10 @@ import logging
 import os
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -52,8 +54,9 @@ from data.manifest import Manifest, ManifestError, manifest_fingerprint, read_ma
 from data.names import InvalidName, check_name
 from data.settings import Settings, get_settings
 from data.store import FeatureSet, StoreError, list_extractors
-from retrieval.index import (RANDOM_WARNING, IndexBuild, IndexFolderError, build_options, index_root, model_info,
-                             open_build, publish_build, remove_partial_builds, stage_build)
+from retrieval.index import (ENCODE_BATCH, ENCODING_LOCK, RANDOM_WARNING, IndexBuild, IndexFolderError, build_options,
+                             index_root, model_info, open_build, publish_build, remove_partial_builds, stage_build,
+                             write_vectors)
 from retrieval.shards import Mapper
 from retrieval.runs import ZERO_SHOT, RunNotFound, fusion_api, load, run_name
 
@@ -356,10 +359,14 @@ def index_options(previous: dict | None, *, index_type: str | None = None, memor
 def reindex(dataset: str, run: str = ZERO_SHOT, *, index_type: str | None = None, memory_gb: float | None = None,
             factory: str | None = None, shards: int | None = None, tune_target: float | None = None,
             shard_size: int | None = None, device: str | None = None, settings: Settings | None = None,
-            keep: int = 3, progress: Log | None = None, mapper: Mapper | None = None) -> ReindexResult:
+            keep: int = 3, progress: Log | None = None, mapper: Mapper | None = None,
+            batch: int = ENCODE_BATCH) -> ReindexResult:
     """Bring the index of ``dataset`` for ``run`` up to date with the manifest; see the module doc.
     ``index_type`` / ``memory_gb`` / ``factory`` / ``shards`` / ``tune_target``: :func:`index_options`
-    (None: as the current build)."""
+    (None: as the current build). ``batch``: videos encoded, vectors assembled and vectors added to
+    the index per batch (:func:`_assemble`)."""
+    if batch < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch}")
     settings = settings or get_settings()
     say = progress or log.info
     manifest_path = settings.manifest_path(dataset)   # refuses a dataset name that is not one path part
@@ -384,11 +391,11 @@ def reindex(dataset: str, run: str = ZERO_SHOT, *, index_type: str | None = None
         given = {"index_type": index_type, "memory_gb": memory_gb, "factory": factory, "shards": shards,
                  "tune_target": tune_target}
         return _reindex_locked(dataset, name, loaded, given=given, shard_size=shard_size, device=device,
-                               settings=settings, keep=keep, say=say, mapper=mapper)
+                               settings=settings, keep=keep, say=say, mapper=mapper, batch=batch)
 
 
 def _reindex_locked(dataset: str, run: str, loaded, *, given: dict, shard_size: int | None, device: str | None,
-                    settings: Settings, keep: int, say: Log, mapper: Mapper | None) -> ReindexResult:
+                    settings: Settings, keep: int, say: Log, mapper: Mapper | None, batch: int) -> ReindexResult:
     start = time.perf_counter()
     manifest = read_manifest(settings.manifest_path(dataset))
     now = file_states(manifest)
@@ -425,22 +432,39 @@ def _reindex_locked(dataset: str, run: str, loaded, *, given: dict, shard_size: 
                                 device=device, say=say)
         result.extraction = {m: asdict(c) for m, c in counts.items()}
     _pause_point("extracted")
-    new, new_ids = np.zeros((0, 0), np.float32), []
-    if encode:
-        say(f"{dataset}: encoding {len(encode)} videos with {loaded.name}")
-        new, new_ids = fusion_api().encode_video_ids(loaded, dataset, encode, settings=settings)
-    result.encoded = len(new_ids)
-    vectors, ids = _assemble(list(now), plan.reused, previous, old_vectors, new, new_ids)
-    result.without_features = len(now) - len(ids)
-    if not ids:
-        raise ReindexError(f"{dataset}: no video has features to index (did every extraction fail? see the "
-                           f"extraction summary)")
-    info = {**model_info(loaded), "splits": sorted(set(manifest.table.column("split").to_pylist())),
-            "model_signature": signature,
-            "reindex": {k: getattr(result, k) for k in ("added", "changed", "removed", "reused", "encoded",
-                                                         "without_features", "previous_build_id")}}
-    folder = stage_build(dataset, run, vectors, ids, info=info, settings=settings, manifest=manifest,
-                         video_state=state_table(now, set(ids)), store_vectors=True, mapper=mapper, **options)
+    root = index_root(dataset, run, settings)
+    token = uuid.uuid4().hex
+    encoded, assembled = root / f".encoded-{token}-new.npy", root / f".encoded-{token}.npy"
+    with locks.shared(root / ENCODING_LOCK):          # remove_partial_builds leaves .encoded-* files alone
+        try:
+            new, new_ids = None, []
+            if encode:
+                say(f"{dataset}: encoding {len(encode)} videos with {loaded.name}")
+                new_ids, batches = fusion_api().video_id_vector_batches(loaded, dataset, encode, batch=batch,
+                                                                        settings=settings)
+                if new_ids:
+                    write_vectors(encoded, len(new_ids), batches)
+                    new = np.load(encoded, mmap_mode="r", allow_pickle=False)
+            result.encoded = len(new_ids)
+            ids, blocks = _assemble(list(now), plan.reused, previous, old_vectors, new, new_ids, batch)
+            result.without_features = len(now) - len(ids)
+            if not ids:
+                raise ReindexError(f"{dataset}: no video has features to index (did every extraction fail? see "
+                                   f"the extraction summary)")
+            if ids == new_ids:        # nothing kept and encoded in the new order: that file is the assembly
+                os.replace(encoded, assembled)
+            else:
+                write_vectors(assembled, len(ids), blocks)
+            info = {**model_info(loaded), "splits": sorted(set(manifest.table.column("split").to_pylist())),
+                    "model_signature": signature,
+                    "reindex": {k: getattr(result, k) for k in ("added", "changed", "removed", "reused", "encoded",
+                                                                 "without_features", "previous_build_id")}}
+            folder = stage_build(dataset, run, assembled, ids, info=info, settings=settings, manifest=manifest,
+                                 video_state=state_table(now, set(ids)), store_vectors=True, mapper=mapper,
+                                 batch=batch, **options)
+        finally:
+            encoded.unlink(missing_ok=True)
+            assembled.unlink(missing_ok=True)
     _pause_point("staged")
     publish_build(folder, keep)
     result.status, result.build_id, result.n_indexed = "rebuilt", folder.name, len(ids)
@@ -449,21 +473,28 @@ def _reindex_locked(dataset: str, run: str, loaded, *, given: dict, shard_size: 
 
 
 def _assemble(order: list[str], reused: list[str], previous: IndexBuild | None, old: np.ndarray | None,
-              new: np.ndarray, new_ids: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Vectors ``[N, E]`` and ids, in manifest ``order``: reused rows of ``old``, then ``new`` over them."""
+              new: np.ndarray | None, new_ids: list[str], batch: int) -> tuple[list[str], Iterator[np.ndarray]]:
+    """The new build's ids, in manifest ``order`` (reused and newly encoded videos; a new vector
+    replaces an old one), and their vectors ``[b, E]`` float32 in that order, ``batch`` rows at a
+    time: each batch gathers its rows from ``old`` (the previous build's vectors, rows as its ids)
+    and ``new`` (rows as ``new_ids``), both memory-mapped, so only one batch is ever in memory."""
     source = {}
     if reused:
         row = {vid: i for i, vid in enumerate(previous.ids)}
-        source.update((vid, ("old", row[vid])) for vid in reused)
-    source.update((vid, ("new", j)) for j, vid in enumerate(new_ids))
+        source.update((vid, (0, row[vid])) for vid in reused)
+    source.update((vid, (1, j)) for j, vid in enumerate(new_ids))
     ids = [vid for vid in order if vid in source]
-    dim = new.shape[1] if new_ids else (old.shape[1] if old is not None else 0)
-    out = np.empty((len(ids), dim), np.float32)
-    for name, array in (("old", old), ("new", new)):
-        at = [k for k, vid in enumerate(ids) if source[vid][0] == name]
-        if at:
-            out[at] = array[[source[ids[k]][1] for k in at]]
-    return out, ids
+    dim = new.shape[1] if new is not None else (old.shape[1] if old is not None else 0)
+
+    def blocks() -> Iterator[np.ndarray]:
+        for start in range(0, len(ids), batch):
+            which, rows = np.array([source[vid] for vid in ids[start:start + batch]], np.int64).T
+            out = np.empty((len(rows), dim), np.float32)
+            for k, array in enumerate((old, new)):
+                if (which == k).any():
+                    out[which == k] = array[rows[which == k]]
+            yield out
+    return ids, blocks()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shard-size", type=int, default=None,
                         help="videos per extraction shard (default $TVR_SHARD_SIZE or 64)")
     parser.add_argument("--device", default=None, help="extraction device: auto, cpu, cuda (default $TVR_DEVICE)")
+    parser.add_argument("--batch", type=int, default=ENCODE_BATCH,
+                        help=f"videos encoded and vectors assembled and indexed per batch (default {ENCODE_BATCH})")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_version(parser)
@@ -500,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--shards must be at least 1")
         result = reindex(args.dataset, args.run, index_type=args.index_type, memory_gb=args.memory_gb,
                          factory=args.factory, shards=args.shards, tune_target=args.tune_target,
-                         shard_size=args.shard_size, device=args.device)
+                         shard_size=args.shard_size, device=args.device, batch=args.batch)
     except (ReindexError, RunNotFound, IndexFolderError, ManifestError, StoreError, InvalidName,
             FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

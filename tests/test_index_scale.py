@@ -292,3 +292,10 @@ def test_encoded_vectors_debris_is_removed_only_when_no_encoder_runs(fake):
         assert rindex.remove_partial_builds("toy", "zero-shot") == []
     assert rindex.remove_partial_builds("toy", "zero-shot") == [".encoded-dead.npy.part"]
     assert not (root / ".encoded-dead.npy.part").exists()
+
+
+def test_reindex_memory_bench_runs_on_tiny_sizes(capsys):
+    from bench import reindex_memory
+
+    assert reindex_memory.main(["--kept", "50", "--new", "7", "--removed", "3", "--dim", "8", "--batch", "16"]) == 0
+    assert "assembled 54 x 8 float32" in capsys.readouterr().out

@@ -66,6 +66,7 @@ def home(tiny_synthetic, tvr_home, tmp_path):
     extract_dataset(DS, tiny_config(tmp_path, modalities=MODALITIES), shard_size=8)
     first = rx.reindex(DS, shard_size=8)
     assert first.status == "rebuilt" and first.n_indexed == 10 and first.added == 10
+    assert not list((tvr_home / "indexes" / DS / "zero-shot").glob(".encoded-*"))   # renamed to vectors.npy
     Home.first = first
     yield Home
     torch.set_num_threads(threads)
@@ -92,13 +93,13 @@ def current_build_id() -> str:
 def test_added_videos_are_the_only_ones_extracted_and_encoded(home, decoded, monkeypatch):
     fusion_api = rx.fusion_api()
     encoded: list[str] = []
-    real_encode = fusion_api.encode_video_ids
+    real_encode = fusion_api.video_id_vector_batches
 
     def spy(loaded, dataset, ids, **kw):
         encoded.extend(ids)
         return real_encode(loaded, dataset, ids, **kw)
 
-    monkeypatch.setattr(fusion_api, "encode_video_ids", spy)
+    monkeypatch.setattr(fusion_api, "video_id_vector_batches", spy)
     old = open_build(DS, "zero-shot")
     old_vectors = np.array(old.stored_vectors())
     home.manifest(home.ids)                                   # 6 more videos
@@ -268,6 +269,7 @@ def test_flow_on_dask_builds_the_shards_as_tasks_and_answers_like_one_index(home
 def test_busy_lock_and_partial_build_debris(home):
     root = home.root / "indexes" / DS / "zero-shot"
     (root / ".tmp-20260101T000000000000Z-dead").mkdir()   # left by a writer killed mid-write
+    (root / ".encoded-dead-new.npy.part").write_bytes(b"x")    # left by a reindex killed while encoding
     with rx.locks.try_exclusive(root / ".reindex.lock") as held:
         assert held
         busy = rx.reindex(DS)
@@ -275,6 +277,7 @@ def test_busy_lock_and_partial_build_debris(home):
         assert (root / ".tmp-20260101T000000000000Z-dead").is_dir()
     assert rx.reindex(DS).status == "up-to-date"
     assert not (root / ".tmp-20260101T000000000000Z-dead").exists()
+    assert not (root / ".encoded-dead-new.npy.part").exists()
 
 
 def test_help(capsys):
@@ -282,7 +285,9 @@ def test_help(capsys):
         rx.main(["--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    assert "--run" in out and "--index-type" in out and "--shard-size" in out
+    assert "--run" in out and "--index-type" in out and "--shard-size" in out and "--batch" in out
+    assert rx.main(["syn", "--batch", "0"]) == 2
+    assert "error: batch size must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_make_plan_compares_path_and_fingerprint():
@@ -428,3 +433,74 @@ def test_replaced_video_and_corrected_caption_are_the_only_work(home, decoded, t
     build = open_build(DS, "zero-shot")
     vectors = np.array(build.stored_vectors())
     np.testing.assert_allclose(vectors[build.ids.index(target)], vectors[build.ids.index(source)], atol=1e-5)
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_reindex_streams_batches_and_equals_the_in_memory_assembly(home, monkeypatch, shards):
+    """With ``batch=4`` over 15 videos (9 kept, 6 new, 1 removed): the encoder yields at most 4
+    new vectors at a time, the assembly reads at most 4 kept rows and writes at most 4 rows at a
+    time, the index is filled at most 4 vectors at a time, and the build equals (ids, vectors,
+    search results) one made from the whole array assembled in memory, as the re-index did before."""
+    from retrieval import faiss_index as fi
+    from retrieval import index as rindex
+
+    old = open_build(DS, "zero-shot")
+    old_vectors, old_row = np.array(old.stored_vectors()), {v: i for i, v in enumerate(old.ids)}
+    fusion_api = rx.fusion_api()
+    sizes: dict[str, list[int]] = {"encoded": [], "kept": [], "assembled": [], "added": []}
+    real_encode, real_write, real_matrix, real_stored = (fusion_api.video_id_vector_batches, rx.write_vectors,
+                                                         fi._as_matrix, rindex.IndexBuild.stored_vectors)
+
+    def encode_spy(loaded, dataset, ids, **kw):
+        found, batches = real_encode(loaded, dataset, ids, **kw)
+        return found, (sizes["encoded"].append(len(b)) or b for b in batches)
+
+    def write_spy(path, count, batches, on_batch=None):
+        name = "assembled" if not path.name.endswith("-new.npy") else "written new"
+        return real_write(path, count, (sizes.setdefault(name, []).append(len(b)) or b for b in batches), on_batch)
+
+    def matrix_spy(vectors, what):
+        out = real_matrix(vectors, what)
+        if what.startswith("video vectors"):
+            sizes["added"].append(len(out))
+        return out
+
+    class Recorded:                                   # the previous build's memory map, reads recorded
+        def __init__(self, array):
+            self.array, self.shape = array, array.shape
+
+        def __getitem__(self, rows):
+            out = self.array[rows]
+            sizes["kept"].append(len(out))
+            return out
+
+    def stored_spy(build):
+        vectors = real_stored(build)
+        return None if vectors is None else Recorded(vectors)
+
+    home.manifest(home.ids[1:])                                   # 6 more videos, the first one removed
+    with monkeypatch.context() as spies:
+        spies.setattr(fusion_api, "video_id_vector_batches", encode_spy)
+        spies.setattr(rx, "write_vectors", write_spy)
+        spies.setattr(fi, "_as_matrix", matrix_spy)
+        spies.setattr(rindex.IndexBuild, "stored_vectors", stored_spy)
+        result = rx.reindex(DS, shard_size=8, batch=4, shards=shards)
+    assert (result.status, result.reused, result.encoded, result.removed) == ("rebuilt", 9, 6, 1)
+    assert sizes["encoded"] == [4, 2] and sizes["written new"] == [4, 2]
+    assert sizes["assembled"] == [4, 4, 4, 3] and sum(sizes["kept"]) == 9 and max(sizes["kept"]) <= 4
+    assert sizes["added"] and max(sizes["added"]) <= 4 and sum(sizes["added"]) == 15
+    root = home.root / "indexes" / DS / "zero-shot"
+    assert not list(root.glob(".encoded-*"))                      # the assembled file became vectors.npy
+
+    # the previous re-index: kept rows of the old vectors and one whole-array encoding, in memory
+    new = open_build(DS, "zero-shot")
+    fresh, fresh_ids = fusion_api.encode_video_ids(rx.load("zero-shot", DS), DS, home.ids[10:])
+    expected = np.stack([old_vectors[old_row[v]] if v in old_row else fresh[fresh_ids.index(v)]
+                         for v in home.ids[1:]])
+    assert new.ids == home.ids[1:] and new.info["build_options"]["shards"] == shards
+    np.testing.assert_array_equal(new.stored_vectors(), expected)
+    reference = rindex.verify_build(rindex.stage_build(DS, "in-memory", expected, new.ids, info=new.info,
+                                                       use_gpu=False, shards=shards))
+    queries = fresh + np.float32(0.01)
+    got, want = index_search(new.index, queries, 10), index_search(reference.index, queries, 10)
+    assert (got[1] == want[1]).all() and np.allclose(got[0], want[0])
