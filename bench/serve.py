@@ -1,6 +1,7 @@
 """Search-service benchmark: p50 / p99 latency and queries per second at 1 and 16 concurrent clients.
 
     python -m bench.serve [--videos 10000] [--queries 400] [--clients 1,16] [--model ViT-B-32]
+                          [--query-precision stored,bf16]
 
 Builds, in a temporary ``TVR_HOME`` (or ``--home``), a dataset of ``--videos`` manifest rows (no
 video files: thumbnails are not exercised), the ``_extractor.json`` of a RANDOM-weights CLIP
@@ -13,6 +14,11 @@ loopback; the clients are threads of this process (httpx), so they do not share 
 Each client sends ``--queries`` / clients distinct queries over HTTP, one after another; latency is
 measured per request at the client, QPS = all requests / wall time; the service's own time per
 batch (text tower + FAISS, from ``/api/info``) shows what the model costs. Device: ``$TVR_DEVICE``.
+
+Each ``--query-precision`` (the text tower's weights: ``stored`` = the extraction's, fp32 on CPU;
+``bf16``) gets its own service process and its own rows, one after the other in one run; the same
+``AGREEMENT_QUERIES`` queries are then asked of each, and the table compares every precision's
+top-10 with the first one's (mean overlap, largest score difference).
 """
 from __future__ import annotations
 
@@ -91,8 +97,33 @@ def load(base: str, clients: int, total: int) -> dict:
             "qps": len(latencies) / wall}
 
 
+AGREEMENT_QUERIES = 50
+
+
+def answers(base: str, n: int) -> list[list[tuple[str, float]]]:
+    """The top-10 ``(video id, score)`` of ``n`` fixed queries, one request each."""
+    import httpx
+
+    with httpx.Client(base_url=base, timeout=60) as http:
+        return [[(hit["video_id"], hit["score"]) for hit in
+                 http.get("/api/search", params={"q": f"someone shows object {i} to the camera", "k": 10})
+                 .raise_for_status().json()["results"]] for i in range(n)]
+
+
+def agreement(reference: list, other: list) -> tuple[float, float]:
+    """Mean share of the reference's top-10 ids also in ``other``'s, and the largest score difference
+    of the ids both hold."""
+    overlap, diff = [], 0.0
+    for ref, oth in zip(reference, other, strict=True):
+        mine = dict(oth)
+        overlap.append(len(set(mine) & {v for v, _ in ref}) / max(len(ref), 1))
+        diff = max([diff] + [abs(score - mine[v]) for v, score in ref if v in mine])
+    return float(np.mean(overlap)), diff
+
+
 @contextmanager
-def served(home: Path, wait_ms: float, threads: int | None = None) -> Iterator[str]:
+def served(home: Path, wait_ms: float, threads: int | None = None, precision: str | None = None,
+           lone_threads: int | None = None) -> Iterator[str]:
     """``python -m retrieval.serve --dataset bench`` on a free loopback port; yields its base URL."""
     import httpx
 
@@ -102,7 +133,9 @@ def served(home: Path, wait_ms: float, threads: int | None = None) -> Iterator[s
     env = {**os.environ, "TVR_HOME": str(home)}
     proc = subprocess.Popen([sys.executable, "-m", "retrieval.serve", "--dataset", "bench", "--port", str(port),
                              "--poll", "0", "--wait-ms", str(wait_ms)]
-                            + (["--threads", str(threads)] if threads else []), env=env)
+                            + (["--threads", str(threads)] if threads else [])
+                            + (["--query-precision", precision] if precision else [])
+                            + (["--lone-threads", str(lone_threads)] if lone_threads is not None else []), env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -131,7 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-ms", type=float, default=2.0, help="micro-batch wait (default 2 ms)")
     parser.add_argument("--threads", type=int, default=None,
                         help="the service's torch CPU threads (default: the service's default)")
+    parser.add_argument("--lone-threads", type=int, default=None,
+                        help="the service's torch threads for a lone query (default: the service's default, 1; "
+                             "0 = as --threads)")
+    parser.add_argument("--query-precision", default="stored,bf16",
+                        help="comma-separated text-tower precisions, one service each (default stored,bf16)")
     args = parser.parse_args(argv)
+    from data.settings import QUERY_PRECISIONS
+
+    for precision in args.query_precision.split(","):
+        if precision not in QUERY_PRECISIONS:
+            parser.error(f"--query-precision {precision!r}: expected {', '.join(QUERY_PRECISIONS)}")
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
         return run(args, args.home or Path(scratch))
 
@@ -146,27 +189,39 @@ def run(args: argparse.Namespace, home: Path) -> int:
     print(f"built {args.videos:,} generated vectors + random {args.model} extractor descriptions under {home} "
           f"in {time.perf_counter() - start:.1f} s; {os.cpu_count()} cores, "
           f"TVR_DEVICE={os.environ.get('TVR_DEVICE', 'auto')}")
-    rows = []
-    with served(home, args.wait_ms, args.threads) as base:
-        health = httpx.get(base + "/api/info").json()
-        print(f"service: build {health['build_id']}, device {health['device']}")
-        load(base, 1, 10)                                    # warm-up
-        for clients in (int(c) for c in args.clients.split(",")):
-            before = httpx.get(base + "/api/info").json()["batching"]
-            row = load(base, clients, args.queries)
-            after = httpx.get(base + "/api/info").json()["batching"]
-            batches = max(after["batches"] - before["batches"], 1)
-            row["mean_batch"] = (after["queries"] - before["queries"]) / batches
-            row["batch_ms"] = 1000 * (after["busy_s"] - before["busy_s"]) / batches
-            rows.append(row)
+    rows, answered = [], {}
+    for precision in args.query_precision.split(","):
+        with served(home, args.wait_ms, args.threads, precision, args.lone_threads) as base:
+            health = httpx.get(base + "/api/info").json()
+            label = precision if precision == health["query_precision"] else f"{precision}={health['query_precision']}"
+            print(f"service: build {health['build_id']}, device {health['device']}, query precision {label}",
+                  flush=True)
+            load(base, 1, 10)                                    # warm-up
+            for clients in (int(c) for c in args.clients.split(",")):
+                before = httpx.get(base + "/api/info").json()["batching"]
+                row = load(base, clients, args.queries)
+                after = httpx.get(base + "/api/info").json()["batching"]
+                batches = max(after["batches"] - before["batches"], 1)
+                row["mean_batch"] = (after["queries"] - before["queries"]) / batches
+                row["batch_ms"] = 1000 * (after["busy_s"] - before["busy_s"]) / batches
+                rows.append({"precision": label, **row})
+            answered[label] = answers(base, AGREEMENT_QUERIES)
     print("!!! RANDOM WEIGHTS text tower and GENERATED index vectors: timings only, no retrieval quality !!!")
-    print(tabulate([[r["clients"], r["requests"], r["errors"], f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
-                     f"{r['qps']:.1f}", f"{r['mean_batch']:.1f}", f"{r['batch_ms']:.1f}"] for r in rows],
-                   headers=["clients", "requests", "errors", "p50 ms", "p99 ms", "QPS", "mean batch",
-                            "ms per batch (model + FAISS)"]))
-    if len(rows) > 1:
-        print(f"throughput at {rows[-1]['clients']} clients = {rows[-1]['qps'] / rows[0]['qps']:.1f}x "
-              f"that at {rows[0]['clients']}")
+    print(tabulate([[r["precision"], r["clients"], r["requests"], r["errors"], f"{r['p50_ms']:.1f}",
+                     f"{r['p99_ms']:.1f}", f"{r['qps']:.1f}", f"{r['mean_batch']:.1f}", f"{r['batch_ms']:.1f}"]
+                    for r in rows],
+                   headers=["query precision", "clients", "requests", "errors", "p50 ms", "p99 ms", "QPS",
+                            "mean batch", "ms per batch (model + FAISS)"]))
+    for precision in dict.fromkeys(r["precision"] for r in rows):
+        mine = [r for r in rows if r["precision"] == precision]
+        if len(mine) > 1:
+            print(f"{precision}: throughput at {mine[-1]['clients']} clients = "
+                  f"{mine[-1]['qps'] / mine[0]['qps']:.1f}x that at {mine[0]['clients']}")
+    reference, *others = answered
+    for precision in others:
+        overlap, diff = agreement(answered[reference], answered[precision])
+        print(f"{precision} vs {reference} on {AGREEMENT_QUERIES} queries: top-10 overlap {overlap:.3f}, "
+              f"largest score difference {diff:.2g}")
     return 0 if all(r["errors"] == 0 for r in rows) else 1
 
 

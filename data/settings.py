@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +24,13 @@ from data.names import check_name
 ROOT_ENV = "TVR_HOME"
 DEFAULT_ROOT = "tvr_home"
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+
+
+QueryPrecision = Literal["stored", "fp32", "bf16", "fp16"]
+QUERY_PRECISIONS: tuple[str, ...] = get_args(QueryPrecision)
+QUERY_PRECISION_HELP = ("weights of the text tower that encodes queries: stored (as extraction ran: fp32 on CPU), "
+                        "fp32, bf16 (faster on CPUs with native bf16, e.g. AVX512-BF16; query vectors "
+                        "within a small angle of fp32's; docs/retrieval.md) or fp16 (CUDA); default $TVR_QUERY_PRECISION, else stored")
 
 
 class SettingsError(ValueError):
@@ -41,6 +48,7 @@ class Settings(BaseSettings):
 
     root: Annotated[Path, Field(exclude=True)]
     device: str = "auto"          # "auto" picks CUDA when present, else CPU
+    query_precision: QueryPrecision = "stored"   # the query text tower's weights (QUERY_PRECISION_HELP)
     shard_size: int = Field(default=64, gt=0)   # videos per feature shard
     seed: int = 0
     dask_address: str | None = None   # scheduler of an existing Dask cluster (flows/runners.py)

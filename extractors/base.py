@@ -71,8 +71,11 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``fp16`` on CUDA, ``fp32`` elsewhere."""
+    """``auto`` -> ``fp16`` on CUDA, ``fp32`` elsewhere (extraction; query encoding may also use bf16)."""
     if precision == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
     if precision not in ("fp16", "fp32"):
@@ -185,7 +188,7 @@ def cached_local_model(what: str, key: tuple, weights: Weights, build, adapt_sta
         elif not weights.is_random:
             raise ValueError(f"{what} weights {weights.source!r}: no named pretrained weights here; "
                              f"give 'random' or a local file")
-        _LOCAL_MODELS[full_key] = model.eval().to(device, torch.float16 if precision == "fp16" else torch.float32)
+        _LOCAL_MODELS[full_key] = model.eval().to(device, PRECISION_DTYPES[precision])
     return _LOCAL_MODELS[full_key]
 
 
@@ -203,7 +206,7 @@ class Extractor(ABC):
         self.device = device
         self.precision = precision
         self.batch_size = batch_size
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.dtype = PRECISION_DTYPES[precision]
         self._queue: list[_Queued] = []
 
     # ---- what a subclass provides ----------------------------------------------------------

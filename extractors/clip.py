@@ -22,7 +22,7 @@ import torch
 
 from data.fingerprint import caption_digest
 from data.store import FeatureRow
-from extractors.base import Extractor, VideoItem, Weights, seeded_build
+from extractors.base import PRECISION_DTYPES, Extractor, VideoItem, Weights, seeded_build
 from extractors.decode import DecodedChunk, DecodeRequest
 
 _CLIP_CACHE: dict[tuple, torch.nn.Module] = {}
@@ -42,7 +42,7 @@ def load_clip(model_name: str, weights: Weights, device: torch.device, precision
             return open_clip.create_model(model_name, pretrained=pretrained, device="cpu")
 
         model = seeded_build(weights, build).eval()
-        model = model.to(device, torch.float16 if precision == "fp16" else torch.float32)
+        model = model.to(device, PRECISION_DTYPES[precision])
         _CLIP_CACHE[key] = model
     return _CLIP_CACHE[key]
 

@@ -163,14 +163,16 @@ class QueryEncoder:
     """The run's text side built once (the stored clip_text extractor's own tower, then the model);
     :meth:`encode` answers many calls (the search service batches queries through it)."""
 
-    def __init__(self, loaded: LoadedModel, *, settings: Settings | None = None, device: str = "auto"):
+    def __init__(self, loaded: LoadedModel, *, settings: Settings | None = None, device: str = "auto",
+                 precision: str | None = None):
         from extractors.registry import build_text_encoder  # the one fusion -> extractors arrow, kept lazy
 
         settings = settings or get_settings()
         self.loaded = loaded
         info = loaded.text_extractor or pick_extractor(settings, loaded.dataset, TEXT,
                                                            loaded.extractor_ids.get(TEXT))
-        self.tower = build_text_encoder(info) if device == "auto" else build_text_encoder(info, device=device)
+        self.tower = build_text_encoder(info, device=device, precision=precision or settings.query_precision)
+        self.precision = self.tower.precision     # what the tower runs in: fp32, bf16 or fp16
 
     def encode(self, texts: list[str]) -> EncodedQueries:
         encoded = self.tower.encode(list(texts))

@@ -39,7 +39,7 @@ import numpy as np
 
 from data.cli import add_version
 from data.manifest import ManifestError, read_manifest
-from data.settings import Settings, get_settings
+from data.settings import QUERY_PRECISION_HELP, QUERY_PRECISIONS, Settings, get_settings
 from retrieval.faiss_index import SEARCH_KEYS, search
 from retrieval.index import IndexBuild, IndexFolderError, check_build, open_build
 from retrieval.runs import RunNotFound, fusion_api, load, run_name
@@ -116,11 +116,12 @@ class Searcher:
 
     ``run``: a run folder / id or ``zero-shot`` (default: the dataset's serving run). ``device``:
     ``auto`` / ``cpu`` / ``cuda`` (default ``$TVR_DEVICE``). ``rerank_depth``: first-stage depth of
-    fine-grained models (at least ``k``).
+    fine-grained models (at least ``k``). ``query_precision``: the text tower's weights
+    (``extractors.registry.QUERY_PRECISIONS``; default ``$TVR_QUERY_PRECISION``, else ``stored``).
     """
 
     def __init__(self, dataset: str, run: str | None = None, *, settings: Settings | None = None,
-                 device: str | None = None, rerank_depth: int = RERANK_DEPTH):
+                 device: str | None = None, rerank_depth: int = RERANK_DEPTH, query_precision: str | None = None):
         self.settings = settings or get_settings()
         self.dataset = dataset
         self.loaded = load(run or serving_run(dataset, self.settings), dataset, self.settings)
@@ -129,7 +130,8 @@ class Searcher:
         if self.loaded.model is not None and self.device != "cpu":
             self.loaded.model.to(self.device)
         try:
-            self.encoder = fusion_api().QueryEncoder(self.loaded, settings=self.settings, device=self.device)
+            self.encoder = fusion_api().QueryEncoder(self.loaded, settings=self.settings, device=self.device,
+                                                     precision=query_precision)
         except RuntimeError as err:           # the text tower could not be rebuilt
             raise ValueError(f"cannot rebuild the text tower of run {self.run!r} (text extractor "
                              f"{self.loaded.extractor_ids.get('clip_text')}): {str(err)[:300]}") from err
@@ -216,7 +218,8 @@ class Searcher:
                     "spans": state.frames.spans(clip, vid) if state.frames is not None else None}
                    for rank, (score, vid) in enumerate(found, 1)]
         out = {"query": text, "dataset": self.dataset, "run": self.run, "model": self.loaded.name,
-               "index": dict(state.info), "results": results, "random_weights": bool(self.loaded.random_weights)}
+               "index": dict(state.info), "query_precision": self.encoder.precision, "results": results,
+               "random_weights": bool(self.loaded.random_weights)}
         if state.scorer is not None:
             out["first_stage"] = {"depth": depth, "ranking": "FAISS top-depth by the coarse vector, re-ranked "
                                                              "by the model's exact score"}
@@ -228,11 +231,13 @@ class Searcher:
 
 
 def search_text(text: str, dataset: str, run: str | None = None, k: int = 10,
-                settings: Settings | None = None, rerank_depth: int = RERANK_DEPTH, params: dict | None = None) -> dict:
+                settings: Settings | None = None, rerank_depth: int = RERANK_DEPTH, params: dict | None = None,
+                query_precision: str | None = None) -> dict:
     """Top-``k`` videos for ``text``; the dict printed by ``--json``."""
     check_query(text, k)
     params = check_params(params)
-    return Searcher(dataset, run, settings=settings, rerank_depth=rerank_depth).search([text], k, params=params)[0]
+    return Searcher(dataset, run, settings=settings, rerank_depth=rerank_depth,
+                    query_precision=query_precision).search([text], k, params=params)[0]
 
 
 def render(found: dict) -> str:
@@ -267,11 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ef-search", type=int, dest="efSearch", help="HNSW efSearch (default: the build's)")
     parser.add_argument("--rerank", type=int, help="candidates re-scored exactly from stored vectors (default: the build's)")
     parser.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    parser.add_argument("--query-precision", choices=QUERY_PRECISIONS, default=None,
+                        help=QUERY_PRECISION_HELP)
     add_version(parser)
     args = parser.parse_args(argv)
     try:
         found = search_text(args.query, args.dataset, args.run, args.k, rerank_depth=args.depth,
-                            params={"nprobe": args.nprobe, "efSearch": args.efSearch, "rerank": args.rerank})
+                            params={"nprobe": args.nprobe, "efSearch": args.efSearch, "rerank": args.rerank},
+                            query_precision=args.query_precision)
     except (RunNotFound, IndexFolderError, ManifestError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

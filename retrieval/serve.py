@@ -15,6 +15,7 @@ import sys
 from data.cli import add_version
 from data.manifest import ManifestError
 from data.names import InvalidName
+from data.settings import QUERY_PRECISION_HELP, QUERY_PRECISIONS
 from retrieval.index import IndexFolderError
 from retrieval.runs import RunNotFound
 from retrieval.search import RERANK_DEPTH, Searcher
@@ -41,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (default $TVR_DEVICE)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads for encoding queries (default: torch's choice, one per core)")
+    parser.add_argument("--lone-threads", type=int, default=1,
+                        help="torch CPU threads for a lone query (default 1: a single short query is bound by "
+                             "reading the weights, threads add synchronisation; 0 = the same as --threads)")
+    parser.add_argument("--query-precision", choices=QUERY_PRECISIONS, default=None, help=QUERY_PRECISION_HELP)
     return add_version(parser)
 
 
@@ -53,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
 
             torch.set_num_threads(settings.threads)
         service = SearchService(
-            Searcher(settings.dataset, settings.run, rerank_depth=settings.rerank_depth, device=settings.device),
-            poll_s=settings.poll_s, max_batch=settings.max_batch, wait_s=settings.wait_ms / 1000)
+            Searcher(settings.dataset, settings.run, rerank_depth=settings.rerank_depth, device=settings.device,
+                     query_precision=settings.query_precision),
+            poll_s=settings.poll_s, max_batch=settings.max_batch, wait_s=settings.wait_ms / 1000,
+            lone_threads=settings.lone_threads)
     except (RunNotFound, IndexFolderError, ManifestError, FileNotFoundError, InvalidName, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

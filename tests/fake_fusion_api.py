@@ -112,10 +112,12 @@ class FakeFusion:
         coarse = vectors @ np.stack([_unit(v, self.dim) for v in video_ids]).T
         return (coarse + 0.01 * np.sin(50 * coarse)).astype(np.float32)
 
-    def query_encoder(self, loaded, *, settings=None, device="auto"):
+    def query_encoder(self, loaded, *, settings=None, device="auto", precision=None):
         fake = self
 
         class QueryEncoder:
+            precision = "fp32"
+
             def encode(self, texts):
                 fake.calls.append(("encode", len(texts)))
                 vectors = fake.encode_queries(loaded, texts)

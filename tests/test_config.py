@@ -43,7 +43,8 @@ def test_a_config_file_with_an_unknown_key_names_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("var, value", [("TVR_SHARD_SIZE", "many"), ("TVR_SHARD_SIZE", "0"),
-                                        ("TVR_DEVICE", "gpu"), ("TVR_DASK_LOCAL_WORKERS", "-2")])
+                                        ("TVR_DEVICE", "gpu"), ("TVR_DASK_LOCAL_WORKERS", "-2"),
+                                        ("TVR_QUERY_PRECISION", "int4")])
 def test_bad_environment_settings_are_clear_errors(monkeypatch, tmp_path, var, value):
     monkeypatch.setenv(var, value)
     with pytest.raises(SettingsError, match=f"environment variable {var}='{value}'"):
@@ -53,7 +54,8 @@ def test_bad_environment_settings_are_clear_errors(monkeypatch, tmp_path, var, v
 def test_settings_read_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("TVR_SHARD_SIZE", "8")
     monkeypatch.setenv("TVR_DEVICE", "cuda:1")
+    monkeypatch.setenv("TVR_QUERY_PRECISION", "bf16")
     monkeypatch.setenv("TVR_HOME", str(tmp_path / "home"))
     s = get_settings()
-    assert (s.shard_size, s.device, s.root) == (8, "cuda:1", (tmp_path / "home").resolve())
+    assert (s.shard_size, s.device, s.query_precision, s.root) == (8, "cuda:1", "bf16", (tmp_path / "home").resolve())
     assert get_settings(tmp_path).runs_dir == tmp_path.resolve() / "runs"

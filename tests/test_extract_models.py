@@ -64,6 +64,21 @@ def test_random_weights_are_rebuilt_from_the_recorded_seed(tiny_clip):
     assert not torch.equal(other.model.text_projection, first.model.text_projection)
 
 
+def test_query_tower_in_bf16_stays_within_a_small_angle_of_fp32(tiny_clip):
+    """``precision="bf16"`` builds the tower with bf16 weights; its EOT embeddings stay close to the
+    stored (fp32) ones; an unknown precision is refused by name."""
+    info = build_extractor("clip_text", tiny_clip, "random", seed=5, device="cpu").spec.describe()
+    exact, fast = build_text_encoder(info), build_text_encoder(info, precision="bf16")
+    assert (exact.precision, fast.precision) == ("fp32", "bf16")
+    assert fast.model.text_projection.dtype == torch.bfloat16 and exact.model.text_projection.dtype == torch.float32
+    for (v32, e32), (v16, e16) in zip(exact.encode(CAPTIONS), fast.encode(CAPTIONS), strict=True):
+        assert e16 == e32 and v16.dtype == np.float32 and not np.array_equal(v16, v32)
+        a, b = v32[e32], v16[e16]
+        assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99
+    with pytest.raises(ValueError, match="query precision 'int8'"):
+        build_text_encoder(info, precision="int8")
+
+
 def test_build_text_encoder_refuses_other_modalities_and_changed_files(tiny_clip, tmp_path):
     frames = build_extractor("clip_frames", tiny_clip, "random", device="cpu")
     with pytest.raises(ValueError, match="clip_text"):

@@ -131,6 +131,8 @@ def stored_text_tower(hcmi_home, monkeypatch):
                                   int(feats.eot[q])) for q in range(len(feats.captions))}
 
     class Tower:
+        precision = "fp32"
+
         def encode(self, captions):
             return [tokens[c] for c in captions]
 

@@ -172,6 +172,31 @@ def test_a_lone_query_does_not_wait_for_a_batch():
     assert calls[0] == ["alone"] and ["q0", "q1", "q2", "q3", "q4"] in calls
 
 
+def test_a_lone_query_runs_on_lone_threads_and_a_batch_on_all(service):
+    """``lone_threads``: a batch of one query is encoded with that many torch threads, a batch of
+    several with the threads torch had when the service started; unset, torch is left alone."""
+    import torch
+
+    before = torch.get_num_threads()
+    seen = []
+    search = service.searcher.search
+    service.searcher.search = lambda texts, *a, **kw: seen.append(torch.get_num_threads()) or search(texts, *a, **kw)
+    try:
+        torch.set_num_threads(2)
+        tuned = SearchService(service.searcher, poll_s=0, lone_threads=1)
+        tuned._answer(["a clip of v1"], [3], [None])
+        tuned._answer(["a clip of v1", "a clip of v2"], [3, 3], [None, None])
+        tuned._answer(["a clip of v3"], [3], [None])
+        assert tuned.info()["batching"]["threads"] == {"lone": 1, "batch": 2}
+        tuned.close()
+        untouched = SearchService(service.searcher, poll_s=0)
+        untouched._answer(["a clip of v4"], [3], [None])
+        untouched.close()
+        assert seen == [1, 2, 1, 1]         # the last: torch left at what the previous lone query set
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_hot_swap_and_a_failing_new_build(client, service, tvr_home):
     old = service.searcher.state.build_id
     write_dataset("toy", 28)                                     # 3 new videos
@@ -313,7 +338,37 @@ def test_bench_runs_on_tiny_sizes(tmp_path, capsys):
     assert bench_serve.main(["--videos", "40", "--queries", "8", "--clients", "1,4",
                              "--model", tiny_clip_dir(tmp_path), "--home", str(tmp_path / "home")]) == 0
     out = capsys.readouterr().out
-    assert "p50 ms" in out and "throughput at 4 clients" in out and "RANDOM WEIGHTS" in out
+    assert "p50 ms" in out and "RANDOM WEIGHTS" in out
+    assert "stored=fp32: throughput at 4 clients" in out and "bf16: throughput at 4 clients" in out
+    assert "bf16 vs stored=fp32 on 50 queries: top-10 overlap" in out
+
+
+def test_query_precision_reaches_the_service_and_the_cli_alike(tmp_path, monkeypatch, capsys):
+    """The real zero-shot model (tiny random CLIP): ``--query-precision bf16`` runs the text tower in
+    bf16 in the service and in retrieval.search alike (equal JSON, both say bf16), and the default
+    stays the stored precision (fp32 on CPU), with scores close to bf16's."""
+    from test_extract_support import tiny_clip_dir
+
+    from bench.serve import build_home
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("TVR_HOME", str(home))
+    build_home(home, "bench", 40, tiny_clip_dir(tmp_path))
+    fast = SearchService(Searcher("bench", query_precision="bf16"), poll_s=0)
+    exact = Searcher("bench")
+    assert fast.health()["query_precision"] == "bf16" and exact.encoder.precision == "fp32"
+    with TestClient(create_app(ServeSettings(dataset="bench", query_precision="bf16"), fast)) as client:
+        for query in ("a dog runs on the beach", "someone cooks pasta"):
+            served = client.get("/api/search", params={"q": query, "k": 40}).json()
+            assert search.main([query, "--dataset", "bench", "-k", "40", "--json", "--query-precision", "bf16"]) == 0
+            assert _strip_media(served) == json.loads(capsys.readouterr().out)
+            assert served["query_precision"] == "bf16"
+            reference = exact.search([query], 40)[0]
+            assert reference["query_precision"] == "fp32"
+            scores = {hit["video_id"]: hit["score"] for hit in reference["results"]}
+            diffs = [abs(hit["score"] - scores[hit["video_id"]]) for hit in served["results"]]
+            assert len(diffs) == 40 and 0 < max(diffs) < 0.02        # every video scored, bf16 not bit-equal
+    fast.close()
 
 
 def test_damaged_pointer_while_serving_keeps_answering_and_says_so(client, service, tvr_home):

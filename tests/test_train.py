@@ -211,12 +211,14 @@ def test_api_zero_shot_and_queries(home, monkeypatch):
     seen = {}
 
     class FakeEncoder:
+        precision = "fp32"
+
         def encode(self, captions):
             seen["captions"] = captions
             return stored
 
     registry = types.ModuleType("extractors.registry")
-    registry.build_text_encoder = lambda info: seen.setdefault("info", info) and FakeEncoder()
+    registry.build_text_encoder = lambda info, **kw: seen.setdefault("info", info) and FakeEncoder()
     monkeypatch.setitem(sys.modules, "extractors.registry", registry)
     vectors = encode_queries(loaded, [feats.captions[q] for q in caps], settings=home)
     assert seen["info"]["modality"] == "clip_text"

@@ -31,6 +31,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from data.names import InvalidName, check_name
+from data.settings import QueryPrecision
 from retrieval.index import index_root
 from retrieval.search import MAX_K, MAX_QUERY_CHARS, RERANK_DEPTH, QueryError, Searcher
 from retrieval.service.core import SearchService
@@ -53,6 +54,13 @@ class ServeSettings(BaseModel):
     rerank_depth: int = Field(RERANK_DEPTH, ge=1)
     device: str | None = None              # None: $TVR_DEVICE
     threads: int | None = Field(None, ge=1)  # torch CPU threads of the query encoder (None: torch's choice)
+    lone_threads: int | None = Field(1, ge=0)  # torch threads for a batch of one query (0 / None: as threads)
+    query_precision: QueryPrecision | None = None   # None: $TVR_QUERY_PRECISION (data.settings)
+
+    @field_validator("lone_threads")
+    @classmethod
+    def _zero_is_none(cls, value: int | None) -> int | None:
+        return value or None
 
     @field_validator("dataset", "run")
     @classmethod
@@ -85,6 +93,7 @@ class SearchResponse(BaseModel):
     run: str
     model: str
     index: dict[str, Any]
+    query_precision: str
     results: list[Hit]
     random_weights: bool
     first_stage: dict[str, Any] | None = None
@@ -98,6 +107,7 @@ class Health(BaseModel):
     dataset: str
     run: str
     model: str
+    query_precision: str
     random_weights: bool
     problem: str | None
 

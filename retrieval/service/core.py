@@ -102,11 +102,22 @@ class SearchService:
     """A loaded :class:`Searcher` answering micro-batched queries, following ``current``.
 
     ``searcher``: injectable (tests pass a searcher over a fake model). ``poll_s``: how often the
-    ``current`` pointer is read (0 = never: no hot swaps).
+    ``current`` pointer is read (0 = never: no hot swaps). ``lone_threads``: torch CPU threads for a
+    batch of one query (None: leave torch's setting alone); a batch of several uses the threads torch
+    had when the service started. A lone short query's forward pass streams the text tower's weights
+    once and splitting its small matrix products across threads mostly adds synchronisation
+    (docs/retrieval.md, "Service benchmark"), while a batch has the rows to share.
     """
 
-    def __init__(self, searcher: Searcher, *, poll_s: float = 1.0, max_batch: int = 64, wait_s: float = 0.002):
+    def __init__(self, searcher: Searcher, *, poll_s: float = 1.0, max_batch: int = 64, wait_s: float = 0.002,
+                 lone_threads: int | None = None):
         self.searcher = searcher
+        self.lone_threads = lone_threads
+        self.batch_threads = None
+        if lone_threads is not None:
+            import torch
+
+            self.batch_threads = torch.get_num_threads()
         self.problem: str | None = None         # why the newest build is not the one answering
         self._seen = current_build_id(searcher.dataset, searcher.run, searcher.settings)
         self.swaps = 0
@@ -120,6 +131,12 @@ class SearchService:
 
     # ---- answering ------------------------------------------------------------------------------
     def _answer(self, texts: list[str], ks: list[int], params: list[dict | None]) -> list[dict]:
+        if self.lone_threads is not None:
+            import torch
+
+            threads = self.lone_threads if len(texts) == 1 else self.batch_threads
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)      # this thread's (the batcher's) parallel regions
         state = self.searcher.state                 # one read: the whole batch answers from one build
         return self.searcher.search(texts, ks, state=state, params=params)
 
@@ -175,7 +192,7 @@ class SearchService:
     def health(self) -> dict:
         s = self.searcher
         return {"status": "degraded" if self.problem else "ok", "build_id": s.state.build_id,
-                "dataset": s.dataset, "run": s.run, "model": s.loaded.name,
+                "dataset": s.dataset, "run": s.run, "model": s.loaded.name, "query_precision": s.encoder.precision,
                 "random_weights": bool(s.loaded.random_weights), "problem": self.problem}
 
     def info(self) -> dict:
@@ -186,7 +203,8 @@ class SearchService:
                 "rerank_depth": s.rerank_depth if s.loaded.fine_grained else None,
                 "notes": list(s.state.notes), "swaps": self.swaps,
                 "batching": {"max_batch": b.max_batch, "wait_ms": 1000 * b.wait_s, "batches": b.n_batches,
-                             "queries": b.n_queries, "busy_s": round(b.busy_s, 4)}}
+                             "queries": b.n_queries, "busy_s": round(b.busy_s, 4),
+                             "threads": {"lone": self.lone_threads, "batch": self.batch_threads}}}
 
     def close(self) -> None:
         self._stop.set()
