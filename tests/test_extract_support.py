@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from data.prepare import prepare
+from extractors.clip import ClipTextExtractor
 from extractors.run import ExtractConfig
 
 TINY_CLIP_CFG = {
@@ -56,3 +57,16 @@ def make_video(path: Path, seconds: float = 2.0, size: str = "64x48", fps: int =
         args += ["-movflags", "+faststart"]
     ffmpeg(*args, "-c:v", "libx264", "-pix_fmt", "yuv420p", path)
     return Path(path)
+
+
+def spy_encoded_captions(monkeypatch) -> list[str]:
+    """From now on, every caption the clip_text tower encodes is appended to the returned list."""
+    encoded: list[str] = []
+    real_forward = ClipTextExtractor.forward
+
+    def forward_spy(self, batch):
+        encoded.extend(cap for _, cap in batch)
+        return real_forward(self, batch)
+
+    monkeypatch.setattr(ClipTextExtractor, "forward", forward_spy)
+    return encoded

@@ -20,7 +20,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import torch
-from test_extract_support import tiny_clip_dir, tiny_config
+from test_extract_support import spy_encoded_captions, tiny_clip_dir, tiny_config
 
 from data.manifest import read_manifest
 from data.prepare import prepare
@@ -28,7 +28,6 @@ from data.settings import get_settings
 from data.store import FINAL_FAILURE, FeatureSet
 from extractors import inprogress
 from extractors import run as extract_run
-from extractors.clip import ClipTextExtractor
 from extractors.run import extract_dataset
 
 DS = "syn"
@@ -117,14 +116,7 @@ def test_changed_captions_are_the_only_ones_encoded(media, tmp_path, monkeypatch
     folder, ids, records = media
     config = tiny_config(tmp_path, modalities=("clip_text",))
     extract_dataset(DS, config, shard_size=4)
-    encoded: list[str] = []
-    real_forward = ClipTextExtractor.forward
-
-    def forward_spy(self, batch):
-        encoded.extend(cap for _, cap in batch)
-        return real_forward(self, batch)
-
-    monkeypatch.setattr(ClipTextExtractor, "forward", forward_spy)
+    encoded = spy_encoded_captions(monkeypatch)
     text_dir = next((get_settings().features_dir / DS / "clip_text").iterdir())
     before = FeatureSet(text_dir).read()
     keys = zip(before.video_ids, before.column("caption_index"))

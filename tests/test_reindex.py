@@ -19,14 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_extract_support import tiny_config
+from test_extract_support import spy_encoded_captions, tiny_config
 
 from data.fingerprint import caption_digest
 from data.prepare import prepare
 from data.settings import get_settings
 from data.store import FeatureSet
 from extractors import run as extract_run
-from extractors.clip import ClipTextExtractor
 from extractors.run import extract_dataset
 from fusion.data import load_features
 from retrieval import reindex as rx
@@ -378,14 +377,7 @@ def test_replaced_video_and_corrected_caption_are_the_only_work(home, decoded, t
 
     text_before = text_rows()
     frames_before = FeatureSet(frames_dir).read()
-    encoded: list[str] = []
-    real_forward = ClipTextExtractor.forward
-
-    def forward_spy(self, batch):
-        encoded.extend(cap for _, cap in batch)
-        return real_forward(self, batch)
-
-    monkeypatch.setattr(ClipTextExtractor, "forward", forward_spy)
+    encoded = spy_encoded_captions(monkeypatch)
     replace_file(home, target, source)
     new_text = "a corrected caption about something else entirely"
     home.records[3]["captions"][0] = new_text
