@@ -5,13 +5,16 @@ nothing after the first: a worker process loads each model once.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from data.settings import QUERY_PRECISIONS
 from extractors.audio import AudioExtractor
-from extractors.base import Extractor, Weights, resolve_device, resolve_precision
+from extractors.base import Extractor, Weights, cpu_has_fast_bf16, resolve_device, resolve_precision
 from extractors.clip import ClipFramesExtractor, ClipTextExtractor
 from extractors.motion import MotionExtractor
+
+log = logging.getLogger(__name__)
 
 EXTRACTORS: dict[str, type[Extractor]] = {
     "clip_frames": ClipFramesExtractor,
@@ -59,6 +62,9 @@ def build_text_encoder(info: dict, device: str = "auto", precision: str = "store
     dev = resolve_device(device)
     if precision == "stored":
         precision = params.get("precision", "fp32") if dev.type == "cuda" else "fp32"
+    if precision == "bf16" and dev.type == "cpu" and not cpu_has_fast_bf16():
+        log.warning("query precision bf16 on a CPU without bf16 support in oneDNN: PyTorch emulates it and it "
+                    "may be slower than fp32 (compare with python -m bench.serve --query-precision stored,bf16)")
     encoder = ClipTextExtractor(params["model"], weights, dev, precision)
     rebuilt = encoder.spec.params
     for key in ("model", "weights", "weights_sha256", "seed", "context_length", "code_version"):

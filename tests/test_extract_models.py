@@ -79,6 +79,19 @@ def test_query_tower_in_bf16_stays_within_a_small_angle_of_fp32(tiny_clip):
         build_text_encoder(info, precision="int8")
 
 
+def test_bf16_queries_on_a_cpu_without_bf16_support_are_warned_about(tiny_clip, monkeypatch, caplog):
+    from extractors import registry
+
+    info = build_extractor("clip_text", tiny_clip, "random", seed=5, device="cpu").spec.describe()
+    monkeypatch.setattr(registry, "cpu_has_fast_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger=registry.log.name):
+        build_text_encoder(info, device="cpu")
+        assert not [r for r in caplog.records if r.name == registry.log.name]     # fp32: no warning
+        build_text_encoder(info, device="cpu", precision="bf16")
+    warned = [r.getMessage() for r in caplog.records if r.name == registry.log.name]
+    assert len(warned) == 1 and "without bf16 support" in warned[0] and "may be slower than fp32" in warned[0]
+
+
 def test_build_text_encoder_refuses_other_modalities_and_changed_files(tiny_clip, tmp_path):
     frames = build_extractor("clip_frames", tiny_clip, "random", device="cpu")
     with pytest.raises(ValueError, match="clip_text"):
