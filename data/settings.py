@@ -30,7 +30,8 @@ QueryPrecision = Literal["stored", "fp32", "bf16", "fp16"]
 QUERY_PRECISIONS: tuple[str, ...] = get_args(QueryPrecision)
 QUERY_PRECISION_HELP = ("weights of the text tower that encodes queries: stored (as extraction ran: fp32 on CPU), "
                         "fp32, bf16 (faster on CPUs with native bf16, e.g. AVX512-BF16; query vectors "
-                        "within a small angle of fp32's; docs/retrieval.md) or fp16 (CUDA); default $TVR_QUERY_PRECISION, else stored")
+                        "within a small angle of fp32's; docs/retrieval.md) or fp16 (CUDA); "
+                        "default $TVR_QUERY_PRECISION, else stored")
 
 
 class SettingsError(ValueError):

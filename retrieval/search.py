@@ -117,7 +117,7 @@ class Searcher:
     ``run``: a run folder / id or ``zero-shot`` (default: the dataset's serving run). ``device``:
     ``auto`` / ``cpu`` / ``cuda`` (default ``$TVR_DEVICE``). ``rerank_depth``: first-stage depth of
     fine-grained models (at least ``k``). ``query_precision``: the text tower's weights
-    (``extractors.registry.QUERY_PRECISIONS``; default ``$TVR_QUERY_PRECISION``, else ``stored``).
+    (``data.settings.QUERY_PRECISIONS``; default ``$TVR_QUERY_PRECISION``, else ``stored``).
     """
 
     def __init__(self, dataset: str, run: str | None = None, *, settings: Settings | None = None,
