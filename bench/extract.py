@@ -12,7 +12,7 @@ decoder threads) and each ``--workers`` count, it measures, interleaved (best of
 
 - decode-only: every video decoded for what the modalities ask (no model);
 - model-only: the extractors fed videos decoded beforehand (input preparation, batching, forward);
-- end-to-end: ``extractors.run.extract_shard`` into a fresh store (decode in background threads,
+- end-to-end: ``extractors.runner.extract_shard`` into a fresh store (decode in background threads,
   batching, encode, Parquet write);
 
 and prints per line videos/s, units/s, seconds of video per second, the ratio end-to-end /
@@ -41,10 +41,15 @@ import torch
 from data import synthetic
 from data.prepare import prepare
 from data.settings import Settings, get_settings
+from data.modalities import CLIP_FRAMES, MODALITIES
+from data.provenance import RANDOM_WEIGHTS
 from extractors.base import VideoItem
+from extractors.config import ExtractConfig
 from extractors.decode import decode_video
-from extractors.registry import MODALITIES
-from extractors.run import ExtractConfig, extract_shard, load_manifest, merged_request, plan_shards
+from extractors.plan import load_manifest, plan_shards
+from extractors.reader import merged_request
+from extractors.registry import DEFAULT_MODELS
+from extractors.runner import extract_shard
 
 RESOLUTIONS = {"720p": (1280, 720), "1080p": (1920, 1080)}
 
@@ -167,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma-separated subset of {','.join(MODALITIES)}")
     p.add_argument("--decode", default="fast", help="comma-separated decode modes to compare: exact, fast")
     p.add_argument("--workers", default="1", help="comma-separated decode worker counts for the fast mode")
-    p.add_argument("--clip-model", default="ViT-B-32", help="open_clip model (default ViT-B-32)")
+    p.add_argument("--clip-model", default=DEFAULT_MODELS[CLIP_FRAMES], help="open_clip model (default %(default)s)")
     p.add_argument("--motion-size", type=int, default=128, help="SlowFast crop side (default 128)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--repeats", type=int, default=3, help="best of this many runs (default 3)")
@@ -204,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         cores = os.cpu_count() or 1
         print(f"{len(ids)} {args.resolution} videos ({video_s:.0f} s of video), {cores} cores, torch threads "
               f"{torch.get_num_threads()}, device {config(modalities).build()[0].device}, clip model "
-              f"{args.clip_model}, RANDOM WEIGHTS; load average {os.getloadavg()[0]:.1f}")
+              f"{args.clip_model}, {RANDOM_WEIGHTS}; load average {os.getloadavg()[0]:.1f}")
         print("v/s = videos/s, u/s = units/s (frames, captions, 0.96 s windows, clips), s/s = seconds of video "
               "per second; cpu = CPU seconds; busy = ((decode cpu + model cpu) / cores) / end-to-end wall")
         print(f"{'modalities':<28} {'decode':<9} {'decode-only':<36} {'model-only':<36} {'end-to-end':<36} "

@@ -18,7 +18,6 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +58,8 @@ def check_extraction(clips: list[Path], folder: Path) -> None:
     from data.manifest import VideoRecord
     from extractors.base import VideoItem
     from extractors.decode import decode_video
-    from extractors.run import ExtractConfig, merged_request
+    from extractors.config import ExtractConfig
+    from extractors.reader import merged_request
 
     for precision_pair in (("fp16", "fp32"),):
         values = {}

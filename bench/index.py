@@ -16,7 +16,8 @@ Perturbation (same for every source): base b gets a random orthonormal ``[D, r]`
 U_b (r = ``--rank``, default 8); vector = normalise(base_b + sigma * U_b z / sqrt(r) +
 tau * e / sqrt(D)) with z ~ N(0, I_r), e ~ N(0, I_D), sigma = ``--sigma`` (0.25) and tau =
 ``--tau`` (0.05): points lie near a low-dimensional sheet around each base, as real embeddings do
-(pure isotropic noise makes every approximate index look useless, STACK.md). Queries are fresh
+(pure isotropic noise makes every approximate index look useless: in high dimensions its nearest
+neighbours are hardly nearer than any other point). Queries are fresh
 perturbations (not in the database). Recall@10 = |approximate top-10 ∩ exact top-10| / 10,
 averaged over queries; exact = ``IndexFlatIP``.
 """
@@ -35,8 +36,8 @@ import faiss
 import numpy as np
 
 from data.store import FeatureSet
-from retrieval.faiss_index import (ADD_BATCH, INDEX_TYPES, TRAIN_SAMPLE, ExactTop, build_faiss, build_streamed, plan_index,
-                                   recall_at, search, tune)
+from retrieval.index.faiss_index import (ADD_BATCH, INDEX_TYPES, TRAIN_SAMPLE, ExactTop, build_faiss, build_streamed,
+                                         plan_index, recall_at, search, tune)
 
 
 def base_from_features(folder: Path) -> np.ndarray:
@@ -118,7 +119,7 @@ def bench_budget(n: int, perturb: Perturber, queries: np.ndarray, held_out: np.n
 
     Each batch of :data:`ADD_BATCH` vectors is generated, merged into the exact top-10 of the test and
     held-out queries, appended to ``vectors.npy`` (exact re-ranking) and added; nothing N-sized is
-    held. Tuning (:func:`retrieval.faiss_index.tune`) uses the held-out queries only; the test
+    held. Tuning (:func:`retrieval.index.faiss_index.tune`) uses the held-out queries only; the test
     queries then measure ms/query at 1 and 2 threads and recall@10 with the chosen setting."""
     dim = perturb.base.shape[1]
     kind, factory, params = plan_index(n, dim, args.memory_gb, factory=args.factory)
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tau", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=2, help="FAISS OpenMP threads")
     parser.add_argument("--memory-gb", type=float, help="streamed build of the index this budget picks "
-                        "(retrieval.faiss_index.plan_index) instead of the per-type table")
+                        "(retrieval.index.faiss_index.plan_index) instead of the per-type table")
     parser.add_argument("--factory", help="streamed build of this FAISS index_factory string")
     parser.add_argument("--no-rerank-store", dest="rerank_store", action="store_false",
                         help="budget mode: do not keep the vectors on disk for exact re-ranking")

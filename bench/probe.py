@@ -17,10 +17,11 @@ import sys
 import numpy as np
 
 from data.manifest import read_manifest
+from data.modalities import MOTION
 from data.settings import get_settings
 from data.store import FeatureSet
 from data.synthetic import load_attributes
-from fusion.data import pick_extractor
+from fusion.features import pick_extractor
 
 SUMMARIES = {
     "mean": lambda rows: rows.mean(0),
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.probe", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="synthetic", help="a dataset with annotations.jsonl attributes")
     p.add_argument("--attribute", default="motion", help="attribute to read (shape, colour, size, texture, motion, sound)")
-    p.add_argument("--modality", default="motion", help="clip_frames, audio or motion")
+    p.add_argument("--modality", default=MOTION, help="clip_frames, audio or motion")
     p.add_argument("--summary", choices=sorted(SUMMARIES), default="mean")
     args = p.parse_args(argv)
     settings = get_settings()

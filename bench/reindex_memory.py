@@ -1,5 +1,5 @@
-"""Peak traced memory of the re-index's vector assembly (``retrieval.reindex._assemble`` written by
-``retrieval.index.write_vectors``), the step that used to hold the new build's whole ``[N, E]`` array.
+"""Peak traced memory of the re-index's vector assembly (``retrieval.reindex.assemble.assemble`` written
+by ``retrieval.index.writer.write_vectors``), the step that used to hold the new build's whole ``[N, E]`` array.
 
     python -m bench.reindex_memory [--kept 200000] [--new 20000] [--removed 1000] [--dim 512] [--batch 4096]
 
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.index import write_vectors
-from retrieval.reindex import _assemble
+from retrieval.index.writer import write_vectors
+from retrieval.reindex.assemble import assemble as _assemble
 
 
 def random_npy(path: Path, rows: int, dim: int, seed: int, chunk: int = 10_000) -> np.ndarray:

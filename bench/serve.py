@@ -36,14 +36,17 @@ from typing import Iterator
 
 import numpy as np
 
+from data.provenance import RANDOM_WEIGHTS
+
 
 def build_home(root: Path, dataset: str, n: int, model: str) -> None:
     """Manifest + extractor descriptions + an index of generated vectors under ``root``."""
     from data.manifest import VideoRecord, build_manifest, write_manifest
+    from data.modalities import CLIP_FRAMES, CLIP_TEXT
     from data.settings import get_settings
     from data.store import FeatureSet
     from extractors.registry import build_extractor
-    from retrieval.index import write_build
+    from retrieval.index.writer import write_build
 
     settings = get_settings(root)
     ids = [f"video{i:06d}" for i in range(n)]
@@ -51,7 +54,7 @@ def build_home(root: Path, dataset: str, n: int, model: str) -> None:
     table, _ = build_manifest(records, root / "media", dataset=dataset)
     write_manifest(table, settings.manifest_path(dataset))
     extractor_ids, dim = {}, None
-    for modality in ("clip_frames", "clip_text"):
+    for modality in (CLIP_FRAMES, CLIP_TEXT):
         spec = build_extractor(modality, model, "random", device="cpu").spec
         FeatureSet(settings.feature_dir(dataset, modality, spec.extractor_id), spec).prepare()
         extractor_ids[modality], dim = spec.extractor_id, spec.dim
@@ -155,11 +158,15 @@ def served(home: Path, wait_ms: float, threads: int | None = None, precision: st
 
 
 def main(argv: list[str] | None = None) -> int:
+    from data.modalities import CLIP_TEXT
+    from extractors.registry import DEFAULT_MODELS
+
     parser = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=10_000, help="indexed videos (default 10,000)")
     parser.add_argument("--queries", type=int, default=400, help="requests per client setting (default 400)")
     parser.add_argument("--clients", default="1,16", help="comma-separated concurrent clients (default 1,16)")
-    parser.add_argument("--model", default="ViT-B-32", help="open_clip model of the random CLIP (default ViT-B-32)")
+    parser.add_argument("--model", default=DEFAULT_MODELS[CLIP_TEXT],
+                        help="open_clip model of the random CLIP (default %(default)s)")
     parser.add_argument("--home", type=Path, help="TVR_HOME to build in (default: a temporary folder)")
     parser.add_argument("--wait-ms", type=float, default=2.0, help="micro-batch wait (default 2 ms)")
     parser.add_argument("--threads", type=int, default=None,
@@ -206,7 +213,7 @@ def run(args: argparse.Namespace, home: Path) -> int:
                 row["batch_ms"] = 1000 * (after["busy_s"] - before["busy_s"]) / batches
                 rows.append({"precision": label, **row})
             answered[label] = answers(base, AGREEMENT_QUERIES)
-    print("!!! RANDOM WEIGHTS text tower and GENERATED index vectors: timings only, no retrieval quality !!!")
+    print(f"!!! {RANDOM_WEIGHTS} text tower and GENERATED index vectors: timings only, no retrieval quality !!!")
     print(tabulate([[r["precision"], r["clients"], r["requests"], r["errors"], f"{r['p50_ms']:.1f}",
                      f"{r['p99_ms']:.1f}", f"{r['qps']:.1f}", f"{r['mean_batch']:.1f}", f"{r['batch_ms']:.1f}"]
                     for r in rows],

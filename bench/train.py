@@ -2,7 +2,7 @@
 
 ``python bench/train.py [--videos 9000] [--frames 12] [--captions 20] [--steps 10] [--batch 128]``
 
-Builds the loader's in-memory form (:class:`fusion.data.DatasetFeatures`) directly from random
+Builds the loader's in-memory form (:class:`fusion.features.DatasetFeatures`) directly from random
 arrays of the contract-A shapes (frames 512-d, caption tokens 512-d with 8-16 tokens, VGGish 128-d
 windows ~1 per second, SlowFast 2304-d clips ~1 per 2 s; a quarter of the videos without audio),
 skipping the Parquet round trip (a one-time cost at start-up, not per step). Then, per model, times
@@ -24,9 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data.modalities import AUDIO, CLIP_FRAMES, MOTION  # noqa: E402
 from fusion.config import load_config  # noqa: E402
-from fusion.data import DatasetFeatures, Ragged  # noqa: E402
+from fusion.batches import Ragged  # noqa: E402
+from fusion.features import DatasetFeatures  # noqa: E402
 from fusion.factory import build_model, modalities_for  # noqa: E402
+from fusion.registry import trained_models  # noqa: E402
 from fusion.train import assemble_batch, lr_factor, make_optimizer, train_step  # noqa: E402
 
 
@@ -52,7 +55,7 @@ def random_features(n_videos: int, frames: int, captions: int, seed: int = 0) ->
     text_r = ragged(tokens, 512, 1.0)
     n_train = int(n_videos * 0.9)
     splits = {"train": np.arange(n_train), "val": np.arange(n_train, n_videos)}
-    return DatasetFeatures("bench-random", {}, {"clip_frames": {"random_weights": True}},
+    return DatasetFeatures("bench-random", {}, {CLIP_FRAMES: {"random_weights": True}},
                            [f"v{i}" for i in range(n_videos)], splits, frames_r, text_r,
                            torch.as_tensor(tokens - 1), torch.arange(n_videos).repeat_interleave(captions),
                            [""] * n_caps, list(range(captions)) * n_videos, audio_r, torch.as_tensor(has_audio),
@@ -62,8 +65,8 @@ def random_features(n_videos: int, frames: int, captions: int, seed: int = 0) ->
 def bench_model(name: str, all_feats: DatasetFeatures, steps: int, batch: int, warmup: int) -> dict:
     config = load_config(name, overrides=[{"train": {"batch_size": batch}}])
     needed = modalities_for(config)        # as in training, only the modalities the model reads
-    feats = replace(all_feats, audio=all_feats.audio if "audio" in needed else None,
-                    motion=all_feats.motion if "motion" in needed else None)
+    feats = replace(all_feats, audio=all_feats.audio if AUDIO in needed else None,
+                    motion=all_feats.motion if MOTION in needed else None)
     torch.manual_seed(0)
     model = build_model(config, 512)
     optimizer = make_optimizer(model, config["train"])
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10, help="timed steps per model (after --warmup)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--models", nargs="+", default=["meanP", "seqTransf", "m2hf", "hcmi"])
+    p.add_argument("--models", nargs="+", default=trained_models(), help="default: every model that trains")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)

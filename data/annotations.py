@@ -19,7 +19,7 @@ TOKEN_LIMIT = 64  # text length the models are trained with, in CLIP BPE tokens 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """How a dataset is evaluated (METHODS.md section 5); recorded in every manifest it builds."""
+    """How a dataset is evaluated (docs/methods.md §5); recorded in every manifest it builds."""
 
     text_unit: str      # "caption": each caption is a query; "paragraph": one joined text per video
     test_queries: str   # which texts of the test split are the queries

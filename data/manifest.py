@@ -1,4 +1,4 @@
-"""The manifest: one row per video of a dataset (DESIGN.md "Data at rest").
+"""The manifest: one row per video of a dataset (docs/design.md "Data at rest").
 
 Columns: ``video_id`` (string, unique), ``path`` (relative to the dataset's video root),
 ``split`` (string), ``duration_s`` (float, nullable), ``captions`` (list<string>, non-empty),

@@ -4,7 +4,7 @@ Queries are captions; ``query_videos[q]`` names the video caption ``q`` describe
 captions per video allowed, uneven counts allowed); ``video_ids[v]`` names column ``v``. Videos
 with no caption are gallery distractors for text-to-video and take no part in video-to-text.
 
-Definitions (the evaluation contract, METHODS.md §5; every output says ``ties: averaged``):
+Definitions (the evaluation contract, docs/methods.md §5; every output says ``ties: averaged``):
 
 - For one query let ``g`` = number of gallery items scored strictly higher than the best correct
   item, ``w`` = number of *wrong* items tied with it, ``c`` = number of *correct* items tied with
@@ -47,6 +47,9 @@ import numpy as np
 TIES = "averaged"
 KS = (1, 5, 10, 50)
 RSUM_KS = (1, 5, 10)   # RSum = R@1 + R@5 + R@10 of one direction (computed whatever ``ks`` asks for)
+RECALL_COLUMNS = tuple(f"R@{k}" for k in KS)          # ("R@1", "R@5", "R@10", "R@50")
+RANK_COLUMNS = ("MdR", "MnR")                          # median / mean rank (lower is better)
+METRIC_COLUMNS = RECALL_COLUMNS + ("RSum",) + RANK_COLUMNS   # one direction's metrics, in table order
 V2T_PROTOCOLS = ("group-best", "all-captions")
 CHUNK_BYTES = 256 * 2**20
 TIE_RULE = ("rank = 1 + #strictly better + #wrong tied / (#correct tied + 1); "

@@ -1,6 +1,6 @@
 """MSR-VTT: ``MSRVTT_data.json`` (20 captions per video) plus the split files of each protocol.
 
-Split protocols (METHODS.md section 5; ``split=``):
+Split protocols (docs/methods.md §5; ``split=``):
 
 - ``1k-A`` (default): train = ``MSRVTT_train.9k.csv`` with all captions; test = the 1,000 videos of
   ``MSRVTT_JSFUSION_test.csv``, ONE caption each (the ``sentence`` column).

@@ -24,7 +24,7 @@ from typing import Callable
 from data import activitynet, didemo, folder, lsmdc, msrvtt, msvd, synthetic
 from data.annotations import DatasetInfo, DatasetRead
 from data.atomic import write_json_atomic
-from data.cli import add_version
+from data.cli import add_version, guarded
 from data.manifest import ManifestError, build_manifest, read_manifest, write_manifest, write_missing_report
 from data.names import InvalidName, check_name
 from data.settings import Settings, get_settings
@@ -122,6 +122,7 @@ def prepare_synthetic(n: int = 300, seed: int = 0, settings: Settings | None = N
     return prepare("synthetic", ann, root, name="synthetic", settings=settings, strict_missing=True)
 
 
+@guarded(ManifestError, InvalidName, FileExistsError)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n\n")[0],
                                 epilog="Which files each dataset needs: docs/datasets.md")
@@ -137,19 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="synthetic only: seed")
     add_version(p)
     args = p.parse_args(argv)
-    try:
-        if args.dataset == "synthetic" and not args.annotations:
-            out, report = prepare_synthetic(args.n, args.seed)
-        else:
-            if not args.annotations or not args.videos:
-                p.error("--annotations and --videos are required for this dataset")
-            if args.dataset == "folder" and not args.name:
-                p.error("--name is required for a 'folder' dataset")
-            out, report = prepare(args.dataset, args.annotations, args.videos, name=args.name,
-                                  strict_missing=args.strict, split=args.split, val_size=args.val_size)
-    except (ManifestError, InvalidName, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.dataset == "synthetic" and not args.annotations:
+        out, report = prepare_synthetic(args.n, args.seed)
+    else:
+        if not args.annotations or not args.videos:
+            p.error("--annotations and --videos are required for this dataset")
+        if args.dataset == "folder" and not args.name:
+            p.error("--name is required for a 'folder' dataset")
+        out, report = prepare(args.dataset, args.annotations, args.videos, name=args.name,
+                              strict_missing=args.strict, split=args.split, val_size=args.val_size)
     print(f"manifest: {out}\n  {report.summary()}")
     for note in report.notes:
         print(f"  {note}")

@@ -3,7 +3,7 @@
 Every stage asks :func:`get_settings` for its folders instead of building paths itself.
 The root folder is ``$TVR_HOME`` when set, else ``./tvr_home`` in the working directory.
 
-Layout under the root (DESIGN.md "Data at rest")::
+Layout under the root (docs/design.md "Data at rest")::
 
     datasets/<name>/manifest.parquet
     features/<dataset>/<modality>/<extractor-id>/part-NNNNN.parquet
@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     seed: int = 0
     dask_address: str | None = None   # scheduler of an existing Dask cluster (flows/runners.py)
     dask_local_workers: int = Field(default=0, ge=0)  # > 0: a temporary local Dask cluster of that many workers
+    index_mmap_gb: float | None = Field(default=None, ge=0)  # index files above this many GB open memory-mapped (default: half the RAM)
 
     @field_validator("device")
     @classmethod
@@ -102,7 +103,8 @@ def get_settings(root: str | os.PathLike | None = None) -> Settings:
 
     Environment overrides: ``TVR_HOME`` (root), ``TVR_DEVICE`` (auto/cpu/cuda/cuda:N),
     ``TVR_SHARD_SIZE`` (videos per shard, > 0), ``TVR_SEED``, ``TVR_DASK_ADDRESS`` (e.g.
-    ``tcp://10.0.0.5:8786``), ``TVR_DASK_LOCAL_WORKERS`` (worker processes of a local Dask cluster, >= 0).
+    ``tcp://10.0.0.5:8786``), ``TVR_DASK_LOCAL_WORKERS`` (worker processes of a local Dask cluster, >= 0),
+    ``TVR_INDEX_MMAP_GB`` (index files larger than this many GB are opened memory-mapped, >= 0).
     Raises :class:`SettingsError` naming the variable for a bad value.
     """
     chosen = root if root is not None else os.environ.get(ROOT_ENV, DEFAULT_ROOT)

@@ -1,6 +1,8 @@
-"""The feature store: Parquet shards per dataset / modality / extractor-id.
+"""The feature store; long because it is one protocol: writer, reader and tidier share its locks and markers.
 
-Layout (DESIGN.md "Data at rest")::
+Parquet shards per dataset / modality / extractor-id.
+
+Layout (docs/design.md "Data at rest")::
 
     features/<dataset>/<modality>/<extractor-id>/
         _extractor.json          what the id stands for (model, weights, fps, size, code version)
@@ -58,6 +60,7 @@ import pyarrow.parquet as pq
 
 from data import locks
 from data.atomic import atomic_path, write_json_atomic
+from data.provenance import random_weights_label
 
 log = logging.getLogger("tvr.store")
 
@@ -65,7 +68,6 @@ STATUSES = ("ok", "empty", "failed")
 DONE_STATUSES = ("ok", "empty")  # resuming skips these; failed videos are tried again...
 FINAL_FAILURE = "worker died while decoding"  # ...except a video that killed its worker (same content)
 SHARD_RE = re.compile(r"^part-(\d{5})\.parquet$")
-RANDOM_WARNING = "RANDOM WEIGHTS: these features do not come from a pretrained model"
 LOCK_FILE = ".lock"
 COUNTER_FILE = ".next-shard"
 QUARANTINE = "_quarantine"
@@ -119,7 +121,7 @@ class ExtractorSpec:
         meta = {"tvr.extractor_id": self.extractor_id, "tvr.modality": self.modality, "tvr.dim": str(self.dim),
                 "tvr.random_weights": str(self.random_weights).lower(), "tvr.keyed_by": self.keyed_by}
         if self.random_weights:
-            meta["tvr.WARNING"] = RANDOM_WARNING
+            meta["tvr.WARNING"] = random_weights_label()
         return pa.schema(fields, metadata=meta)
 
     def describe(self) -> dict:
@@ -134,7 +136,7 @@ class ExtractorSpec:
             "keyed_by": self.keyed_by,
         }
         if self.random_weights:
-            out["WARNING"] = RANDOM_WARNING
+            out["WARNING"] = random_weights_label()
         return out
 
 

@@ -32,8 +32,10 @@ import torch
 import torchaudio
 from torch import nn
 
+from data.modalities import AUDIO
 from data.store import FeatureRow
-from extractors.base import Extractor, VideoItem, Weights, cached_local_model
+from extractors.base import Extractor, VideoItem
+from extractors.weights import Weights, cached_local_model
 from extractors.decode import DecodedChunk, DecodeRequest
 
 SAMPLE_RATE = 16_000
@@ -118,7 +120,7 @@ class VGGish(nn.Module):
 
 def load_vggish(weights: Weights, device: torch.device, precision: str) -> VGGish:
     """VGGish with ``weights`` (random: seeded init; a file: torchvggish state-dict names, PCA dropped)."""
-    return cached_local_model("audio", ("vggish",), weights, VGGish,
+    return cached_local_model(AUDIO, ("vggish",), weights, VGGish,
                               lambda state: {k: v for k, v in state.items() if not k.startswith("pca_")},
                               device, precision)
 
@@ -126,7 +128,7 @@ def load_vggish(weights: Weights, device: torch.device, precision: str) -> VGGis
 class AudioExtractor(Extractor):
     """``audio``: ``[N, 128]`` VGGish embeddings per 0.96 s window; ``has_audio`` per video."""
 
-    modality = "audio"
+    modality = AUDIO
     code_version = "audio/1"
     extra_columns = {"has_audio": pa.bool_()}
 

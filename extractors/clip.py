@@ -21,8 +21,11 @@ import pyarrow as pa
 import torch
 
 from data.fingerprint import caption_digest
+from data.modalities import CLIP_FRAMES, CLIP_TEXT
 from data.store import FeatureRow
-from extractors.base import PRECISION_DTYPES, Extractor, VideoItem, Weights, seeded_build
+from extractors.base import Extractor, VideoItem
+from extractors.precision import PRECISION_DTYPES
+from extractors.weights import Weights, seeded_build
 from extractors.decode import DecodedChunk, DecodeRequest
 
 _CLIP_CACHE: dict[tuple, torch.nn.Module] = {}
@@ -68,7 +71,7 @@ class _ClipBase(Extractor):
 class ClipFramesExtractor(_ClipBase):
     """``clip_frames``: ``[T, D]`` image embeddings of the frames sampled at ``fps``."""
 
-    modality = "clip_frames"
+    modality = CLIP_FRAMES
     code_version = "clip_frames/1"
 
     def __init__(self, model_name, weights, device, precision, batch_size=None, fps: float = 1.0):
@@ -113,7 +116,7 @@ class ClipFramesExtractor(_ClipBase):
 class ClipTextExtractor(_ClipBase):
     """``clip_text``: one row per caption, ``[L_valid, D]`` token embeddings + ``eot_index``."""
 
-    modality = "clip_text"
+    modality = CLIP_TEXT
     code_version = "clip_text/1"
     default_batch_size = 64
     extra_columns = {"caption_index": pa.int32(), "eot_index": pa.int32(), "caption": pa.string()}

@@ -1,6 +1,7 @@
-"""One PyAV pass per video, streamed in bounded windows: sparse frames, a dense stream, 16 kHz audio.
+"""One PyAV pass per video in bounded windows (long, one idea: sampling, skipping and NVDEC share its loop).
 
-:func:`stream_video` opens a file once and demuxes its video and audio streams together; its
+Sparse frames, a dense stream and 16 kHz audio from one pass. :func:`stream_video` opens a file
+once and demuxes its video and audio streams together; its
 :meth:`VideoStream.chunks` yields :class:`DecodedChunk` windows, so the memory of one decode does
 not grow with the video's length. :func:`decode_video` joins the windows into one
 :class:`DecodedVideo` (tests, benchmarks, short clips). A request produces only what it asks for:

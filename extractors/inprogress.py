@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from data import locks
+from data.faults import pause_point
 from data.manifest import VideoRecord
 from data.names import check_name
 from data.settings import Settings
@@ -53,10 +54,7 @@ def decoding(folder: Path, record: VideoRecord) -> Iterator[None]:
         os.write(fd, json.dumps({"video_id": record.video_id, "path": record.path, "pid": os.getpid(),
                                  "host": os.uname().nodename, "started": time.time()}).encode())
         os.replace(tmp, final)   # visible under its final name only once locked
-        spec = os.environ.get(PAUSE_ENV, "")
-        if spec and spec.partition(":")[0] == record.video_id:
-            Path(spec.partition(":")[2]).write_text(str(os.getpid()))
-            time.sleep(600)
+        pause_point(PAUSE_ENV, record.video_id)   # tests: kill -9 while this video decodes
         yield
     finally:
         final.unlink(missing_ok=True)   # removed before the lock goes: a record left in place means a death

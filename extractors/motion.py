@@ -26,8 +26,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from data.modalities import MOTION
 from data.store import FeatureRow
-from extractors.base import Extractor, VideoItem, Weights, cached_local_model
+from extractors.base import Extractor, VideoItem
+from extractors.weights import Weights, cached_local_model
 from extractors.decode import DecodedChunk, DecodeRequest
 
 ALPHA = 4
@@ -62,14 +64,14 @@ def _without_classifier(state: dict) -> dict:
 
 def load_slowfast(weights: Weights, size: int, clip_frames: int, device: torch.device, precision: str):
     """SlowFast R50 returning ``[B, 2304]`` pooled features (cached per process)."""
-    return cached_local_model("motion", ("slowfast_r50", size, clip_frames), weights,
+    return cached_local_model(MOTION, ("slowfast_r50", size, clip_frames), weights,
                               lambda: _build_slowfast(size, clip_frames), _without_classifier, device, precision)
 
 
 class MotionExtractor(Extractor):
     """``motion``: ``[N_clips, 2304]`` SlowFast R50 features per ~2 s clip."""
 
-    modality = "motion"
+    modality = MOTION
     code_version = "motion/1"
 
     def __init__(self, model_name: str, weights: Weights, device: torch.device, precision: str,

@@ -8,22 +8,25 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from data.devices import resolve_device
+from data.modalities import AUDIO, CLIP_FRAMES, CLIP_TEXT, MODALITIES, MOTION
 from data.settings import QUERY_PRECISIONS
 from extractors.audio import AudioExtractor
-from extractors.base import Extractor, Weights, cpu_has_fast_bf16, resolve_device, resolve_precision
+from extractors.base import Extractor
 from extractors.clip import ClipFramesExtractor, ClipTextExtractor
 from extractors.motion import MotionExtractor
+from extractors.precision import cpu_has_fast_bf16, resolve_precision
+from extractors.weights import Weights
 
 log = logging.getLogger(__name__)
 
 EXTRACTORS: dict[str, type[Extractor]] = {
-    "clip_frames": ClipFramesExtractor,
-    "clip_text": ClipTextExtractor,
-    "audio": AudioExtractor,
-    "motion": MotionExtractor,
+    CLIP_FRAMES: ClipFramesExtractor,
+    CLIP_TEXT: ClipTextExtractor,
+    AUDIO: AudioExtractor,
+    MOTION: MotionExtractor,
 }
-MODALITIES = tuple(EXTRACTORS)
-DEFAULT_MODELS = {"clip_frames": "ViT-B-32", "clip_text": "ViT-B-32", "audio": "vggish", "motion": "slowfast_r50"}
+DEFAULT_MODELS = {CLIP_FRAMES: "ViT-B-32", CLIP_TEXT: "ViT-B-32", AUDIO: "vggish", MOTION: "slowfast_r50"}
 
 
 def build_extractor(modality: str, model: str | None = None, weights: str | Weights | None = "random", *,
@@ -55,7 +58,7 @@ def build_text_encoder(info: dict, device: str = "auto", precision: str = "store
     """
     if precision not in QUERY_PRECISIONS:
         raise ValueError(f"query precision {precision!r}: expected one of {', '.join(QUERY_PRECISIONS)}")
-    if info.get("modality") != "clip_text":
+    if info.get("modality") != CLIP_TEXT:
         raise ValueError(f"build_text_encoder needs a clip_text extractor description, got {info.get('modality')!r}")
     params = info["params"]
     weights = Weights(params["weights"], params.get("weights_sha256"), params.get("seed"))

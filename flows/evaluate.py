@@ -1,4 +1,4 @@
-"""The ``evaluate`` flow: :func:`retrieval.evaluate.evaluate_run` as a Prefect flow run.
+"""The ``evaluate`` flow: :func:`retrieval.evaluation.evaluate.evaluate_run` as a Prefect flow run.
 
 Deployments ``evaluate/<dataset>`` evaluate ``run`` (default: the zero-shot model) on the
 dataset's test split and write ``evaluation.json`` / ``evaluation.md`` into the run folder (or
@@ -13,15 +13,16 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from data.progress import Bars
+from data.provenance import random_weights_label
 from flows.common import TIMEOUTS, artifact_key, check_names, flow_logger
-from retrieval.evaluate import evaluate_run
+from retrieval.evaluation.evaluate import evaluate_run
 
 
 def rk_rows(result: dict) -> list[dict]:
     """One row per direction (t2v, then v2t under each protocol evaluated) with every metric."""
     protocol = result["protocol"]
     by_protocol = result.get("v2t_by_protocol") or {protocol["v2t"]: result["v2t"]}
-    flag = "RANDOM WEIGHTS" if result.get("random_weights") else "no"
+    flag = random_weights_label(detail=False) if result.get("random_weights") else "no"
     parts = [("t2v", "-", result["t2v"])] + [("v2t", p, m) for p, m in by_protocol.items()]
     return [{"direction": d, "v2t_protocol": p, **metrics, "ties": protocol.get("ties"),
              "random_weights": flag} for d, p, metrics in parts]

@@ -1,4 +1,4 @@
-"""The ``extract`` flow: a thin Prefect wrapper over :mod:`extractors.run`.
+"""The ``extract`` flow: a thin Prefect wrapper over :mod:`extractors.runner`.
 
 ``extract(dataset, modalities, weights, ...)`` plans the shards, runs one task per shard (with
 retries), logs progress and publishes the summary (done / empty / failed / skipped per modality,
@@ -6,49 +6,52 @@ RANDOM WEIGHTS flagged) as a markdown artifact.
 
 Shard tasks are submitted to the flow's task runner (flows/runners.py): by default one thread in
 the flow's process, or a Dask cluster (``TVR_DASK_ADDRESS`` / ``TVR_DASK_LOCAL_WORKERS``, read when
-this module is imported, or ``extract.with_options(task_runner=task_runner(...))``). When the device
-resolves to CUDA the shard tasks carry the tag ``gpu``, so ``prefect concurrency-limit create gpu N``
-caps how many run at once (docs/dask.md).
+a flow run starts, so deployment runs follow the worker's environment; or
+``extract.with_options(task_runner=task_runner(...))``). When the device resolves to CUDA the
+shard tasks carry the tag ``gpu``, so ``prefect concurrency-limit create gpu N`` caps how many run
+at once (docs/dask.md).
 
-``python -m flows.extract <dataset> [options]`` (console script ``tvr-extract``) runs the same work
-WITHOUT Prefect (plain Python, progress bars on a terminal); add ``--prefect`` to run it as a
-Prefect flow run instead (``--dask-address`` / ``--dask-workers`` choose the runner there).
-``--help`` lists the options. Exit codes: 0 done; 1 every video failed in some modality, or the
-flow run could not start or failed; 2 bad input (a missing manifest, unknown modality: one line).
+``python -m flows.extract <dataset> [options]`` (console script ``tvr-extract``) is the extraction
+command of :mod:`extractors.cli`: it runs the same work WITHOUT Prefect (plain Python, progress bars
+on a terminal); with ``--prefect`` it calls :func:`run_flow` here to run it as a Prefect flow run
+instead (``--dask-address`` / ``--dask-workers`` choose the runner there). ``--help`` lists the
+options. Exit codes: 0 done; 1 every video failed in some modality, or the flow run could not start
+or failed; 2 bad input (a missing manifest, unknown modality, bad ``TVR_*`` setting: one line).
 
 The deployment ``extract/<dataset>`` has a concurrency limit of 1 (prefect.yaml): a second run of
 the same dataset waits (``AwaitingConcurrencySlot``) until the first ends. A flow run ends after
 ``TIMEOUTS["extract"]`` seconds at most.
 
-The flow has one parameter per :class:`extractors.run.ExtractConfig` field, of the same name (plus
-``dataset`` and ``shard_size``); None takes the config's default, and the config is built from them
-by ``ExtractConfig.from_parameters``, as the command line builds it from its options, so every
-option (decoding ones included: ``decode``, ``decode_threads``, ``decode_workers``, ``prefetch``,
-``hwaccel``, ``decode_budget_s``) reaches the shard tasks the same way with or without ``--prefect``
-and in deployments (``-p decode=exact``).
+The flow has one parameter per :class:`extractors.config.ExtractConfig` field, of the same name
+(plus ``dataset`` and ``shard_size``); None takes the config's default, and the config is built
+from them by ``ExtractConfig.from_parameters``, as the command line builds it from its options, so
+every option (decoding ones included: ``decode``, ``decode_threads``, ``decode_workers``,
+``prefetch``, ``hwaccel``, ``decode_budget_s``) reaches the shard tasks the same way with or
+without ``--prefect`` and in deployments (``-p decode=exact``).
 """
 from __future__ import annotations
 
-import logging
+import argparse
 import sys
-
-from data.manifest import ManifestError
-from data.progress import Bars
-from data.store import StoreError
 
 import torch
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 
-from data.cli import add_version
-from data.names import InvalidName
-from data.settings import get_settings
-from extractors.base import resolve_device
-from extractors.run import (ExtractConfig, build_parser, config_from_args, extract_dataset, extract_shard,
-                            finish_run, merge_counts, plan_shards, summary_lines, summary_markdown)
+from data.cli import Exit, error
+from data.devices import resolve_device
+from data.progress import Bars
+from data.provenance import RANDOM_WEIGHTS
+from data.settings import Settings, get_settings
+from extractors.cli import main
+from extractors.config import ExtractConfig
+from extractors.plan import plan_shards
+from extractors.runner import extract_shard
+from extractors.summary import all_failed, merge_counts, summary_lines, summary_markdown
+from extractors.writer import finish_run
 from flows.common import TIMEOUTS, artifact_key, check_names
-from flows.runners import describe, require_api_server, task_runner
+from flows.runners import SettingsTaskRunner, describe, require_api_server, task_runner
 
 GPU_TAG = "gpu"  # limit with: prefect concurrency-limit create gpu <N>
 
@@ -67,16 +70,7 @@ class AllVideosFailed(RuntimeError):
     """Every video attempted failed in at least one modality (nothing was extracted there)."""
 
 
-def all_failed(dataset: str, counts: dict) -> str | None:
-    """A message when some modality attempted videos and every one of them failed, else None."""
-    bad = [m for m, c in counts.items() if c.failed and not (c.done or c.empty)]
-    if not bad:
-        return None
-    first = next((e for m in bad for e in counts[m].errors), "")
-    return f"{dataset}: every video failed in {', '.join(bad)}" + (f" (first error: {first})" if first else "")
-
-
-@flow(name="extract", task_runner=task_runner(), timeout_seconds=TIMEOUTS["extract"])
+@flow(name="extract", task_runner=SettingsTaskRunner(), timeout_seconds=TIMEOUTS["extract"])
 def extract(dataset: str, modalities: list[str] | None = None, weights: dict[str, str] | None = None,
             models: dict[str, str] | None = None, shard_size: int | None = None, device: str | None = None,
             precision: str | None = None, seed: int | None = None, batch_sizes: dict[str, int] | None = None,
@@ -109,7 +103,7 @@ def extract(dataset: str, modalities: list[str] | None = None, weights: dict[str
         update_progress_artifact(progress, 100.0 * k / len(shards))
     finish_run(dataset, total, settings)   # debris out, superseded rows compacted (if no other writer is busy)
     for line in summary_lines(dataset, total):
-        logger.warning(line) if "RANDOM" in line else logger.info(line)
+        logger.warning(line) if RANDOM_WEIGHTS in line else logger.info(line)
     create_markdown_artifact(summary_markdown(dataset, total), key=artifact_key("extract", dataset),
                              description=f"extraction summary of {dataset}")
     failure = all_failed(dataset, total)
@@ -124,65 +118,29 @@ def flow_parameters(config: ExtractConfig) -> dict:
 
 
 def shard_task_for(device: str):
-    """The shard task, tagged ``gpu`` when ``device`` resolves to CUDA (for a tag concurrency limit)."""
-    on_gpu = resolve_device(device).type == "cuda"
-    return extract_shard_task.with_options(tags={GPU_TAG}) if on_gpu else extract_shard_task
+    """The shard task, tagged ``gpu`` when ``device`` is CUDA (for a tag concurrency limit).
+
+    ``auto`` is resolved here; a named device is taken as named (``cuda:1`` is tagged even in a
+    flow process without that GPU: the extractors check it where they are built)."""
+    kind = resolve_device(device).type if device == "auto" else torch.device(device).type
+    return extract_shard_task.with_options(tags={GPU_TAG}) if kind == "cuda" else extract_shard_task
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser("python -m flows.extract")
-    parser.add_argument("--prefect", action="store_true",
-                        help="run as a Prefect flow run (default: plain Python, no Prefect machinery)")
-    parser.add_argument("--dask-address", default=None,
-                        help="with --prefect: run the shard tasks on the Dask scheduler at this address, "
-                             "e.g. tcp://10.0.0.5:8786 (default $TVR_DASK_ADDRESS)")
-    parser.add_argument("--dask-workers", type=int, default=None,
-                        help="with --prefect: run the shard tasks on a temporary local Dask cluster of N worker "
-                             "processes (default $TVR_DASK_LOCAL_WORKERS; 0 = in the flow's process)")
-    add_version(parser)
-    args = parser.parse_args(argv)
-    if (args.dask_address or args.dask_workers is not None) and not args.prefect:
-        parser.error("--dask-address / --dask-workers need --prefect")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    settings = get_settings()
+def run_flow(args: argparse.Namespace, settings: Settings, config: ExtractConfig) -> int:
+    """``--prefect``: run ``config`` as a flow run of :func:`extract` on the runner that
+    ``--dask-address`` / ``--dask-workers`` (or else the settings) choose; 1 if it did not finish."""
+    # an option given on the command line overrides both settings
+    address, workers = args.dask_address, args.dask_workers
+    if address or workers is not None:
+        address, workers = address or "", workers or 0
     try:
-        config = config_from_args(args, settings)
-        check_names(dataset=args.dataset)
-        if not settings.manifest_path(args.dataset).is_file():
-            raise ManifestError(f"{settings.manifest_path(args.dataset)}: no manifest here; build it first "
-                                f"(python -m data.prepare {args.dataset} ...)")
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.prefect:
-        # an option given on the command line overrides both settings
-        address, workers = args.dask_address, args.dask_workers
-        if address or workers is not None:
-            address, workers = address or "", workers or 0
-        try:
-            runner = task_runner(address, workers, settings)
-            require_api_server(runner)
-            run = extract.with_options(task_runner=runner)
-            run(args.dataset, shard_size=args.shard_size, **flow_parameters(config))
-        except Exception as err:  # noqa: BLE001 - the flow run's own log has the traceback
-            print(f"error: the extract flow run did not finish: {err.__class__.__name__}: {err}", file=sys.stderr)
-            return 1
-        return 0
-    try:
-        with Bars.for_cli() as bars:
-            counts = extract_dataset(args.dataset, config, shard_size=args.shard_size, settings=settings,
-                                     on_progress=bars)
-    except (ManifestError, StoreError, KeyError, InvalidName) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print("\n".join(summary_lines(args.dataset, counts)))
-    failure = all_failed(args.dataset, counts)
-    if failure:
-        print(f"error: {failure}", file=sys.stderr)
-        return 1
-    return 0
+        runner = task_runner(address, workers, settings)
+        require_api_server(runner)
+        run = extract.with_options(task_runner=runner)
+        run(args.dataset, shard_size=args.shard_size, **flow_parameters(config))
+    except Exception as err:  # noqa: BLE001 - the flow run's own log has the traceback
+        return error(f"the extract flow run did not finish: {err.__class__.__name__}: {err}", Exit.FAILED)
+    return Exit.OK
 
 
 if __name__ == "__main__":

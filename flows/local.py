@@ -34,12 +34,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-from data.cli import add_version
-from data.settings import Settings, get_settings
+from data.cli import Exit, add_version, error, guarded
+from data.settings import Settings, SettingsError, get_settings
 
 PROJECT = Path(__file__).resolve().parents[1]
 POOL = "tvr-process"
 AUTH_FILE = "auth"
+PORT_ENV, DEFAULT_PORT = "TVR_PREFECT_PORT", 4200
 # what `flows.local env` exports (the server-only settings stay in the server's own environment)
 CLIENT_KEYS = ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_ANALYTICS_ENABLED",
                "TVR_HOME", "PYTHONPATH")
@@ -68,7 +69,7 @@ def auth_string(home: Path) -> str:
 def prefect_env(settings: Settings | None = None, port: int | None = None) -> dict[str, str]:
     """Environment variables that point Prefect at this project's local, authenticated server."""
     settings = settings or get_settings()
-    port = port or int(os.environ.get("TVR_PREFECT_PORT", "4200"))
+    port = port or prefect_port()
     home = settings.root / "prefect"
     api = f"http://127.0.0.1:{port}/api"
     return {
@@ -82,6 +83,18 @@ def prefect_env(settings: Settings | None = None, port: int | None = None) -> di
         "TVR_HOME": str(settings.root),
         "PYTHONPATH": str(PROJECT),
     }
+
+
+def prefect_port() -> int:
+    """``$TVR_PREFECT_PORT`` (default 4200); a value that is not a port number is a :class:`SettingsError`."""
+    raw = os.environ.get(PORT_ENV, str(DEFAULT_PORT))
+    try:
+        port = int(raw)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise SettingsError(f"environment variable {PORT_ENV}={raw!r}: expected a port number, 1 to 65535")
+    return port
 
 
 def export_lines(env: dict[str, str]) -> list[str]:
@@ -196,6 +209,7 @@ class LocalPrefect:
         self.stop("server")
 
 
+@guarded()
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flows.local", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -215,8 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             local.up()
         except (RuntimeError, subprocess.CalledProcessError) as err:
             detail = getattr(err, "stderr", "") or ""
-            print(f"error: {err}{(': ' + detail.strip().splitlines()[-1]) if detail.strip() else ''}", file=sys.stderr)
-            return 1
+            return error(f"{err}{(': ' + detail.strip().splitlines()[-1]) if detail.strip() else ''}", Exit.FAILED)
         print(f"server, work pool '{POOL}', deployments and worker are up; logs in {local.home / 'logs'}")
         print(f"Prefect UI: {local.ui} (password: the auth string in {local.home / AUTH_FILE})")
         if args.host != "127.0.0.1":

@@ -20,7 +20,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from data.cli import add_version
+from data.cli import Exit, add_version, error, guarded
 from data.prepare import prepare_synthetic
 from data.settings import get_settings
 from data.synthetic import load_attributes
@@ -29,10 +29,10 @@ from flows.extract import extract
 from fusion.ablation import attribute_match, read_rows
 from fusion.config import CONFIG_DIR, merge
 from fusion.train import train
-from retrieval.evaluate import evaluate_run
-from retrieval.index import build_from_model
-from retrieval.pipeline_report import QueryHit, ReportRow, read_history, write_report
-from retrieval.search import search_text
+from retrieval.evaluation.evaluate import evaluate_run
+from retrieval.evaluation.pipeline_report import QueryHit, ReportRow, read_history, write_report
+from retrieval.index.writer import build_from_model
+from retrieval.query.search import search_text
 
 DATASET = "synthetic"
 ROWS_FILE = CONFIG_DIR / "ablation" / "pipeline.yaml"
@@ -132,6 +132,7 @@ def pipeline_flow(n: int = 300, seed: int = 0, epochs: int | None = None) -> str
     return report
 
 
+@guarded()
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -140,12 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="override the training epochs of every model")
     add_version(p)
     args = p.parse_args(argv)
+    get_settings()  # a bad TVR_* value: one line and exit 2 (guarded) before any flow run starts
     start = time.time()
     try:
         report = pipeline_flow(n=args.n, seed=args.seed, epochs=args.epochs)
     except Exception as err:  # noqa: BLE001 - the flow run's log (and Prefect) hold the traceback
-        print(f"error: the pipeline flow run did not finish: {err.__class__.__name__}: {err}", file=sys.stderr)
-        return 1
+        return error(f"the pipeline flow run did not finish: {err.__class__.__name__}: {err}", Exit.FAILED)
     print(f"\nreport: {report}\n        {Path(report).with_suffix('.html')}\n"
           f"pipeline finished in {time.time() - start:.0f} s")
     print(Path(report).read_text())

@@ -10,9 +10,16 @@
 - neither -> Prefect's ``ThreadPoolTaskRunner`` with one thread: shards run one after another in the
   flow's own process (the default).
 
+A flow declares ``task_runner=SettingsTaskRunner()``: it stands for "the runner the settings
+choose" and turns into ``task_runner()`` only when a flow run starts (Prefect calls
+``duplicate()`` on the flow's runner then), so importing a flow module never reads the settings and
+a deployment run uses the settings of the worker that runs it.
+
 Work is scheduled by Dask itself through prefect-dask; nothing here queues or dispatches tasks.
 """
 from __future__ import annotations
+
+from typing import Any, NoReturn
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
@@ -38,6 +45,18 @@ def task_runner(address: str | None = None, local_workers: int | None = None,
                               cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
                                               "dashboard_address": ":0"})
     return ThreadPoolTaskRunner(max_workers=1)
+
+
+class SettingsTaskRunner(TaskRunner):
+    """A flow's default runner: :func:`task_runner` from the settings as they are when a flow run
+    starts. Prefect never submits to the flow's own runner; it enters ``duplicate()`` per run."""
+
+    def duplicate(self) -> TaskRunner:
+        return task_runner()
+
+    def submit(self, task: Any, parameters: dict[str, Any], wait_for: Any = None,
+               dependencies: Any = None) -> NoReturn:
+        raise RuntimeError("SettingsTaskRunner only chooses a runner: submit to its duplicate()")
 
 
 def describe(runner: TaskRunner) -> str:

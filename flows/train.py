@@ -14,6 +14,7 @@ from prefect import flow
 from prefect.artifacts import create_link_artifact, create_table_artifact
 
 from data.progress import Bars
+from data.provenance import random_weights_label
 from flows.common import TIMEOUTS, artifact_key, check_names, flow_logger
 from fusion.train import train
 
@@ -25,7 +26,7 @@ def epoch_rows(history: list[dict]) -> list[dict]:
     rows = []
     for entry in history:
         row = {k: entry.get(k) for k in EPOCH_COLUMNS}
-        row["random_weights"] = "RANDOM WEIGHTS" if entry.get("WARNING") else "no"
+        row["random_weights"] = random_weights_label(detail=False) if entry.get("WARNING") else "no"
         rows.append(row)
     return rows
 

@@ -23,12 +23,14 @@ import numpy as np
 import yaml
 
 from data.atomic import write_json_atomic, write_text_atomic
-from data.cli import add_version
+from data.cli import add_version, guarded
+from data.metrics import RECALL_COLUMNS
+from data.provenance import random_weights_label
 from data.settings import Settings, get_settings
 from data.synthetic import load_attributes
 from fusion.config import CONFIG_DIR, merge
+from fusion.registry import model_entry
 
-RECALLS = ("R@1", "R@5", "R@10", "R@50")
 ATTRIBUTES = ("colour", "size", "shape", "texture", "motion", "sound")
 DEFAULT_ROWS = CONFIG_DIR / "ablation" / "synthetic.yaml"
 
@@ -97,8 +99,8 @@ def summarise(dataset: str, rows: list[tuple[int, dict]], seeds: list[int], sett
             n_test = m["test"]["n_videos"]
             counts = {k: m["test"].get(k) for k in ("n_videos", "n_videos_listed", "n_queries", "n_queries_listed")}
             protocols.add((m["test"]["ties"], m["test"]["v2t_protocol"]))
-            per_seed.append({**{f"t2v {k}": m["test"]["t2v"][k] for k in RECALLS if k in m["test"]["t2v"]},
-                             **{f"v2t {k}": m["test"]["v2t"][k] for k in RECALLS if k in m["test"]["v2t"]},
+            per_seed.append({**{f"t2v {k}": m["test"]["t2v"][k] for k in RECALL_COLUMNS if k in m["test"]["t2v"]},
+                             **{f"v2t {k}": m["test"]["v2t"][k] for k in RECALL_COLUMNS if k in m["test"]["v2t"]},
                              **({"RSum": m["test"]["RSum"]} if "RSum" in m["test"] else {}),
                              **{f"match {a}": v for a, v in attribute_match(rdir, dataset, settings, attrs).items()}})
         stats = {k: _mean_sd([s[k] for s in per_seed]) for k in per_seed[0]}
@@ -116,7 +118,7 @@ def markdown(summary: dict) -> str:
     rw = summary["random_weights"]
     lines = [f"# Ablation on {summary['dataset']} (seeds {summary['seeds']}; mean ± sd over seeds)", ""]
     if rw:
-        lines += ["**RANDOM WEIGHTS: the features come from randomly initialised extractors.**", ""]
+        lines += [f"**{random_weights_label()}**", ""]
     c = summary.get("test_counts") or {}
     listed = (f" ({c['n_queries']} of {c['n_queries_listed']} listed queries, {c['n_videos']} of "
               f"{c['n_videos_listed']} listed videos)" if c.get("n_videos_listed") is not None else "")
@@ -124,7 +126,7 @@ def markdown(summary: dict) -> str:
               f"{summary['chance_R@1']:.1f}. {summary['ties']} (expected value under random tie-breaking). "
               f"{summary['v2t_protocol']} (the protocol the runs computed). Attribute match: % of "
               "queries whose top-ranked video has the queried attribute.", ""]
-    keys = [k for k in (*(f"t2v {r}" for r in RECALLS), *(f"v2t {r}" for r in RECALLS), "RSum")
+    keys = [k for k in (*(f"t2v {r}" for r in RECALL_COLUMNS), *(f"v2t {r}" for r in RECALL_COLUMNS), "RSum")
             if k in summary["rows"][0]["stats"]]
     match = [f"match {a}" for a in ("colour", "size", "motion", "sound")]
     lines += ["| row | " + " | ".join(keys + [m.replace("match ", "") for m in match]) + " |",
@@ -147,7 +149,7 @@ def run_ablation(dataset: str, seeds: list[int], rows_file: Path = DEFAULT_ROWS,
     chosen = [(i, r) for i, r in enumerate(rows) if only is None or i in only]
     jobs = []
     for i, row in chosen:
-        overrides = merge(common, row.get("set", {})) if row["model"] != "zero-shot" else {}
+        overrides = merge(common, row.get("set", {})) if model_entry(row["model"]).trained else {}
         for seed in seeds:
             rid = run_id(dataset, i, seed)
             if not (settings.runs_dir / rid / "metrics.json").is_file():
@@ -165,6 +167,7 @@ def run_ablation(dataset: str, seeds: list[int], rows_file: Path = DEFAULT_ROWS,
     return out
 
 
+@guarded(FileNotFoundError, ValueError)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fusion.ablation", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -175,11 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="training processes in parallel, 1 thread each")
     add_version(p)
     args = p.parse_args(argv)
-    try:
-        out = run_ablation(args.dataset, args.seeds, args.rows, args.workers, only=args.only)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    out = run_ablation(args.dataset, args.seeds, args.rows, args.workers, only=args.only)
     print((out / "ablation.md").read_text())
     return 0
 

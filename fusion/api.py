@@ -1,4 +1,4 @@
-"""The model API used by retrieval/ and flows/ (contract B in the project notes).
+"""The model API used by retrieval/ and flows/ (contract B, docs/design.md "Contracts").
 
 ``load_model`` rebuilds a trained run (or the zero-shot model), ``encode_split`` encodes a split's
 captions and videos into FAISS vectors (plus exact scoring for fine-grained models), and
@@ -14,31 +14,24 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from data.devices import resolve_device
+from data.modalities import CLIP_FRAMES, CLIP_TEXT, MODALITIES
 from data.settings import Settings, get_settings
 from fusion.base import Encoding, take
+from fusion.batches import Ragged, truncate_tokens
+from fusion.bundle import is_bundle, load_bundle
 from fusion.config import load_config
-from fusion.data import FRAMES, TEXT, AUDIO, MOTION, Ragged, load_features, pick_extractor, truncate_tokens
-from fusion.encoding import encode_texts, encode_videos, model_device, resolve_device, score_matrix
+from fusion.encoding import encode_texts, encode_videos, model_device, score_matrix
 from fusion.factory import build_model, modalities_for
-
-
-@dataclass
-class LoadedModel:
-    model: "torch.nn.Module"
-    name: str
-    config: dict
-    run_dir: Path | None
-    dataset: str
-    extractor_ids: dict[str, str]
-    random_weights: bool
-    fine_grained: bool
-    text_extractor: dict | None = None  # a bundle's clip_text description (else read from the store)
+from fusion.features import load_features, pick_extractor
+from fusion.loaded import LoadedModel
 
 
 def load_model(run: str | Path, *, dataset: str | None = None, settings: Settings | None = None,
                device: str | None = None) -> LoadedModel:
     """A run folder, a run id under ``settings.runs_dir``, ``"zero-shot"`` (needs ``dataset``), or an
-    exported bundle folder (:mod:`fusion.export`, no feature store needed).
+    exported bundle folder (written by :mod:`fusion.export`, read by :mod:`fusion.bundle`; no feature
+    store needed).
 
     The model lives on ``device`` (default ``settings.device``, i.e. ``$TVR_DEVICE``; ``auto`` =
     CUDA when present), so every encoding through this API runs there; results come back on the CPU.
@@ -48,17 +41,16 @@ def load_model(run: str | Path, *, dataset: str | None = None, settings: Setting
     if str(run) == "zero-shot":
         if not dataset:
             raise ValueError("load_model('zero-shot') needs dataset=...: it uses that dataset's stored clip extractors")
-        infos = {m: pick_extractor(settings, dataset, m) for m in (FRAMES, TEXT)}
+        infos = {m: pick_extractor(settings, dataset, m) for m in (CLIP_FRAMES, CLIP_TEXT)}
         config = load_config("zero-shot")
-        model = build_model(config, int(infos[FRAMES]["dim"])).eval().to(target)
+        model = build_model(config, int(infos[CLIP_FRAMES]["dim"])).eval().to(target)
         return LoadedModel(model, "zero-shot", config, None, dataset, {m: i["extractor_id"] for m, i in infos.items()},
                            any(i.get("random_weights", False) for i in infos.values()), False)
     folder = Path(run)
     if not folder.is_dir():
         folder = settings.runs_dir / str(run)
-    from fusion.export import is_bundle, load_bundle
     if is_bundle(folder):
-        return load_bundle(folder)
+        return load_bundle(folder, target)
     meta_path = folder / "config.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{run!r}: no run folder with config.json (looked at {Path(run)} and {folder})")
@@ -107,7 +99,7 @@ class EncodedSplit:
 
 def _features(loaded: LoadedModel, dataset: str, settings: Settings):
     wanted = modalities_for(loaded.config)
-    ids = {m: loaded.extractor_ids[m] for m in (FRAMES, TEXT, AUDIO, MOTION) if m in loaded.extractor_ids}
+    ids = {m: loaded.extractor_ids[m] for m in MODALITIES if m in loaded.extractor_ids}
     return load_features(dataset, wanted, extractors=ids, settings=settings,
                          val_holdout=loaded.config.get("val_holdout", 0.1))
 
@@ -161,16 +153,19 @@ class EncodedQueries:
 
 class QueryEncoder:
     """The run's text side built once (the stored clip_text extractor's own tower, then the model);
-    :meth:`encode` answers many calls (the search service batches queries through it)."""
+    :meth:`encode` answers many calls (the search service batches queries through it). The tower
+    runs on ``device`` (default: the model's own device, so ``$TVR_DEVICE`` unless
+    :func:`load_model` was given another)."""
 
-    def __init__(self, loaded: LoadedModel, *, settings: Settings | None = None, device: str = "auto",
+    def __init__(self, loaded: LoadedModel, *, settings: Settings | None = None, device: str | None = None,
                  precision: str | None = None):
         from extractors.registry import build_text_encoder  # the one fusion -> extractors arrow, kept lazy
 
         settings = settings or get_settings()
         self.loaded = loaded
-        info = loaded.text_extractor or pick_extractor(settings, loaded.dataset, TEXT,
-                                                           loaded.extractor_ids.get(TEXT))
+        info = loaded.text_extractor or pick_extractor(settings, loaded.dataset, CLIP_TEXT,
+                                                       loaded.extractor_ids.get(CLIP_TEXT))
+        device = device or str(model_device(loaded.model))
         self.tower = build_text_encoder(info, device=device, precision=precision or settings.query_precision)
         self.precision = self.tower.precision     # what the tower runs in: fp32, bf16 or fp16
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusion.data import TextBatch, VideoBatch
+from fusion.batches import TextBatch, VideoBatch
 from fusion.layers import Scale
 
 Encoding = dict[str, torch.Tensor]
@@ -37,6 +37,12 @@ class RetrievalModel(nn.Module):
     modalities: tuple[str, ...] = ()   # extra feature modalities needed besides frames and text
     fine_grained = False               # True: FAISS holds coarse vectors, ``score`` re-ranks exactly
     needs_tokens = True                # False: the text side reads only the EOT embedding
+
+    @classmethod
+    def extra_modalities(cls, config: dict) -> tuple[str, ...]:
+        """The extra feature modalities (``audio``, ``motion``) a model of ``config`` reads; what
+        :func:`fusion.features.load_features` loads for it besides frames and caption tokens."""
+        return ()
 
     def encode_text(self, text: TextBatch) -> Encoding:
         raise NotImplementedError

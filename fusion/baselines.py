@@ -1,10 +1,10 @@
-"""CLIP4Clip baselines on frozen features (METHODS.md section 2): zero-shot, meanP, seqTransf."""
+"""CLIP4Clip baselines on frozen features (docs/methods.md §2): zero-shot, meanP, seqTransf."""
 from __future__ import annotations
 
 from torch import nn
 
 from fusion.base import Encoding, RetrievalModel
-from fusion.data import TextBatch, VideoBatch
+from fusion.batches import TextBatch, VideoBatch
 from fusion.layers import QueryTower, Scale, TemporalTransformer, identity_linear, l2norm, masked_mean
 from fusion.losses import info_nce
 
@@ -15,11 +15,12 @@ class MeanPooling(RetrievalModel):
     ``l2norm(masked_mean(l2norm(T(frames))))`` where T is the seqTransf transformer (0 layers: meanP).
 
     zero-shot is this with no adapter and no transformer: nothing to train, CLIP's own space.
+    ``temporal`` (seqTransf) runs the ``frame_layers`` transformer; without it there is none.
     """
 
-    def __init__(self, width: int, config: dict):
+    def __init__(self, width: int, config: dict, temporal: bool = False):
         super().__init__()
-        layers = config["frame_layers"] if config["model"] == "seqTransf" else 0
+        layers = config["frame_layers"] if temporal else 0
         self.query = QueryTower(width, config["text_layers"], config["heads"], config["dropout"])
         self.needs_tokens = config["text_layers"] > 0
         self.text_adapter = identity_linear(width) if config.get("text_adapter") else nn.Identity()

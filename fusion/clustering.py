@@ -1,4 +1,4 @@
-"""Token clustering for HCMI's clip and phrase levels (METHODS.md section 4).
+"""Token clustering for HCMI's clip and phrase levels (docs/methods.md §4).
 
 Every method maps tokens ``x`` ``[B, N, D]`` with ``mask`` ``[B, N]`` to cluster tokens
 ``[B, M, D]`` with a cluster mask ``[B, M]``; ``counts`` ``[B]`` is the number of clusters wanted

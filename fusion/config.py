@@ -4,8 +4,8 @@
 then ``key=value`` overrides (dotted keys reach nested tables, values parsed as YAML), and
 validates the result against the model's typed schema (:mod:`fusion.schema`): an unknown key at
 any depth is an error naming it, the closest valid key and every valid key; a wrong type or an
-out-of-range value is an error naming the option. The registry of model names is the set of files
-in ``fusion/configs`` (``base.yaml`` excepted).
+out-of-range value is an error naming the option. Which names exist, and which schema each one
+has, is the model registry's to say (:mod:`fusion.registry`); every registered name has its file here.
 """
 from __future__ import annotations
 
@@ -17,14 +17,9 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from fusion.schema import SCHEMAS
+from fusion.registry import model_entry, model_names
 
 CONFIG_DIR = Path(__file__).with_name("configs")
-
-
-def model_names() -> list[str]:
-    """Every model the factory can build."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != "base")
 
 
 def _read_yaml(path: Path) -> dict:
@@ -87,7 +82,7 @@ def check_keys(update: dict, schema: type[BaseModel], where: str, prefix: str = 
 def validate(config: dict, name: str) -> dict:
     """``config`` checked against the schema of model ``name``; returns the normalised dict."""
     try:
-        return SCHEMAS[name].model_validate(config).model_dump(mode="json")
+        return model_entry(name).schema.model_validate(config).model_dump(mode="json")
     except ValidationError as exc:
         problems = "; ".join(f"option {'.'.join(str(p) for p in e['loc'])!r}: {e['msg']} (got {e.get('input')!r})"
                              for e in exc.errors())
@@ -104,7 +99,7 @@ def load_config(name: str, file: str | Path | None = None, overrides: Iterable[s
     extra = [] if file is None else [(str(file), _read_yaml(Path(file)))]
     extra += [("override", parse_override(o) if isinstance(o, str) else o) for o in overrides]
     for where, update in extra:
-        check_keys(update, SCHEMAS[name], where)
+        check_keys(update, model_entry(name).schema, where)
         config = merge(config, update)
     if config.get("model", name) != name:
         raise ConfigError(f"config names model {config['model']!r} but {name!r} was asked for")

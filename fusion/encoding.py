@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from fusion.base import Encoding, RetrievalModel, cat_encodings, take
-from fusion.data import DatasetFeatures
+from fusion.features import DatasetFeatures
 
 
 @torch.no_grad()
@@ -46,22 +46,6 @@ def score_matrix(model: RetrievalModel, text: Encoding, video: Encoding, chunk: 
         part = {k: v.to(device) for k, v in take(text, torch.arange(s, min(s + chunk, n))).items()}
         rows.append(model.score(part, video).cpu())
     return torch.cat(rows).numpy().astype(np.float32)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; CUDA without a GPU is
-    an error rather than a silent fall-back."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: CUDA is not available here (use cpu or auto)")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
-    return device
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

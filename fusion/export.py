@@ -2,7 +2,7 @@
 
 The bundle needs no feature store and no run folder; :func:`fusion.api.load_model` (and so
 ``fusion.api.encode_queries``, ``retrieval.search`` and the search service) loads it when given
-its folder. Layout::
+its folder (the reading side is :mod:`fusion.bundle`). Layout::
 
     DIR/
         bundle.json          format, model name, config, input width, dataset, extractor ids,
@@ -27,24 +27,17 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from safetensors.torch import load_model as load_safetensors, save_model as save_safetensors
+from safetensors.torch import save_model as save_safetensors
 
 from data.atomic import write_json_atomic
+from data.cli import add_version, guarded, version
 from data.fingerprint import sha256_file
-from data.cli import add_version, version
+from data.modalities import CLIP_TEXT
+from data.provenance import random_weights_banner
 from data.settings import Settings, get_settings
-from fusion.data import TEXT, pick_extractor
-from fusion.factory import build_model
-
-FORMAT = "tvr-model-bundle/1"
-BUNDLE_FILE = "bundle.json"
-WEIGHTS_FILE = "model.safetensors"
-TOWER_DIR = "text_tower"
-LOCAL_DIR = "local-dir:"
-
-
-class BundleError(ValueError):
-    """A bundle that cannot be written or loaded; the message says which file and why."""
+from fusion.api import load_model
+from fusion.bundle import BUNDLE_FILE, FORMAT, LOCAL_DIR, TOWER_DIR, WEIGHTS_FILE, BundleError
+from fusion.features import pick_extractor
 
 
 def _portable_tower(params: dict, tmp: Path) -> dict:
@@ -62,20 +55,8 @@ def _portable_tower(params: dict, tmp: Path) -> dict:
     return params
 
 
-def _resolved_tower(params: dict, folder: Path) -> dict:
-    """The inverse of :func:`_portable_tower` for a bundle at ``folder``."""
-    params = dict(params)
-    if params["model"].startswith(f"{LOCAL_DIR}{TOWER_DIR}/"):
-        params["model"] = LOCAL_DIR + str(folder / params["model"][len(LOCAL_DIR):])
-    if params.get("weights_sha256"):
-        params["weights"] = str(folder / params["weights"])
-    return params
-
-
 def export_bundle(run: str | Path, out: str | Path, *, settings: Settings | None = None) -> Path:
     """Write the bundle of the trained run ``run`` (folder or id under ``runs/``) to ``out``."""
-    from fusion.api import load_model
-
     settings = settings or get_settings()
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -85,7 +66,7 @@ def export_bundle(run: str | Path, out: str | Path, *, settings: Settings | None
         raise BundleError("the zero-shot model has no run folder; train it first "
                           "(python -m fusion.train --model zero-shot ...) and export that run")
     meta = json.loads((loaded.run_dir / "config.json").read_text())
-    text = pick_extractor(settings, loaded.dataset, TEXT, loaded.extractor_ids.get(TEXT))
+    text = pick_extractor(settings, loaded.dataset, CLIP_TEXT, loaded.extractor_ids.get(CLIP_TEXT))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -110,37 +91,7 @@ def export_bundle(run: str | Path, out: str | Path, *, settings: Settings | None
     return out
 
 
-def is_bundle(folder: str | Path) -> bool:
-    return (Path(folder) / BUNDLE_FILE).is_file()
-
-
-def load_bundle(folder: str | Path):
-    """A :class:`fusion.api.LoadedModel` from a bundle folder (checksums verified)."""
-    from fusion.api import LoadedModel
-
-    folder = Path(folder).resolve()
-    try:
-        meta = json.loads((folder / BUNDLE_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{folder / BUNDLE_FILE}: unreadable ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise BundleError(f"{folder}: bundle format {meta.get('format')!r}, this code reads {FORMAT!r}")
-    for name, digest in meta["files"].items():
-        path = folder / name
-        if not path.is_file() or sha256_file(path) != digest:
-            raise BundleError(f"{path}: missing or changed since export (sha256 differs from bundle.json)")
-    model = build_model(meta["config"], int(meta["width"]))
-    missing, unexpected = load_safetensors(model, str(folder / WEIGHTS_FILE), strict=False)
-    if missing or unexpected:
-        raise BundleError(f"{folder / WEIGHTS_FILE}: weights do not fit the model (missing {missing[:3]}, "
-                          f"unexpected {unexpected[:3]})")
-    text = meta["text_extractor"]
-    text = {**text, "params": _resolved_tower(text["params"], folder)}
-    return LoadedModel(model.eval(), meta["model"], meta["config"], folder, meta["dataset"],
-                       dict(meta["extractor_ids"]), bool(meta["random_weights"]), bool(meta["fine_grained"]),
-                       text_extractor=text)
-
-
+@guarded(FileNotFoundError, ValueError)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fusion.export", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -148,15 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path, help="bundle folder to create (must not exist or be empty)")
     add_version(p)
     args = p.parse_args(argv)
-    try:
-        folder = export_bundle(args.run, args.out)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    folder = export_bundle(args.run, args.out)
     meta = json.loads((folder / BUNDLE_FILE).read_text())
     print(f"bundle {folder}: {meta['model']} from run {meta['run_id']}, {len(meta['files'])} files")
     if meta["random_weights"]:
-        print("!!! RANDOM WEIGHTS: the features this model was trained on come from random extractors !!!")
+        print(random_weights_banner())
     return 0
 
 

@@ -1,4 +1,5 @@
-"""One factory: a model name plus its configuration (``fusion/configs``) -> a :class:`RetrievalModel`."""
+"""One factory: a model name plus its configuration (``fusion/configs``) -> a :class:`RetrievalModel`,
+as the model registry (:mod:`fusion.registry`) says."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,13 +8,9 @@ from typing import Iterable
 import torch
 
 from fusion.base import Encoding, RetrievalModel
-from fusion.baselines import MeanPooling
+from fusion.batches import TextBatch, VideoBatch
 from fusion.config import load_config
-from fusion.hcmi import HCMI
-from fusion.data import TextBatch, VideoBatch
-from fusion.m2hf import M2HF
-
-CLASSES = {"zero-shot": MeanPooling, "meanP": MeanPooling, "seqTransf": MeanPooling, "m2hf": M2HF, "hcmi": HCMI}
+from fusion.registry import model_entry
 
 
 def build_model(config: dict, width: int) -> RetrievalModel:
@@ -22,11 +19,9 @@ def build_model(config: dict, width: int) -> RetrievalModel:
     ``config["width"]`` (default null = D) builds the model at a smaller width W behind fixed random
     projections D -> W of frames and caption tokens (:class:`Projected`; used by the fast ablation).
     """
-    name = config["model"]
-    if name not in CLASSES:
-        raise ValueError(f"no model class for {name!r}; known: {', '.join(sorted(CLASSES))}")
+    entry = model_entry(config["model"])
     inner_width = config.get("width") or width
-    model = CLASSES[name](inner_width, config)
+    model = entry.builds(inner_width, config, **entry.options)
     return model if inner_width == width else Projected(model, width, inner_width)
 
 
@@ -39,9 +34,7 @@ def create(name: str, config_file: str | Path | None = None, overrides: Iterable
 
 def modalities_for(config: dict) -> tuple[str, ...]:
     """Extra feature modalities (``audio``, ``motion``) a configuration needs."""
-    if config["model"] != "m2hf":
-        return ()
-    return tuple(m for b, m in (("AV", "audio"), ("MV", "motion")) if b in config["branches"])
+    return model_entry(config["model"]).builds.extra_modalities(config)
 
 
 class Projected(RetrievalModel):

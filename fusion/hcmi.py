@@ -1,4 +1,4 @@
-"""HCMI reconstruction: hierarchical cross-modal interaction (METHODS.md section 4).
+"""HCMI reconstruction: hierarchical cross-modal interaction (docs/methods.md §4).
 
 Video: frames -> seqTransf -> frame tokens ``f`` ``[V, N, D]`` -> 1 self-attention block ->
 clustering into M clips -> FFN -> clip tokens ``c`` ``[V, M, D]`` -> attention pooling with one
@@ -18,7 +18,7 @@ from torch import nn
 
 from fusion.base import Encoding, RetrievalModel
 from fusion.clustering import Clustering
-from fusion.data import TextBatch, VideoBatch
+from fusion.batches import TextBatch, VideoBatch
 from fusion.layers import QueryTower, Scale, TemporalTransformer, encoder, identity_linear, l2norm, masked_mean, safe_mask
 from fusion.losses import hardest_negative_triplet, info_nce
 
@@ -26,7 +26,7 @@ LEVELS = ("video-sentence", "clip-phrase", "frame-word")
 
 
 def clips_for(n_frames: int, setting) -> int:
-    """M: 4 for N <= 12, 8 for N >= 64, linear in between (METHODS.md, chosen), unless set."""
+    """M: 4 for N <= 12, 8 for N >= 64, linear in between (docs/methods.md §4, chosen), unless set."""
     if setting != "auto":
         return int(setting)
     return int(round(4 + 4 * min(max(n_frames - 12, 0), 52) / 52))

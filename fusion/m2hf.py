@@ -1,4 +1,4 @@
-"""M2HF reconstruction: multi-branch, multi-modal hybrid (early + late) fusion (METHODS.md section 3).
+"""M2HF reconstruction: multi-branch, multi-modal hybrid (early + late) fusion (docs/methods.md §3).
 
 Branches: ``V`` (seqTransf over frames), ``AV`` / ``MV`` (frames cross-attending to audio windows /
 motion clips resampled onto the frame times, then the seqTransf pooling). A video without the
@@ -19,14 +19,15 @@ import itertools
 import torch
 from torch import nn
 
+from data.modalities import AUDIO, MOTION
 from fusion.base import Encoding, RetrievalModel
-from fusion.data import AUDIO, MOTION, TextBatch, VideoBatch
+from fusion.batches import TextBatch, VideoBatch
 from fusion.layers import (QueryTower, Scale, TemporalTransformer, identity_linear, interval_weights, l2norm,
                            masked_mean, safe_mask)
 from fusion.losses import info_nce
 
 BRANCHES = ("V", "AV", "MV")
-SOURCE = {"AV": ("audio", 128), "MV": ("motion", 2304)}
+SOURCE = {"AV": (AUDIO, 128), "MV": (MOTION, 2304)}   # branch -> (modality, its width C)
 BALANCES = ("uncertainty", "loss-ratio", "contribution", "none")
 FUSIONS = ("end-to-end", "ensemble")
 ZERO_WEIGHT = 1e-12   # fused weights at or below this count as no weight
@@ -82,6 +83,11 @@ class EarlyFusion(nn.Module):
 
 
 class M2HF(RetrievalModel):
+    @classmethod
+    def extra_modalities(cls, config: dict) -> tuple[str, ...]:
+        """``audio`` / ``motion`` for the ``AV`` / ``MV`` branches the configuration has."""
+        return tuple(SOURCE[b][0] for b in ("AV", "MV") if b in config["branches"])
+
     def __init__(self, width: int, config: dict):
         super().__init__()
         self.config = config
@@ -96,7 +102,7 @@ class M2HF(RetrievalModel):
             raise ValueError(f"m2hf balance {config['balance']!r}: expected one of {BALANCES}")
         self.ensemble = config["fusion"] == "ensemble"
         self.needs_tokens = config["text_layers"] > 0
-        self.modalities = tuple(m for b, m in (("AV", AUDIO), ("MV", MOTION)) if b in self.branches)
+        self.modalities = self.extra_modalities(config)
         heads, dropout = config["heads"], config["dropout"]
         n_towers = len(self.branches) if self.ensemble else 1   # ensemble: branches share nothing
         self.query = nn.ModuleList(QueryTower(width, config["text_layers"], heads, dropout) for _ in range(n_towers))
@@ -231,7 +237,7 @@ class M2HF(RetrievalModel):
         return total, parts
 
     def balance(self, losses, cos, lam, avail, pair_video) -> torch.Tensor:
-        """The multi-modal balance loss over the branch losses ``[nb]`` (METHODS.md section 3)."""
+        """The multi-modal balance loss over the branch losses ``[nb]`` (docs/methods.md §3)."""
         kind = self.config["balance"]
         if kind == "uncertainty":
             return (torch.exp(-self.log_var) * losses + self.log_var).sum()

@@ -9,6 +9,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from data.atomic import atomic_path, write_text_atomic  # noqa: E402
+from data.metrics import METRIC_COLUMNS  # noqa: E402
+from data.provenance import random_weights_label  # noqa: E402
 
 
 def plot_curves(path: Path, history: list[dict], title: str) -> None:
@@ -37,28 +39,27 @@ def _num(value) -> float:
     return float("nan") if value is None else float(value)
 
 
-COLUMNS = ("R@1", "R@5", "R@10", "R@50", "RSum", "MdR", "MnR")
-
-
 def _row(name: str, m: dict) -> str:
-    return f"| {name} | " + " | ".join(f"{_num(m.get(k)):.1f}" for k in COLUMNS) + " |"
+    return f"| {name} | " + " | ".join(f"{_num(m.get(k)):.1f}" for k in METRIC_COLUMNS) + " |"
 
 
 def write_report(folder: Path, meta: dict, history: list[dict], metrics: dict) -> None:
     warning = meta.get("WARNING")
-    title = f"{meta['run_id']}: {meta['model']} on {meta['dataset']}" + (" — RANDOM WEIGHTS" if warning else "")
+    title = f"{meta['run_id']}: {meta['model']} on {meta['dataset']}"
+    if warning:
+        title += f" — {random_weights_label(detail=False)}"
     plot_curves(folder / "curves.png", history, title)
     test = metrics["test"]
     lines = [f"# {title}", ""]
     if warning:
         lines += [f"**{warning}**", ""]
     lines += [f"- model `{meta['model']}`, seed {meta['seed']}, device {meta['device']}",
-              f"- extractor-ids: " + ", ".join(f"{k}={v}" for k, v in meta["extractor_ids"].items()),
+              "- extractor-ids: " + ", ".join(f"{k}={v}" for k, v in meta["extractor_ids"].items()),
               f"- best epoch {metrics['best_epoch']} (selected on {metrics['selected_on']})",
               f"- test: {test['n_queries']} of {test.get('n_queries_listed', '?')} listed queries over "
               f"{test['n_videos']} of {test.get('n_videos_listed', '?')} listed videos (videos without usable "
               f"features are left out); {test['ties']}; {test['v2t_protocol']}",
-              "", "| test | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|",
+              "", "| test | " + " | ".join(METRIC_COLUMNS) + " |", "|---" * (len(METRIC_COLUMNS) + 1) + "|",
               _row("text-to-video", test["t2v"]), _row("video-to-text", test["v2t"]), "",
               "![curves](curves.png)", ""]
     if history:

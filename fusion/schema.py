@@ -2,8 +2,10 @@
 every depth, every value type- and range-checked (pydantic's lax mode: ``3`` is a fine float,
 ``"many"`` is no int).
 
-:func:`fusion.config.load_config` validates every merged configuration against :data:`SCHEMAS`;
-the keys and their meaning are documented in ``fusion/configs/*.yaml`` and docs/models.md.
+:func:`fusion.config.load_config` validates every merged configuration against the schema the
+model registry (:mod:`fusion.registry`) names for it (:class:`BaseConfig` for the models without
+options of their own); the keys and their meaning are documented in ``fusion/configs/*.yaml`` and
+docs/models.md.
 """
 from __future__ import annotations
 
@@ -47,21 +49,11 @@ class BaseConfig(Strict):
     train: TrainConfig
 
 
-class ZeroShotConfig(BaseConfig):
-    model: Literal["zero-shot"]
-
-
 class MeanPConfig(BaseConfig):
-    model: Literal["meanP"]
     frame_adapter: bool
 
 
-class SeqTransfConfig(BaseConfig):
-    model: Literal["seqTransf"]
-
-
 class M2HFConfig(BaseConfig):
-    model: Literal["m2hf"]
     branches: list[Literal["V", "AV", "MV"]] = Field(min_length=1)
     cross_layers: int = Field(ge=0)
     source_norm: Literal["train-zscore", "none"]
@@ -75,7 +67,6 @@ class M2HFConfig(BaseConfig):
 
 
 class HCMIConfig(BaseConfig):
-    model: Literal["hcmi"]
     clustering: Literal["dpc-knn", "learned-query", "contiguous"]
     knn: int = Field(gt=0)
     clips: Union[Literal["auto"], int]
@@ -87,6 +78,3 @@ class HCMIConfig(BaseConfig):
     margin: float = Field(ge=0)
     hard_weight: float = Field(ge=0)
 
-
-SCHEMAS: dict[str, type[BaseConfig]] = {"zero-shot": ZeroShotConfig, "meanP": MeanPConfig,
-                                         "seqTransf": SeqTransfConfig, "m2hf": M2HFConfig, "hcmi": HCMIConfig}

@@ -1,6 +1,6 @@
 """Train a retrieval model on stored features: ``python -m fusion.train --dataset D --model NAME``.
 
-Recipe (METHODS.md section 2): AdamW (lr 1e-4, weight decay 0.2 on matrices, betas 0.9/0.98),
+Recipe (docs/methods.md §2): AdamW (lr 1e-4, weight decay 0.2 on matrices, betas 0.9/0.98),
 10% linear warm-up then cosine, gradient clipping 1.0, every caption of a training video is a sample.
 Seeded and deterministic on CPU: the sample order of each epoch and the random state of each step
 are functions of (seed, epoch, step), so a run killed at any point and resumed from its last
@@ -10,9 +10,9 @@ uninterrupted run. The best epoch is chosen on the
 validation split's text-to-video R@1, never on test (with no validation split, ``val_holdout: 0``
 as in CLIP4Clip's protocol, the last epoch); the test split is scored once, at the end.
 
-Writes ``runs/<run-id>/`` (DESIGN.md, contract C): config.json, log.jsonl, checkpoint-epoch-NNN.pt,
-best.pt, resume.pt, metrics.json, curves.png, report.md. Features from random-weight extractors are
-labelled RANDOM WEIGHTS in every output.
+Writes ``runs/<run-id>/`` (docs/design.md "Contracts", contract C): config.json, log.jsonl,
+checkpoint-epoch-NNN.pt, best.pt, resume.pt, metrics.json, curves.png, report.md. Features from
+random-weight extractors are labelled RANDOM WEIGHTS in every output (``data.provenance``).
 """
 from __future__ import annotations
 
@@ -31,16 +31,17 @@ import numpy as np
 import torch
 
 from data.atomic import atomic_path, write_json_atomic, write_text_atomic
-from data.cli import add_version
-from data.progress import Bars, ProgressEvent, ProgressFn
-from data.settings import Settings, get_settings
-from fusion.config import load_config, model_names
-from fusion.data import DatasetFeatures, load_features
-from fusion.encoding import encode_texts, encode_videos, resolve_device, score_matrix
-from fusion.factory import build_model, modalities_for
+from data.cli import add_version, guarded
+from data.devices import resolve_device
 from data.metrics import evaluate_scores
-
-RANDOM_LABEL = "RANDOM WEIGHTS: features come from randomly initialised extractors; numbers say nothing about real retrieval"
+from data.progress import Bars, ProgressEvent, ProgressFn
+from data.provenance import random_weights_label
+from data.settings import Settings, get_settings
+from fusion.config import load_config
+from fusion.encoding import encode_texts, encode_videos, score_matrix
+from fusion.factory import build_model, modalities_for
+from fusion.features import DatasetFeatures, load_features
+from fusion.registry import model_entry, model_names
 
 
 def autocast(device: torch.device, precision: str):
@@ -198,7 +199,7 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
             "width": width, "extractor_ids": feats.extractor_ids, "random_weights": feats.random_weights,
             "device": str(device), "load_notes": feats.notes or []}
     if feats.random_weights:
-        meta["WARNING"] = RANDOM_LABEL
+        meta["WARNING"] = random_weights_label()
     previous = run.folder / "config.json"
     if previous.is_file():
         old = json.loads(previous.read_text())
@@ -209,7 +210,7 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
     write_json_atomic(previous, meta)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     if feats.random_weights:
-        say(RANDOM_LABEL)
+        say(random_weights_label())
 
     torch.manual_seed(seed)
     model = build_model(config, width)
@@ -217,7 +218,7 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
     model = model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     tc = config["train"]
-    if model_name == "zero-shot" or not trainable:
+    if not model_entry(model_name).trained or not trainable:
         tc["epochs"] = 0
     train_caps = feats.split_captions("train")
     has_val = len(feats.splits.get("val", ())) > 0
@@ -278,7 +279,7 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
         if val and "fitted_on_validation" in val:
             entry["fitted_on_validation"] = val["fitted_on_validation"]
         if feats.random_weights:
-            entry["WARNING"] = "RANDOM WEIGHTS"
+            entry["WARNING"] = random_weights_label(detail=False)
         if model.wants_second_view(epoch) and not sums.get("extra_positives", 0.0):
             entry["denoising_warning"] = (f"epoch {epoch}: label denoising mined no extra positive in any "
                                           f"batch (extra_positives = 0): it changed nothing this epoch")
@@ -309,7 +310,7 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
                "selected_on": selected_on, "val": val, "test": test,
                "extractor_ids": feats.extractor_ids, "random_weights": feats.random_weights}
     if feats.random_weights:
-        metrics["WARNING"] = RANDOM_LABEL
+        metrics["WARNING"] = random_weights_label()
     write_json_atomic(run.folder / "metrics.json", metrics)
     from fusion.report import write_report
     write_report(run.folder, meta, history, metrics)
@@ -317,6 +318,7 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
     return run.folder
 
 
+@guarded(FileNotFoundError, ValueError)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fusion.train", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -335,14 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     add_version(p)
     args = p.parse_args(argv)
     overrides = args.set + ([f"train.precision={args.precision}"] if args.precision else [])
-    try:
-        with Bars.for_cli() as bars:
-            train(args.dataset, args.model, config_file=args.config, overrides=overrides, seed=args.seed,
-                  epochs=args.epochs, run_id=args.run_id, threads=args.threads, progress=bars,
-                  device=args.device)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    with Bars.for_cli() as bars:
+        train(args.dataset, args.model, config_file=args.config, overrides=overrides, seed=args.seed,
+              epochs=args.epochs, run_id=args.run_id, threads=args.threads, progress=bars,
+              device=args.device)
     return 0
 
 

@@ -11,10 +11,12 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 PROJECT = Path(__file__).resolve().parents[1]
-SHARED = PROJECT.parent / "shared"
-FIXTURES = SHARED / "fixtures"
+# Real media files and annotation excerpts, kept outside this repository (a clone lacks them):
+# $TVR_TEST_FIXTURES, else a "shared/fixtures" folder beside the checkout. Tests that need them skip.
+FIXTURES = Path(os.environ.get("TVR_TEST_FIXTURES") or PROJECT.parent / "shared" / "fixtures")
+NO_FIXTURES = f"the media and annotation fixtures ({FIXTURES}) are not present"
 
-requires_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason="../shared/fixtures not present")
+requires_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=NO_FIXTURES)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Dask worker preload used by tests/test_dask.py (no tests here): counts, per worker process, the
 shards it extracted (``ExtractConfig.build`` calls), the models it built (``seeded_build`` calls
-of the CLIP and VGGish loaders) and the index parts it built (``retrieval.shards.build_part_file``
+of the CLIP and VGGish loaders) and the index parts it built (``retrieval.index.shards.build_part_file``
 calls; tests/test_reindex.py), and writes them to ``$TVR_TEST_COUNTS_DIR/<pid>.json`` after each."""
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 
 
 def dask_setup(worker) -> None:
-    from extractors import audio, clip, run
-    from retrieval import shards
+    from extractors import audio, clip, config
+    from retrieval.index import shards
 
     counts = {"worker": worker.name, "shards": 0, "models": 0, "parts": 0}
     out = Path(os.environ["TVR_TEST_COUNTS_DIR"]) / f"{os.getpid()}.json"
-    build, seeded_build, build_part_file = run.ExtractConfig.build, clip.seeded_build, shards.build_part_file
+    build, seeded_build, build_part_file = config.ExtractConfig.build, clip.seeded_build, shards.build_part_file
 
     def save(key: str) -> None:
         counts[key] += 1
@@ -33,6 +33,6 @@ def dask_setup(worker) -> None:
         save("parts")
         return build_part_file(*args, **kwargs)
 
-    run.ExtractConfig.build = counting_build
+    config.ExtractConfig.build = counting_build
     shards.build_part_file = counting_build_part_file
     clip.seeded_build = audio.seeded_build = counting_seeded_build

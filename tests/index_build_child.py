@@ -4,7 +4,7 @@ import sys
 
 from fake_fusion_api import FakeFusion
 
-from retrieval import index as rindex
+from retrieval.index import cli as index_cli
 
 
 class _Patch:
@@ -14,4 +14,4 @@ class _Patch:
 
 
 FakeFusion().install(_Patch())
-sys.exit(rindex.main(["--dataset", "toy", "--no-gpu"]))
+sys.exit(index_cli.main(["--dataset", "toy", "--no-gpu"]))

@@ -8,7 +8,7 @@ from fake_fusion_api import write_dataset
 from test_extract_support import make_video
 
 from data.settings import get_settings
-from retrieval import index as rindex
+from retrieval.index import cli as index_cli
 
 
 def indexed_dataset(name: str, n: int, sample: Path) -> list[str]:
@@ -18,7 +18,7 @@ def indexed_dataset(name: str, n: int, sample: Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     for vid in ids:
         shutil.copyfile(sample, folder / f"{vid}.mp4")
-    assert rindex.main(["--dataset", name, "--no-gpu"]) == 0
+    assert index_cli.main(["--dataset", name, "--no-gpu"]) == 0
     return ids
 
 

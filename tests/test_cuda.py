@@ -13,9 +13,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_two_autocast_steps_and_a_query_on_the_gpu(tmp_path):
     from data.settings import get_settings
     from fusion.api import encode_split, load_model
-    from fusion.data import TextBatch
+    from fusion.batches import TextBatch
     from fusion.encoding import model_device
-    from fusion.fakes import write_fake_dataset
+    from fake_features import write_fake_dataset
     from fusion.train import train
 
     settings = get_settings(tmp_path / "home")

@@ -1,4 +1,4 @@
-"""Dataset readers on excerpts of the real annotation files (../shared/fixtures/annotations)."""
+"""Dataset readers on excerpts of the real annotation files (``conftest.FIXTURES / "annotations"``)."""
 from __future__ import annotations
 
 import csv

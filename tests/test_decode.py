@@ -8,7 +8,7 @@ import av
 import imageio_ffmpeg
 import numpy as np
 import pytest
-from conftest import FIXTURES, requires_fixtures
+from conftest import FIXTURES, NO_FIXTURES, requires_fixtures
 from test_extract_support import ffmpeg, make_video
 
 from extractors.decode import DecodeError, DecodeRequest, decode_video, resized_dims
@@ -103,7 +103,7 @@ def test_rotation_metadata_is_applied_like_ffmpeg(tmp_path):
 
 def test_audio_only_file_reports_missing_video_and_keeps_audio():
     if not FIXTURES.is_dir():
-        pytest.skip("../shared/fixtures not present")
+        pytest.skip(NO_FIXTURES)
     d = decode_video(FIXTURES / "media" / "Front_Center.wav", ALL)
     assert d.video_error and "no video stream (audio-only file)" in d.video_error
     assert d.has_audio and abs(len(d.audio) / 16000 - 1.43) < 0.05

@@ -10,7 +10,7 @@ from data.manifest import VideoRecord
 from extractors import decode
 from extractors.base import VideoItem, push_video
 from extractors.decode import MAX_GAP_S, DecodeOptions, DecodeRequest, _Timeline, decode_video
-from extractors.run import iter_decoded, merged_request
+from extractors.reader import iter_decoded, merged_request
 
 ALL = DecodeRequest(frame_fps=1.0, frame_size=224, dense_fps=15.0, dense_size=128, audio_rate=16000)
 

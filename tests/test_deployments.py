@@ -188,10 +188,10 @@ def test_train_and_evaluate_runs_publish_their_figures(server):
 
 def test_nightly_reindex_refreshes_the_serving_run_and_runs_one_at_a_time(server, capsys):
     from data.settings import get_settings
-    from retrieval import index as rindex
-    from retrieval.serving import serving_run
+    from retrieval.index import cli as index_cli
+    from retrieval.index.serving import serving_run
 
-    assert rindex.main(["--dataset", "synthetic", "--run", RUN, "--serve", "--no-gpu"]) == 0
+    assert index_cli.main(["--dataset", "synthetic", "--run", RUN, "--serve", "--no-gpu"]) == 0
     assert serving_run("synthetic") == RUN
     root = get_settings().indexes_dir / "synthetic"
     before = (root / RUN / "current").read_text()

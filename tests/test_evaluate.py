@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fake_fusion_api import FakeFusion, write_dataset
-from retrieval import evaluate
+from retrieval.evaluation import evaluate
 from data.metrics import KS
 
 S = np.array([[0.9, 0.1, 0.2, 0.0], [0.5, 0.4, 0.2, 0.1], [0.2, 0.2, 0.2, 0.2],

@@ -23,9 +23,9 @@ QUERIES = ["a red ball moving left", "a small blue square with a beeping sound",
 def trained(tiny_synthetic, tmp_path_factory):
     """A TVR_HOME with the tiny synthetic set extracted and one M2HF run (``m2hf-x``) indexed."""
     from data.settings import get_settings
-    from extractors.run import extract_dataset
+    from extractors.runner import extract_dataset
     from fusion.train import train
-    from retrieval.index import build_from_model
+    from retrieval.index.writer import build_from_model
 
     root = tmp_path_factory.mktemp("export")
     patch = pytest.MonkeyPatch()
@@ -45,7 +45,8 @@ def trained(tiny_synthetic, tmp_path_factory):
 
 def test_bundle_copied_to_an_empty_folder_encodes_queries_identically(trained, tmp_path, monkeypatch):
     from fusion.api import encode_queries, load_model
-    from fusion.export import BundleError, export_bundle, load_bundle
+    from fusion.bundle import BundleError, load_bundle
+    from fusion.export import export_bundle
 
     from_run = encode_queries(load_model(trained["run"]), QUERIES)
     bundle = export_bundle(trained["run"], tmp_path / "out" / "bundle")
@@ -86,8 +87,8 @@ def test_export_cli_refuses_a_non_empty_out_folder(trained, tmp_path, capsys):
 
 def test_parquet_embeddings_equal_the_index_vectors(trained, tmp_path):
     from fusion.api import encode_split, encode_video_ids, load_model
-    from retrieval import export
-    from retrieval.index import open_build
+    from retrieval.index import export
+    from retrieval.index.reader import open_build
 
     out = tmp_path / "emb.parquet"
     assert export.main(["--dataset", "synthetic", "--run", "m2hf-x", "--out", str(out), "--captions"]) == 0
@@ -97,7 +98,7 @@ def test_parquet_embeddings_equal_the_index_vectors(trained, tmp_path):
     assert videos.column("video_id").to_pylist() == build.ids and len(build.ids) == 16
     got = np.stack(videos.column("embedding").to_numpy(zero_copy_only=False))
     # M2HF's build stores each availability pattern's own columns only (no stored zeros): read every part
-    from retrieval.shards import PartitionedIndex
+    from retrieval.index.shards import PartitionedIndex
 
     assert isinstance(build.index, PartitionedIndex) and len(build.index.parts) > 1
     np.testing.assert_array_equal(got, build.index.reconstruct_all())

@@ -26,8 +26,10 @@ from extractors import decode
 from extractors.audio import AudioExtractor
 from extractors.clip import ClipFramesExtractor, ClipTextExtractor
 from extractors.motion import MotionExtractor
-from extractors.run import (ExtractConfig, build_parser, config_from_args, extract_dataset, summary_lines,
-                            summary_markdown)
+from extractors.cli import build_parser, config_from_args
+from extractors.config import ExtractConfig
+from extractors.runner import extract_dataset
+from extractors.summary import summary_lines, summary_markdown
 
 MODALITIES = ("clip_frames", "clip_text", "audio", "motion")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from data.prepare import prepare
 from extractors.clip import ClipTextExtractor
-from extractors.run import ExtractConfig
+from extractors.config import ExtractConfig
 
 TINY_CLIP_CFG = {
     "embed_dim": 32,

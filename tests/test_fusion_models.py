@@ -6,7 +6,7 @@ import torch
 
 from fusion.clustering import Clustering, dpc_knn_assign
 from fusion.config import load_config
-from fusion.data import TextBatch, VideoBatch
+from fusion.batches import TextBatch, VideoBatch
 from fusion.factory import build_model
 from fusion.hcmi import max_mean
 from fusion.losses import hardest_negative_triplet, info_nce

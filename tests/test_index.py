@@ -9,10 +9,10 @@ import pytest
 from data.manifest import read_manifest
 from data.settings import get_settings
 from fake_fusion_api import write_dataset
-from retrieval import faiss_index
-from retrieval import index as rindex
+from retrieval.index import faiss_index
+from retrieval.index import cli as index_cli, layout as index_layout, reader as index_reader, writer as index_writer
 from data.metrics import GroundTruth, VectorScores, evaluate_scores, text_to_video_counts
-from retrieval.ranked import counts_from_index, counts_with_rerank
+from retrieval.evaluation.ranked import counts_from_index, counts_with_rerank
 from test_reindex import home  # noqa: F401 (a fixture: tiny synthetic videos, real extraction, first reindex)
 
 INFO = {"extractor_ids": {"clip_frames": "aaa", "clip_text": "bbb"}, "random_weights": True, "model": "zero-shot"}
@@ -28,7 +28,7 @@ def test_choose_type_and_params_follow_scale():
     assert faiss_index.choose_type(10_000) == "flat"
     assert faiss_index.choose_type(faiss_index.EXACT_UP_TO + 1) == "hnsw"
     assert faiss_index.choose_type(50, "ivf") == "ivf"
-    with pytest.raises(rindex.IndexFolderError, match="unknown index type 'pq'"):
+    with pytest.raises(faiss_index.IndexFolderError, match="unknown index type 'pq'"):
         faiss_index.choose_type(50, "pq")
     assert faiss_index.default_params("ivf", 1_000_000) == {"nlist": 4000, "nprobe": 62}
     assert faiss_index.default_params("ivf", 10_000)["nlist"] == 256          # capped at N / 39
@@ -96,7 +96,7 @@ def test_rerank_with_exact_scores_and_first_stage_recall():
 def test_write_open_and_check_build(tvr_home):
     settings = get_settings()
     ids = write_dataset("toy", 30)
-    folder = rindex.write_build("toy", "zero-shot", _vectors(30), ids, info=INFO, use_gpu=False)
+    folder = index_writer.write_build("toy", "zero-shot", _vectors(30), ids, info=INFO, use_gpu=False)
     root = settings.indexes_dir / "toy" / "zero-shot"
     assert (root / "current").read_text().strip() == folder.name
     assert sorted(p.name for p in folder.iterdir()) == ["ids.json", "index.faiss", "info.json", "manifest.parquet"]
@@ -104,16 +104,16 @@ def test_write_open_and_check_build(tvr_home):
     info = json.loads((folder / "info.json").read_text())
     assert info["index_type"] == "flat" and info["dim"] == 16 and info["n_vectors"] == 30
     assert info["WARNING"].startswith("RANDOM WEIGHTS")
-    build = rindex.open_build("toy", "zero-shot")
+    build = index_reader.open_build("toy", "zero-shot")
     assert build.ids == ids and build.path_of("v3")["path"] == "videos/v3.mp4"
     manifest = read_manifest(settings.manifest_path("toy"))
-    rindex.check_build(build, extractor_ids=INFO["extractor_ids"], manifest=manifest, dim=16)
+    index_reader.check_build(build, extractor_ids=INFO["extractor_ids"], manifest=manifest, dim=16)
 
-    second = rindex.write_build("toy", "zero-shot", _vectors(30, seed=9), ids, info=INFO, use_gpu=False)
+    second = index_writer.write_build("toy", "zero-shot", _vectors(30, seed=9), ids, info=INFO, use_gpu=False)
     assert (root / "current").read_text().strip() == second.name != folder.name
-    assert rindex.open_build("toy", "zero-shot").folder == second
+    assert index_reader.open_build("toy", "zero-shot").folder == second
     for _ in range(3):
-        latest = rindex.write_build("toy", "zero-shot", _vectors(30), ids, info=INFO, use_gpu=False, keep=2)
+        latest = index_writer.write_build("toy", "zero-shot", _vectors(30), ids, info=INFO, use_gpu=False, keep=2)
     builds = sorted(p.name for p in root.iterdir() if p.is_dir())
     assert len(builds) == 2 and builds[-1] == latest.name == (root / "current").read_text().strip()
 
@@ -121,29 +121,29 @@ def test_write_open_and_check_build(tvr_home):
 def test_refusals(tvr_home):
     settings = get_settings()
     ids = write_dataset("toy", 12)
-    with pytest.raises(rindex.IndexFolderError, match=r"no index for dataset 'toy', run 'zero-shot'.*python -m retrieval.index"):
-        rindex.open_build("toy", "zero-shot")
-    rindex.write_build("toy", "zero-shot", _vectors(12), ids, info=INFO, use_gpu=False)
-    build = rindex.open_build("toy", "zero-shot")
+    with pytest.raises(faiss_index.IndexFolderError, match=r"no index for dataset 'toy', run 'zero-shot'.*python -m retrieval.index"):
+        index_reader.open_build("toy", "zero-shot")
+    index_writer.write_build("toy", "zero-shot", _vectors(12), ids, info=INFO, use_gpu=False)
+    build = index_reader.open_build("toy", "zero-shot")
     manifest = read_manifest(settings.manifest_path("toy"))
     other = {**INFO["extractor_ids"], "clip_text": "zzz"}
-    with pytest.raises(rindex.IndexFolderError, match=r"other extractor ids.*clip_text: index bbb, model zzz"):
-        rindex.check_build(build, extractor_ids=other, manifest=manifest, dim=16)
-    with pytest.raises(rindex.IndexFolderError, match="dimension mismatch: the model's query vectors have 32"):
-        rindex.check_build(build, extractor_ids=INFO["extractor_ids"], manifest=manifest, dim=32)
-    assert rindex.rebuild_reason("toy", "zero-shot") is None
-    assert "other extractor ids" in rindex.rebuild_reason("toy", "zero-shot", extractor_ids=other)
-    assert "no index for dataset 'toy', run 'meanP-1'" in rindex.rebuild_reason("toy", "meanP-1")
+    with pytest.raises(faiss_index.IndexFolderError, match=r"other extractor ids.*clip_text: index bbb, model zzz"):
+        index_reader.check_build(build, extractor_ids=other, manifest=manifest, dim=16)
+    with pytest.raises(faiss_index.IndexFolderError, match="dimension mismatch: the model's query vectors have 32"):
+        index_reader.check_build(build, extractor_ids=INFO["extractor_ids"], manifest=manifest, dim=32)
+    assert index_reader.rebuild_reason("toy", "zero-shot") is None
+    assert "other extractor ids" in index_reader.rebuild_reason("toy", "zero-shot", extractor_ids=other)
+    assert "no index for dataset 'toy', run 'meanP-1'" in index_reader.rebuild_reason("toy", "meanP-1")
     write_dataset("toy", 12, path_suffix="-moved")      # same ids, other paths: a new manifest
-    assert "covers manifest" in rindex.rebuild_reason("toy", "zero-shot")
+    assert "covers manifest" in index_reader.rebuild_reason("toy", "zero-shot")
     changed = read_manifest(settings.manifest_path("toy"))
-    with pytest.raises(rindex.IndexFolderError, match="covers manifest .* but the dataset's manifest is now"):
-        rindex.check_build(build, extractor_ids=INFO["extractor_ids"], manifest=changed, dim=16)
-    with pytest.raises(rindex.IndexFolderError, match="dimension mismatch: query vectors have 8"):
+    with pytest.raises(faiss_index.IndexFolderError, match="covers manifest .* but the dataset's manifest is now"):
+        index_reader.check_build(build, extractor_ids=INFO["extractor_ids"], manifest=changed, dim=16)
+    with pytest.raises(faiss_index.IndexFolderError, match="dimension mismatch: query vectors have 8"):
         faiss_index.search(build.index, np.zeros((1, 8), np.float32), 3)
-    with pytest.raises(rindex.IndexFolderError, match="not in .*manifest.parquet"):
-        rindex.write_build("toy", "zero-shot", _vectors(2), ["v1", "nope"], info=INFO, use_gpu=False)
-    with pytest.raises(rindex.IndexFolderError, match="row 1 holds NaN"):
+    with pytest.raises(faiss_index.IndexFolderError, match="not in .*manifest.parquet"):
+        index_writer.write_build("toy", "zero-shot", _vectors(2), ["v1", "nope"], info=INFO, use_gpu=False)
+    with pytest.raises(faiss_index.IndexFolderError, match="row 1 holds NaN"):
         faiss_index.build_faiss(np.array([[1.0, 0.0], [np.nan, 1.0]], np.float32), use_gpu=False)
 
 
@@ -153,8 +153,9 @@ def test_refusals(tvr_home):
 def _still_working(tmp_path, capsys, expect_build: str, note: str | None, degraded: bool = False) -> None:
     """search, evaluate and the service answer from ``expect_build``; ``note`` in the search note,
     and the service's /healthz status is degraded (a fallback build) or ok."""
-    from retrieval import evaluate, search
-    from retrieval.search import Searcher
+    from retrieval.evaluation import evaluate
+    from retrieval.query import search
+    from retrieval.query.search import Searcher
     from retrieval.service.core import SearchService
 
     capsys.readouterr()
@@ -176,19 +177,19 @@ def _still_working(tmp_path, capsys, expect_build: str, note: str | None, degrad
 
 def test_build_records_checksums_and_verify_catches_damage(tvr_home):
     ids = write_dataset("toy", 20)
-    folder = rindex.write_build("toy", "zero-shot", _vectors(20), ids, info=INFO, use_gpu=False, store_vectors=True)
+    folder = index_writer.write_build("toy", "zero-shot", _vectors(20), ids, info=INFO, use_gpu=False, store_vectors=True)
     info = json.loads((folder / "info.json").read_text())
     assert sorted(info["checksums"]) == ["ids.json", "index.faiss", "manifest.parquet", "vectors.npy"]
-    assert rindex.verify_build(folder).ids == ids
+    assert index_reader.verify_build(folder).ids == ids
     data = bytearray((folder / "index.faiss").read_bytes())
     data[len(data) // 2] ^= 0xFF                      # one flipped byte: FAISS still loads it
     (folder / "index.faiss").write_bytes(bytes(data))
     import faiss
     assert faiss.read_index(str(folder / "index.faiss")).ntotal == 20
-    with pytest.raises(rindex.IndexFolderError, match=r"index.faiss: missing or its sha256 differs"):
-        rindex.verify_build(folder)
-    with pytest.raises(rindex.IndexFolderError, match="sha256 differs"):
-        rindex.publish_build(folder)                   # a damaged build is never published
+    with pytest.raises(faiss_index.IndexFolderError, match=r"index.faiss: missing or its sha256 differs"):
+        index_reader.verify_build(folder)
+    with pytest.raises(faiss_index.IndexFolderError, match="sha256 differs"):
+        index_writer.publish_build(folder)                   # a damaged build is never published
 
 
 DAMAGE = {
@@ -209,35 +210,35 @@ def test_damaged_current_falls_back_to_a_verified_build_and_the_next_build_repai
 
     FakeFusion().install(monkeypatch)
     write_dataset("toy", 20)
-    assert rindex.main(["--dataset", "toy", "--no-gpu"]) == 0
-    first = rindex.open_build("toy", "zero-shot").build_id
-    assert rindex.main(["--dataset", "toy", "--no-gpu"]) == 0
-    second = rindex.open_build("toy", "zero-shot")
+    assert index_cli.main(["--dataset", "toy", "--no-gpu"]) == 0
+    first = index_reader.open_build("toy", "zero-shot").build_id
+    assert index_cli.main(["--dataset", "toy", "--no-gpu"]) == 0
+    second = index_reader.open_build("toy", "zero-shot")
     DAMAGE[damage](second.folder)
     expected = second.build_id if "pointer" in damage else first    # the newest build that verifies
-    build = rindex.open_build("toy", "zero-shot")
+    build = index_reader.open_build("toy", "zero-shot")
     assert build.build_id == expected and "answering from the newest verified build" in build.warning
-    with pytest.raises(rindex.IndexFolderError):
-        rindex.open_build("toy", "zero-shot", fallback=False)
-    assert "answering from the newest verified build" in rindex.rebuild_reason("toy", "zero-shot")
+    with pytest.raises(faiss_index.IndexFolderError):
+        index_reader.open_build("toy", "zero-shot", fallback=False)
+    assert "answering from the newest verified build" in index_reader.rebuild_reason("toy", "zero-shot")
     _still_working(tmp_path, capsys, expected, "answering from the newest verified build", degraded=True)
-    assert rindex.main(["--dataset", "toy", "--no-gpu"]) == 0          # the next build repairs `current`
-    repaired = rindex.open_build("toy", "zero-shot", fallback=False)
+    assert index_cli.main(["--dataset", "toy", "--no-gpu"]) == 0          # the next build repairs `current`
+    repaired = index_reader.open_build("toy", "zero-shot", fallback=False)
     assert repaired.build_id not in (first, second.build_id) and repaired.warning is None
-    assert rindex.rebuild_reason("toy", "zero-shot") is None
+    assert index_reader.rebuild_reason("toy", "zero-shot") is None
     _still_working(tmp_path, capsys, repaired.build_id, None)
 
 
 def test_no_verified_build_at_all_is_refused_clearly(tvr_home):
     ids = write_dataset("toy", 8)
-    folder = rindex.write_build("toy", "zero-shot", _vectors(8), ids, info=INFO, use_gpu=False)
+    folder = index_writer.write_build("toy", "zero-shot", _vectors(8), ids, info=INFO, use_gpu=False)
     (folder / "ids.json").write_text("[]")
-    with pytest.raises(rindex.IndexFolderError, match=r"names build .* cannot be used.*and no other build verifies"):
-        rindex.open_build("toy", "zero-shot")
+    with pytest.raises(faiss_index.IndexFolderError, match=r"names build .* cannot be used.*and no other build verifies"):
+        index_reader.open_build("toy", "zero-shot")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("step", rindex.BUILD_STEPS)
+@pytest.mark.parametrize("step", index_layout.BUILD_STEPS)
 def test_kill_9_at_every_build_step_leaves_a_verified_build(tvr_home, monkeypatch, tmp_path, capsys, step):
     import os
     import signal
@@ -249,44 +250,44 @@ def test_kill_9_at_every_build_step_leaves_a_verified_build(tvr_home, monkeypatc
 
     FakeFusion().install(monkeypatch)
     write_dataset("toy", 20)
-    assert rindex.main(["--dataset", "toy", "--no-gpu"]) == 0
-    first = rindex.open_build("toy", "zero-shot").build_id
+    assert index_cli.main(["--dataset", "toy", "--no-gpu"]) == 0
+    first = index_reader.open_build("toy", "zero-shot").build_id
     write_dataset("toy", 24)                                   # the killed build would index 24 videos
     tests = Path(__file__).parent
     env = {**os.environ, "TVR_INDEX_CRASH_AT": step, "PYTHONPATH": f"{tests.parent}{os.pathsep}{tests}"}
     child = subprocess.run([sys.executable, str(tests / "index_build_child.py")], env=env, timeout=300,
                            capture_output=True, text=True)
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
-    build = rindex.open_build("toy", "zero-shot", fallback=False)      # `current` is always usable
-    published = rindex.BUILD_STEPS.index(step) >= rindex.BUILD_STEPS.index("pointer-written")
+    build = index_reader.open_build("toy", "zero-shot", fallback=False)      # `current` is always usable
+    published = index_layout.BUILD_STEPS.index(step) >= index_layout.BUILD_STEPS.index("pointer-written")
     assert (build.build_id != first and len(build.ids) == 24) if published else build.build_id == first
     _still_working(tmp_path, capsys, build.build_id, None if published else "stale index")
-    assert rindex.main(["--dataset", "toy", "--no-gpu"]) == 0           # and the next build works
-    assert len(rindex.open_build("toy", "zero-shot", fallback=False).ids) == 24
+    assert index_cli.main(["--dataset", "toy", "--no-gpu"]) == 0           # and the next build works
+    assert len(index_reader.open_build("toy", "zero-shot", fallback=False).ids) == 24
 
 
 @pytest.mark.slow
 def test_reindex_repairs_a_damaged_current_even_with_nothing_new(home, capsys):  # noqa: F811 (fixture)
     """Real extraction and zero-shot model (tests/test_reindex.py's fixture): `current` damaged while
     the fallback build already covers the manifest; the scheduled re-index still rebuilds."""
-    from retrieval import reindex as rx
-    from retrieval.search import search_text
+    from retrieval.query.search import search_text
+    from retrieval.reindex import run as rx
 
     home.manifest(home.ids[:11])
     assert rx.reindex("syn").status == "rebuilt"
-    second = rindex.open_build("syn", "zero-shot").build_id
+    second = index_reader.open_build("syn", "zero-shot").build_id
     home.manifest(home.ids[:10])
     assert rx.reindex("syn").status == "rebuilt"
-    third = rindex.open_build("syn", "zero-shot")
+    third = index_reader.open_build("syn", "zero-shot")
     data = bytearray((third.folder / "index.faiss").read_bytes())
     data[-5] ^= 0xFF
     (third.folder / "index.faiss").write_bytes(bytes(data))
     home.manifest(home.ids[:11])                                  # what the fallback build covers
-    fallback = rindex.open_build("syn", "zero-shot")
+    fallback = index_reader.open_build("syn", "zero-shot")
     assert fallback.build_id == second and "sha256 differs" in fallback.warning
     found = search_text("a red circle", "syn", k=3)
     assert found["index"]["build_id"] == second and "newest verified build" in found["note"]
     result = rx.reindex("syn")
     assert result.status == "rebuilt" and result.n_indexed == 11
-    repaired = rindex.open_build("syn", "zero-shot", fallback=False)
+    repaired = index_reader.open_build("syn", "zero-shot", fallback=False)
     assert repaired.build_id == result.build_id and repaired.warning is None

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from fake_fusion_api import FakeFusion, write_dataset
-from retrieval import faiss_index as fi
-from retrieval import index as rindex
-from retrieval import search as rsearch
-from retrieval import shards
+from retrieval.index import faiss_index as fi
+from retrieval.index import cli as index_cli, layout as index_layout, reader as index_reader, writer as index_writer
+from retrieval.index import shards
+from retrieval.query import search as rsearch
 
 
 def _unit(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -167,7 +167,7 @@ def fake(tvr_home, monkeypatch):
 
 def _build(vectors, ids, **layout):
     info = {"extractor_ids": {}, "random_weights": True, "model": "test"}
-    return rindex.write_build("toy", "zero-shot", vectors, ids, info=info, use_gpu=False, **layout)
+    return index_writer.write_build("toy", "zero-shot", vectors, ids, info=info, use_gpu=False, **layout)
 
 
 def test_sharded_build_in_parallel_opens_memory_mapped_and_answers_like_flat(fake, monkeypatch):
@@ -178,7 +178,7 @@ def test_sharded_build_in_parallel_opens_memory_mapped_and_answers_like_flat(fak
     assert info["partitions"]["count"] == 3 and info["index_type"] == "flat"
     assert info["tuning"]["curve"] and "reason" in info["params"]
     monkeypatch.setenv("TVR_INDEX_MMAP_GB", "0")                     # every index file memory-mapped
-    build = rindex.open_build("toy", "zero-shot")
+    build = index_reader.open_build("toy", "zero-shot")
     assert isinstance(build.index, shards.PartitionedIndex) and build.index.ntotal == 60
     scores, rows = fi.search(build.index, vectors[:10], 5)
     assert (rows == _exact(vectors, vectors[:10], 5)[1]).all()
@@ -196,11 +196,11 @@ def test_budget_build_records_why_and_searches_with_overrides(fake, capsys):
     ids = [f"v{i}" for i in range(60)]
     with pytest.raises(fi.IndexFolderError, match=r"cannot train 'IVF4,PQ4' on 60 vectors: .*training points"):
         _build(_unit(60, 16), ids, factory="IVF4,PQ4")
-    assert rindex.main(["--dataset", "toy", "--no-gpu", "--factory", "nonsense"]) == 2
+    assert index_cli.main(["--dataset", "toy", "--no-gpu", "--factory", "nonsense"]) == 2
     assert "invalid FAISS index factory string 'nonsense'" in capsys.readouterr().err
-    assert rindex.main(["--dataset", "toy", "--no-gpu", "--factory", "IVF4,PQ4x4", "--tune", "0.9"]) == 0
+    assert index_cli.main(["--dataset", "toy", "--no-gpu", "--factory", "IVF4,PQ4x4", "--tune", "0.9"]) == 0
     assert "tuned for recall@10 >= 0.9" in capsys.readouterr().out
-    info = rindex.open_build("toy", "zero-shot").info
+    info = index_reader.open_build("toy", "zero-shot").info
     assert info["index_type"] == "factory" and info["params"]["factory"] == "IVF4,PQ4x4"
     assert "index_factory string" in info["params"]["reason"] and info["tuning"]["curve"]
     assert info["params"]["nprobe"] == info["tuning"]["chosen"]["nprobe"]          # the tuned default
@@ -253,16 +253,16 @@ def test_model_build_streams_batches_and_equals_the_in_memory_build(fake, monkey
         return out
 
     monkeypatch.setattr(fi, "_as_matrix", spy)
-    folder = rindex.build_from_model("toy", use_gpu=False, batch=16, shards=shards, store_vectors=True)
+    folder = index_writer.build_from_model("toy", use_gpu=False, batch=16, shards=shards, store_vectors=True)
     assert [c[2] for c in fake.calls if c[0] == "video_vector_batches"] == [16, 16, 16, 12]
     assert added and max(added) <= 16 and sum(added) == 60
     assert not list(folder.parent.glob(".encoded-*"))                   # the encoded file became vectors.npy
-    streamed = rindex.open_build("toy", "zero-shot")
+    streamed = index_reader.open_build("toy", "zero-shot")
     assert streamed.folder == folder and streamed.info["build_options"]["shards"] == shards
 
     whole = fake.encode_split(None, "toy", "test")                       # the previous path: one array
     info = {"extractor_ids": {}, "random_weights": True, "model": "test"}
-    reference = rindex.verify_build(rindex.stage_build("toy", "other", whole.video_vectors, whole.video_ids,
+    reference = index_reader.verify_build(index_writer.stage_build("toy", "other", whole.video_vectors, whole.video_ids,
                                                        info=info, use_gpu=False, shards=shards))
     assert streamed.ids == reference.ids
     assert np.array_equal(streamed.stored_vectors(), whole.video_vectors)
@@ -273,24 +273,24 @@ def test_model_build_streams_batches_and_equals_the_in_memory_build(fake, monkey
 
 def test_write_vectors_refuses_a_short_or_ragged_stream_and_leaves_no_file(tmp_path):
     path = tmp_path / "v.npy"
-    rindex.write_vectors(path, 5, iter([np.ones((3, 4)), np.zeros((2, 4))]))
+    index_writer.write_vectors(path, 5, iter([np.ones((3, 4)), np.zeros((2, 4))]))
     assert np.array_equal(np.load(path), np.r_[np.ones((3, 4)), np.zeros((2, 4))].astype(np.float32))
     for batches, message in (([np.ones((3, 4))], "gave 3 vectors for 5"), ([np.ones((3, 4)), np.ones((2, 3))],
                              "batch of shape"), ([], "no vectors to index")):
         with pytest.raises(fi.IndexFolderError, match=message):
-            rindex.write_vectors(tmp_path / "w.npy", 5, iter(batches))
+            index_writer.write_vectors(tmp_path / "w.npy", 5, iter(batches))
         assert sorted(p.name for p in tmp_path.iterdir()) == ["v.npy"]
 
 
 def test_encoded_vectors_debris_is_removed_only_when_no_encoder_runs(fake):
     from data import locks
 
-    root = rindex.index_root("toy", "zero-shot")
+    root = index_layout.index_root("toy", "zero-shot")
     root.mkdir(parents=True)
     (root / ".encoded-dead.npy.part").write_bytes(b"x")                # left by a killed python -m retrieval.index
-    with locks.shared(root / rindex.ENCODING_LOCK):                     # an encoder at work
-        assert rindex.remove_partial_builds("toy", "zero-shot") == []
-    assert rindex.remove_partial_builds("toy", "zero-shot") == [".encoded-dead.npy.part"]
+    with locks.shared(root / index_layout.ENCODING_LOCK):                     # an encoder at work
+        assert index_writer.remove_partial_builds("toy", "zero-shot") == []
+    assert index_writer.remove_partial_builds("toy", "zero-shot") == [".encoded-dead.npy.part"]
     assert not (root / ".encoded-dead.npy.part").exists()
 
 

@@ -27,8 +27,8 @@ from data.prepare import prepare
 from data.settings import get_settings
 from data.store import FINAL_FAILURE, FeatureSet
 from extractors import inprogress
-from extractors import run as extract_run
-from extractors.run import extract_dataset
+from extractors import reader as extract_reader
+from extractors.runner import extract_dataset
 
 DS = "syn"
 PROJECT = Path(__file__).resolve().parents[1]
@@ -186,8 +186,8 @@ def test_video_that_killed_its_worker_is_recorded_failed_not_retried(media, tmp_
         proc.wait()
     config = tiny_config(tmp_path, modalities=MODALITIES)
     decoded: list[str] = []
-    real = extract_run.stream_video
-    monkeypatch.setattr(extract_run, "stream_video", lambda p, r: decoded.append(Path(p).stem) or real(p, r))
+    real = extract_reader.stream_video
+    monkeypatch.setattr(extract_reader, "stream_video", lambda p, r: decoded.append(Path(p).stem) or real(p, r))
     counts = extract_dataset(DS, config, shard_size=3)
     assert victim not in decoded                              # not decoded again: it would kill this run too
     assert counts["clip_frames"].failed == 1 and counts["clip_frames"].errors[0].startswith(FINAL_FAILURE)
@@ -244,8 +244,8 @@ def test_chaos_concurrent_runs_one_killed(media, tmp_path, with_reindex):
     assert all(c.skipped == 8 and c.done == c.failed == 0 for c in again.values()), again
     assert snapshot(get_settings().features_dir) == before, f"seed {seed}"
     if with_reindex:
-        from retrieval import reindex as rx
-        from retrieval.index import open_build
+        from retrieval.index.reader import open_build
+        from retrieval.reindex import run as rx
 
         final = rx.reindex(DS, shard_size=3)
         assert final.status in ("rebuilt", "up-to-date")

@@ -11,7 +11,8 @@ import torch
 
 from fusion.clustering import dpc_knn_assign
 from fusion.config import load_config
-from fusion.data import DatasetFeatures, Ragged, TextBatch, VideoBatch
+from fusion.batches import Ragged, TextBatch, VideoBatch
+from fusion.features import DatasetFeatures
 from fusion.factory import build_model
 from fusion.layers import Scale
 from fusion.train import assemble_batch, make_optimizer, train_step
@@ -72,7 +73,7 @@ def test_label_denoising_finds_a_near_duplicate_video():
 
 def test_an_epoch_without_extra_positives_warns(tmp_path, monkeypatch):
     from data.settings import get_settings
-    from fusion.fakes import write_fake_dataset
+    from fake_features import write_fake_dataset
     from fusion.hcmi import HCMI
     from fusion.train import train
 
@@ -251,8 +252,8 @@ def test_ensemble_fit_picks_the_lambda_with_the_best_validation_r1():
 # ---- 8. protocol: val_holdout 0, listed counts, R@50 / RSum ------------------------------------
 def test_val_holdout_zero_trains_on_every_training_video_and_selects_the_last_epoch(tmp_path):
     from data.settings import get_settings
-    from fusion.data import load_features
-    from fusion.fakes import write_fake_dataset
+    from fusion.features import load_features
+    from fake_features import write_fake_dataset
     from fusion.train import train
 
     settings = get_settings(tmp_path / "home")
@@ -271,8 +272,8 @@ def test_val_holdout_zero_trains_on_every_training_video_and_selects_the_last_ep
 
 def test_listed_counts_keep_the_videos_dropped_for_missing_features(tmp_path):
     from data.settings import get_settings
-    from fusion.data import load_features
-    from fusion.fakes import write_fake_dataset
+    from fusion.features import load_features
+    from fake_features import write_fake_dataset
 
     settings = get_settings(tmp_path / "home")
     write_fake_dataset(settings, "fake", 20, seed=0, dims={"clip_frames": D, "clip_text": D})
@@ -300,7 +301,7 @@ def test_a_silent_track_is_audio_not_a_missing_modality():
 # ---- 10. device and mixed precision -----------------------------------------------------------
 def test_bf16_autocast_trains_on_the_cpu_and_fp16_asks_for_cuda(tmp_path):
     from data.settings import get_settings
-    from fusion.fakes import write_fake_dataset
+    from fake_features import write_fake_dataset
     from fusion.train import main, train
 
     settings = get_settings(tmp_path / "home")

@@ -1,10 +1,10 @@
-"""data.names (one path component) and retrieval.serving (the serving-run record)."""
+"""data.names (one path component) and retrieval.index.serving (the serving-run record)."""
 import pytest
 
 from data.names import InvalidName, check_name
 from data.settings import get_settings
 from retrieval.runs import ZERO_SHOT
-from retrieval.serving import recorded_serving_run, serving_run, set_serving_run
+from retrieval.index.serving import recorded_serving_run, serving_run, set_serving_run
 
 
 @pytest.mark.parametrize("good", ["msrvtt", "video123", "v_-1a2b", "0001_American_Beauty_00.00.51.926-00.00.54.129",

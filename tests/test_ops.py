@@ -37,7 +37,7 @@ def test_bars_draw_tqdm_on_a_terminal(capsys):
 
 def test_training_reports_every_step_and_every_epoch(tmp_path):
     from data.settings import get_settings
-    from fusion.fakes import write_fake_dataset
+    from fake_features import write_fake_dataset
     from fusion.train import train
 
     settings = get_settings(tmp_path / "home")
@@ -89,8 +89,8 @@ def test_extract_exit_codes_missing_manifest_and_every_video_failed(tmp_path):
 def test_reindex_flow_defaults_to_the_serving_run_and_fails_when_busy(tvr_home, monkeypatch):
     import flows.reindex as flow
     from data.names import InvalidName
-    from retrieval.reindex import ReindexResult
-    from retrieval.serving import set_serving_run
+    from retrieval.index.serving import set_serving_run
+    from retrieval.reindex.run import ReindexResult
 
     calls = []
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 def test_pipeline_report_matches_evaluate(tvr_home, tmp_path, capsys, monkeypatch):
     from flows.pipeline import pipeline_flow
-    from retrieval import evaluate
+    from retrieval.evaluation import evaluate
 
     report = pipeline_flow(n=16, seed=3, epochs=1)
     folder = tvr_home.resolve() / "runs" / "pipeline-synthetic"
@@ -30,7 +30,7 @@ def test_pipeline_report_matches_evaluate(tvr_home, tmp_path, capsys, monkeypatc
         assert again["t2v"] == row["t2v"] and again["v2t"] == row["v2t"]
     capsys.readouterr()
 
-    import extractors.run
+    import extractors.reader
     from extractors.audio import AudioExtractor
     from extractors.clip import ClipFramesExtractor
     from extractors.motion import MotionExtractor
@@ -38,7 +38,7 @@ def test_pipeline_report_matches_evaluate(tvr_home, tmp_path, capsys, monkeypatc
     def no_extraction(*args, **kwargs):
         raise AssertionError("the second run decoded or encoded a video again")
 
-    monkeypatch.setattr(extractors.run, "stream_video", no_extraction)
+    monkeypatch.setattr(extractors.reader, "stream_video", no_extraction)
     for cls in (ClipFramesExtractor, AudioExtractor, MotionExtractor):  # the text tower still encodes
         monkeypatch.setattr(cls, "forward", no_extraction)               # the report's example queries
     assert pipeline_flow(n=16, seed=3, epochs=1) == report  # second run: every video already extracted

@@ -253,7 +253,7 @@ REPORT_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p"
 @given(caption=st.text(PRINTABLE, min_size=1, max_size=40), video_id=st.text(PRINTABLE, min_size=1, max_size=20),
        name=st.sampled_from(["<script>alert(1)</script>", "a|b", "`x`", "m2hf"]))
 def test_report_escapes_captions_and_ids(caption, video_id, name):
-    from retrieval.pipeline_report import QueryHit, ReportRow, html_page, markdown_report
+    from retrieval.evaluation.pipeline_report import QueryHit, ReportRow, html_page, markdown_report
 
     evaluation = {"t2v": {"R@1": 1.0}, "v2t": {"R@1": 2.0},
                   "protocol": {"n_queries_t2v": 1, "n_videos": 1, "ties": "mean", "v2t": "x"}}

@@ -25,13 +25,15 @@ from data.fingerprint import caption_digest
 from data.prepare import prepare
 from data.settings import get_settings
 from data.store import FeatureSet
-from extractors import run as extract_run
-from extractors.run import extract_dataset
-from fusion.data import load_features
-from retrieval import reindex as rx
-from retrieval.faiss_index import search as index_search
-from retrieval.index import open_build
-from retrieval.search import search_text
+from extractors import reader as extract_reader
+from extractors import runner as extract_runner
+from extractors.runner import extract_dataset
+from fusion.features import load_features
+from retrieval.index.faiss_index import search as index_search
+from retrieval.index.reader import open_build
+from retrieval.query.search import search_text
+from retrieval.reindex import cli as reindex_cli
+from retrieval.reindex import run as rx
 
 DS = "syn"
 PROJECT = Path(__file__).resolve().parents[1]
@@ -75,13 +77,13 @@ def home(tiny_synthetic, tvr_home, tmp_path):
 def decoded(monkeypatch):
     """Paths of the video files the extractors decode."""
     seen: list[str] = []
-    real = extract_run.stream_video
+    real = extract_reader.stream_video
 
     def spy(path, request):
         seen.append(Path(path).stem)
         return real(path, request)
 
-    monkeypatch.setattr(extract_run, "stream_video", spy)
+    monkeypatch.setattr(extract_reader, "stream_video", spy)
     return seen
 
 
@@ -165,8 +167,8 @@ def test_nothing_new_does_no_model_work(home, monkeypatch):
         raise AssertionError("model or decoder work during a reindex with nothing new")
 
     monkeypatch.setattr(torch.nn.Module, "__call__", forbidden)
-    monkeypatch.setattr(extract_run, "stream_video", forbidden)
-    monkeypatch.setattr(extract_run, "extract_shard", forbidden)
+    monkeypatch.setattr(extract_reader, "stream_video", forbidden)
+    monkeypatch.setattr(extract_runner, "extract_shard", forbidden)
     third = rx.reindex(DS)
     assert (third.status, third.added, third.changed, third.removed, third.encoded) == ("up-to-date", 0, 0, 0, 0)
     assert third.reused == 10 and third.without_features == 1 and third.build_id == build_id == current_build_id()
@@ -181,9 +183,9 @@ def test_flow_fn_and_cli(home, capsys):
     assert summary["status"] == "rebuilt" and summary["added"] == 2 and summary["random_weights"]
     assert summary["WARNING"].startswith("RANDOM WEIGHTS")
     assert reindex_flow.fn(DS)["status"] == "up-to-date"
-    assert rx.main([DS, "--json"]) == 0
+    assert reindex_cli.main([DS, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "up-to-date"
-    assert rx.main([DS, "--run", "no-such-run"]) == 2
+    assert reindex_cli.main([DS, "--run", "no-such-run"]) == 2
     assert "no run 'no-such-run'" in capsys.readouterr().err
 
 
@@ -192,7 +194,7 @@ def test_dataset_without_manifest_or_features_ends_cleanly(tvr_home, tiny_synthe
 
     summary = reindex_flow.fn("msrvtt")
     assert summary["status"] == "nothing-to-index" and "nothing to index" in summary["message"]
-    assert rx.main(["msrvtt"]) == 0 and "nothing to index" in capsys.readouterr().out
+    assert reindex_cli.main(["msrvtt"]) == 0 and "nothing to index" in capsys.readouterr().out
     prepare("synthetic", tiny_synthetic / "annotations.jsonl", tiny_synthetic, name="fresh")
     fresh = rx.reindex("fresh")
     assert fresh.status == "not-extracted" and "python -m flows.extract fresh" in fresh.message
@@ -200,7 +202,7 @@ def test_dataset_without_manifest_or_features_ends_cleanly(tvr_home, tiny_synthe
 
 
 def test_index_built_without_state_is_fully_encoded_once(home):
-    from retrieval.index import build_from_model
+    from retrieval.index.writer import build_from_model
 
     build_from_model(DS, use_gpu=False)                  # python -m retrieval.index: no per-video state
     assert open_build(DS, "zero-shot").video_state() is None
@@ -213,7 +215,7 @@ def test_index_built_without_state_is_fully_encoded_once(home):
 def test_reindex_keeps_the_serving_builds_index_options(home, capsys):
     """A build made with a memory budget and shards is rebuilt by the nightly re-index with the same
     options (read from its info.json); options given to the re-index replace them."""
-    from retrieval.index import main as index_main
+    from retrieval.index.cli import main as index_main
 
     assert index_main(["--dataset", DS, "--no-gpu", "--memory-gb", "2", "--shards", "4", "--batch", "4"]) == 0
     home.manifest(home.ids[:12])
@@ -227,11 +229,11 @@ def test_reindex_keeps_the_serving_builds_index_options(home, capsys):
     info = open_build(DS, "zero-shot").info
     assert reshard.status == "rebuilt" and info["partitions"]["shards"] == 2 and info["tuning"]["target"] == 0.9
     assert info["build_options"]["memory_gb"] == 2.0                     # the budget is kept
-    assert rx.main([DS, "--factory", "Flat"]) == 0                       # a new index choice replaces the budget
+    assert reindex_cli.main([DS, "--factory", "Flat"]) == 0                       # a new index choice replaces the budget
     options = open_build(DS, "zero-shot").info["build_options"]
     assert (options["factory"], options["memory_gb"], options["shards"]) == ("Flat", None, 2)
     assert rx.reindex(DS).status == "up-to-date"                         # the same options: nothing to do
-    assert rx.main([DS, "--shards", "0"]) == 2 and "--shards must be at least 1" in capsys.readouterr().err
+    assert reindex_cli.main([DS, "--shards", "0"]) == 2 and "--shards must be at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -281,11 +283,11 @@ def test_busy_lock_and_partial_build_debris(home):
 
 def test_help(capsys):
     with pytest.raises(SystemExit) as done:
-        rx.main(["--help"])
+        reindex_cli.main(["--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert "--run" in out and "--index-type" in out and "--shard-size" in out and "--batch" in out
-    assert rx.main(["syn", "--batch", "0"]) == 2
+    assert reindex_cli.main(["syn", "--batch", "0"]) == 2
     assert "error: batch size must be at least 1, got 0" in capsys.readouterr().err
 
 
@@ -433,15 +435,15 @@ def test_reindex_streams_batches_and_equals_the_in_memory_assembly(home, monkeyp
     new vectors at a time, the assembly reads at most 4 kept rows and writes at most 4 rows at a
     time, the index is filled at most 4 vectors at a time, and the build equals (ids, vectors,
     search results) one made from the whole array assembled in memory, as the re-index did before."""
-    from retrieval import faiss_index as fi
-    from retrieval import index as rindex
+    from retrieval.index import faiss_index as fi
+    from retrieval.index import layout as index_layout, reader as index_reader, writer as index_writer
 
     old = open_build(DS, "zero-shot")
     old_vectors, old_row = np.array(old.stored_vectors()), {v: i for i, v in enumerate(old.ids)}
     fusion_api = rx.fusion_api()
     sizes: dict[str, list[int]] = {"encoded": [], "kept": [], "assembled": [], "added": []}
     real_encode, real_write, real_matrix, real_stored = (fusion_api.video_id_vector_batches, rx.write_vectors,
-                                                         fi._as_matrix, rindex.IndexBuild.stored_vectors)
+                                                         fi._as_matrix, index_layout.IndexBuild.stored_vectors)
 
     def encode_spy(loaded, dataset, ids, **kw):
         found, batches = real_encode(loaded, dataset, ids, **kw)
@@ -475,7 +477,7 @@ def test_reindex_streams_batches_and_equals_the_in_memory_assembly(home, monkeyp
         spies.setattr(fusion_api, "video_id_vector_batches", encode_spy)
         spies.setattr(rx, "write_vectors", write_spy)
         spies.setattr(fi, "_as_matrix", matrix_spy)
-        spies.setattr(rindex.IndexBuild, "stored_vectors", stored_spy)
+        spies.setattr(index_layout.IndexBuild, "stored_vectors", stored_spy)
         result = rx.reindex(DS, shard_size=8, batch=4, shards=shards)
     assert (result.status, result.reused, result.encoded, result.removed) == ("rebuilt", 9, 6, 1)
     assert sizes["encoded"] == [4, 2] and sizes["written new"] == [4, 2]
@@ -491,8 +493,8 @@ def test_reindex_streams_batches_and_equals_the_in_memory_assembly(home, monkeyp
                          for v in home.ids[1:]])
     assert new.ids == home.ids[1:] and new.info["build_options"]["shards"] == shards
     np.testing.assert_array_equal(new.stored_vectors(), expected)
-    reference = rindex.verify_build(rindex.stage_build(DS, "in-memory", expected, new.ids, info=new.info,
-                                                       use_gpu=False, shards=shards))
+    reference = index_reader.verify_build(index_writer.stage_build(DS, "in-memory", expected, new.ids, info=new.info,
+                                                                   use_gpu=False, shards=shards))
     queries = fresh + np.float32(0.01)
     got, want = index_search(new.index, queries, 10), index_search(reference.index, queries, 10)
     assert (got[1] == want[1]).all() and np.allclose(got[0], want[0])

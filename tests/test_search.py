@@ -6,20 +6,20 @@ import json
 import pytest
 
 from fake_fusion_api import FakeFusion, write_dataset
-from retrieval import index as rindex
-from retrieval import search
+from retrieval.index import cli as index_cli, writer as index_writer
+from retrieval.query import search
 
 
 @pytest.fixture
 def indexed(tvr_home, monkeypatch):
     fake = FakeFusion().install(monkeypatch)
     write_dataset("toy", 25)
-    assert rindex.main(["--dataset", "toy", "--no-gpu"]) == 0
+    assert index_cli.main(["--dataset", "toy", "--no-gpu"]) == 0
     return fake
 
 
 def test_help(capsys):
-    for main in (search.main, rindex.main):
+    for main in (search.main, index_cli.main):
         with pytest.raises(SystemExit) as done:
             main(["--help"])
         assert done.value.code == 0
@@ -31,7 +31,7 @@ def test_index_cli_writes_a_current_build(indexed, tvr_home, capsys):
     root = tvr_home / "indexes" / "toy" / "zero-shot"
     first = (root / "current").read_text().strip()
     capsys.readouterr()
-    assert rindex.main(["--dataset", "toy", "--no-gpu"]) == 0     # a rebuild swaps the pointer
+    assert index_cli.main(["--dataset", "toy", "--no-gpu"]) == 0     # a rebuild swaps the pointer
     build = root / (root / "current").read_text().strip()
     assert build.name != first and (root / first).is_dir()
     info = json.loads((build / "info.json").read_text())
@@ -105,7 +105,7 @@ def hcmi_home(tmp_path_factory):
     import torch
 
     from data.settings import get_settings
-    from fusion.fakes import write_fake_dataset
+    from fake_features import write_fake_dataset
     from fusion.train import train
 
     threads = torch.get_num_threads()
@@ -124,7 +124,7 @@ def stored_text_tower(hcmi_home, monkeypatch):
     import sys
     import types
 
-    from fusion.data import load_features
+    from fusion.features import load_features
 
     feats = load_features("fake", [], settings=hcmi_home)
     tokens = {feats.captions[q]: (feats.text.flat[feats.text.offsets[q]: feats.text.offsets[q + 1]].numpy(),
@@ -149,12 +149,12 @@ def test_hcmi_free_text_equals_brute_force_exact_ranking(hcmi_home, stored_text_
     import numpy as np
 
     from fusion.api import QueryEncoder, load_model
-    from fusion.data import load_features
+    from fusion.features import load_features
     from fusion.encoding import encode_videos, model_device, score_matrix
     from fusion.factory import modalities_for
-    from retrieval.search import Searcher
+    from retrieval.query.search import Searcher
 
-    rindex.build_from_model("fake", "hcmi", settings=hcmi_home, use_gpu=False)
+    index_writer.build_from_model("fake", "hcmi", settings=hcmi_home, use_gpu=False)
     texts = stored_text_tower[::17][:6]
     searcher = Searcher("fake", "hcmi", settings=hcmi_home, rerank_depth=1000)
     found = searcher.search(texts, k=30)
@@ -179,7 +179,7 @@ def test_hcmi_free_text_equals_brute_force_exact_ranking(hcmi_home, stored_text_
 
 
 def test_search_cli_states_the_first_stage_depth(hcmi_home, stored_text_tower, capsys):
-    rindex.build_from_model("fake", "hcmi", settings=hcmi_home, use_gpu=False)
+    index_writer.build_from_model("fake", "hcmi", settings=hcmi_home, use_gpu=False)
     assert search.main([stored_text_tower[0], "--dataset", "fake", "--run", "hcmi", "-k", "4",
                         "--depth", "12", "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
@@ -197,7 +197,7 @@ def test_spans_overlap_the_window_where_the_object_appears(tvr_home, monkeypatch
     from data.settings import get_settings
     from data.store import ExtractorSpec, FeatureRow, FeatureSet
     from fake_fusion_api import IDS, _unit
-    from retrieval.search import Searcher
+    from retrieval.query.search import Searcher
 
     FakeFusion().install(monkeypatch)
     n, frames, step, dim = 60, 24, 0.5, 16
@@ -213,7 +213,7 @@ def test_spans_overlap_the_window_where_the_object_appears(tvr_home, monkeypatch
         rows.append(FeatureRow(vid, values, np.arange(frames) * step))
     spec = ExtractorSpec("clip_frames", dim, {"model": "generated"}, True)
     FeatureSet(get_settings().feature_dir("toy", "clip_frames", IDS["clip_frames"]), spec).write_shard(rows)
-    assert rindex.main(["--dataset", "toy", "--no-gpu"]) == 0
+    assert index_cli.main(["--dataset", "toy", "--no-gpu"]) == 0
     found = Searcher("toy").search([f"a clip of object{i}" for i in range(n)], k=n)
     overlaps = 0
     for i, f in enumerate(found):
@@ -230,7 +230,7 @@ def test_serving_run_is_the_default_run(indexed, tvr_home, capsys):
     """`retrieval.index --serve` records the run; search (and the service) default to it."""
     run = tvr_home / "runs" / "meanP-7"
     run.mkdir(parents=True)
-    assert rindex.main(["--dataset", "toy", "--run", str(run), "--no-gpu", "--serve"]) == 0
+    assert index_cli.main(["--dataset", "toy", "--run", str(run), "--no-gpu", "--serve"]) == 0
     assert "serving run of toy: meanP-7" in capsys.readouterr().out
     assert search.main(["a clip of v2", "--dataset", "toy", "--json"]) == 0
     found = json.loads(capsys.readouterr().out)

@@ -15,11 +15,13 @@ from fake_fusion_api import IDS, FakeFusion, write_dataset
 from serve_support import indexed_dataset, sample_video
 from test_reindex import home  # noqa: F401 (a fixture: tiny synthetic videos, real extraction, first reindex)
 
-from retrieval import index as rindex
-from retrieval import search, serve
-from retrieval.search import Searcher
-from retrieval.service.app import ServeSettings, create_app, serve_in_thread
+from retrieval.index import cli as index_cli, writer as index_writer
+from retrieval.query import search
+from retrieval.query.search import Searcher
+from retrieval.service import serve
+from retrieval.service.app import ServeSettings, create_app
 from retrieval.service.core import SearchService
+from service_thread import serve_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +202,7 @@ def test_a_lone_query_runs_on_lone_threads_and_a_batch_on_all(service):
 def test_hot_swap_and_a_failing_new_build(client, service, tvr_home):
     old = service.searcher.state.build_id
     write_dataset("toy", 28)                                     # 3 new videos
-    assert rindex.main(["--dataset", "toy", "--no-gpu"]) == 0
+    assert index_cli.main(["--dataset", "toy", "--no-gpu"]) == 0
     assert service.check_for_new_build()
     new = client.get("/api/search", params={"q": "a clip of v27", "k": 1}).json()
     assert new["index"]["build_id"] != old and new["results"][0]["video_id"] == "v27"
@@ -208,7 +210,7 @@ def test_hot_swap_and_a_failing_new_build(client, service, tvr_home):
     assert health["status"] == "ok" and health["build_id"] == new["index"]["build_id"]
     # a new build for other extractors cannot serve this model: the old one keeps answering
     ids = [f"v{i}" for i in range(28)]
-    other = rindex.write_build("toy", "zero-shot", FakeFusion().encode_split(None, "toy", "test").video_vectors,
+    other = index_writer.write_build("toy", "zero-shot", FakeFusion().encode_split(None, "toy", "test").video_vectors,
                                ids, info={"extractor_ids": {**IDS, "clip_text": "zzz"},
                                           "random_weights": True, "model": "zero-shot"}, use_gpu=False)
     assert not service.check_for_new_build()
@@ -224,7 +226,7 @@ def test_watcher_swaps_in_the_background(service):
     try:
         old = svc.searcher.state.build_id
         write_dataset("toy", 26)
-        assert rindex.main(["--dataset", "toy", "--no-gpu"]) == 0
+        assert index_cli.main(["--dataset", "toy", "--no-gpu"]) == 0
         deadline = time.monotonic() + 10
         while svc.searcher.state.build_id == old and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -307,7 +309,7 @@ def test_load_400_queries_16_threads_with_a_swap_mid_load(service):
     """Loopback only, the fake model: a re-index (python -m retrieval.index) of a changed manifest."""
     def reindex():
         write_dataset("toy", 30)
-        assert rindex.main(["--dataset", "toy", "--no-gpu"]) == 0
+        assert index_cli.main(["--dataset", "toy", "--no-gpu"]) == 0
 
     load_with_a_swap(SearchService(service.searcher, poll_s=0.05), "toy",
                      [f"a clip of v{i}" for i in range(25)], reindex)
@@ -318,7 +320,7 @@ def test_load_on_the_synthetic_index_with_retrieval_reindex_mid_load(home):  # n
     """Loopback only, the real zero-shot model (tiny random CLIP) on synthetic videos
     (tests/test_reindex.py's fixture): `python -m retrieval.reindex` of a manifest with two more
     videos extracts, encodes and publishes mid-load."""
-    from retrieval import reindex as rx
+    from retrieval.reindex import run as rx
 
     def reindex():
         home.manifest(home.ids[:12])
@@ -380,7 +382,7 @@ def test_damaged_pointer_while_serving_keeps_answering_and_says_so(client, servi
     assert "names build 'no-such-build'" in health["problem"] and "newest verified build" in health["problem"]
     found = client.get("/api/search", params={"q": "a clip of v9", "k": 1}).json()
     assert found["results"][0]["video_id"] == "v9" and "newest verified build" in found["note"]
-    assert rindex.main(["--dataset", "toy", "--no-gpu"]) == 0          # the next build repairs it
+    assert index_cli.main(["--dataset", "toy", "--no-gpu"]) == 0          # the next build repairs it
     assert service.check_for_new_build() and client.get("/healthz").json()["status"] == "ok"
 
 

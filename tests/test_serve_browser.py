@@ -14,9 +14,10 @@ import pytest
 from fake_fusion_api import FakeFusion
 from serve_support import indexed_dataset, sample_video
 
-from retrieval.search import Searcher
-from retrieval.service.app import ServeSettings, create_app, serve_in_thread
+from retrieval.query.search import Searcher
+from retrieval.service.app import ServeSettings, create_app
 from retrieval.service.core import SearchService
+from service_thread import serve_in_thread
 
 CHROMIUM = os.environ.get("TVR_CHROMIUM", "/usr/bin/chromium")
 playwright = pytest.importorskip("playwright.sync_api")

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from data import synthetic
+from data.synthetic import render, scenes
+from data.synthetic.oracle import oracle_ceilings
 from data.prepare import prepare
 
 
@@ -24,7 +26,7 @@ def decode_all(path):
 
 
 def test_plan_splits_are_compositional():
-    specs = synthetic.plan_dataset(400, seed=3)
+    specs = scenes.plan_dataset(400, seed=3)
     test = [tuple(s.attributes.values()) for s in specs if s.split == "test"]
     train = {tuple(s.attributes.values()) for s in specs if s.split == "train"}
     assert len(test) == 100 and len(set(test)) == len(test)  # no two test videos share an attribute set
@@ -40,12 +42,12 @@ def test_plan_splits_are_compositional():
 
 
 def test_captions_name_every_attribute():
-    for spec in synthetic.plan_dataset(60, seed=1):
-        caps = synthetic.captions_for(spec)
+    for spec in scenes.plan_dataset(60, seed=1):
+        caps = scenes.captions_for(spec)
         assert 3 <= len(caps) <= 5 and len(set(caps)) == len(caps)
         for cap in caps:
             for attr, value in spec.attributes.items():
-                assert any(w in cap for w in synthetic.WORDS.get(attr, {}).get(value, [value])), (attr, cap)
+                assert any(w in cap for w in scenes.WORDS.get(attr, {}).get(value, [value])), (attr, cap)
 
 
 def test_files_decode_with_pyav_and_ffmpeg(tiny_synthetic):
@@ -82,16 +84,16 @@ def test_same_seed_same_manifest_and_frames(tiny_synthetic, tmp_path, tvr_home):
 
 
 def test_other_seed_differs(tmp_path):
-    a = [s.attributes for s in synthetic.plan_dataset(50, seed=1)]
-    b = [s.attributes for s in synthetic.plan_dataset(50, seed=2)]
+    a = [s.attributes for s in scenes.plan_dataset(50, seed=1)]
+    b = [s.attributes for s in scenes.plan_dataset(50, seed=2)]
     assert a != b
 
 
 def test_attributes_are_visible_in_pixels():
-    spec = next(s for s in synthetic.plan_dataset(200, seed=0)
+    spec = next(s for s in scenes.plan_dataset(200, seed=0)
                 if s.attributes["motion"] == "right" and s.attributes["size"] == "small")
-    frames = synthetic.render_frames(spec)
-    target = np.array(synthetic.RGB[spec.attributes["colour"]])
+    frames = render.render_frames(spec)
+    target = np.array(render.RGB[spec.attributes["colour"]])
 
     def centre_x(frame):
         hit = np.all(np.abs(frame.astype(int) - target) < 30, axis=-1)
@@ -99,7 +101,7 @@ def test_attributes_are_visible_in_pixels():
 
     shifts = np.diff([centre_x(f) for f in frames])
     shifts = shifts[np.isfinite(shifts) & (np.abs(shifts) < 0.3 * spec.width)]   # drop the wrap-around jumps
-    rate_px = np.array(synthetic.CROSSINGS_PER_S) * spec.width / spec.fps
+    rate_px = np.array(render.CROSSINGS_PER_S) * spec.width / spec.fps
     assert np.median(shifts) > 0.5 * rate_px[0]          # streams rightwards, frame after frame
 
 
@@ -109,20 +111,20 @@ def test_direction_is_hidden_from_frames_one_second_apart():
     t = np.array([0.0, 1.0])
     signs = []
     for _ in range(2000):
-        x, _ = synthetic._centre_path("right", t, 320, 240, 96, rng)
+        x, _ = render._centre_path("right", t, 320, 240, 96, rng)
         shift = (x[1] - x[0]) / (320 + 96)
         signs.append(np.sign((shift + 0.5) % 1.0 - 0.5))
     assert abs(np.mean(signs)) < 0.1
-    x, _ = synthetic._centre_path("right", np.arange(16) / 15, 320, 240, 96, rng)
+    x, _ = render._centre_path("right", np.arange(16) / 15, 320, 240, 96, rng)
     assert (np.diff(x)[np.abs(np.diff(x)) < 100] > 0).all()   # at 15 fps: always rightwards
 
 
 def test_audio_classes_differ_and_silence_is_silent():
-    base = synthetic.plan_dataset(200, seed=0)[0]
+    base = scenes.plan_dataset(200, seed=0)[0]
     waves = {}
-    for sound in synthetic.ATTRIBUTES["sound"]:
-        spec = synthetic.VideoSpec(**{**base.__dict__, "attributes": {**base.attributes, "sound": sound}})
-        waves[sound] = synthetic.render_audio(spec)
+    for sound in scenes.ATTRIBUTES["sound"]:
+        spec = scenes.VideoSpec(**{**base.__dict__, "attributes": {**base.attributes, "sound": sound}})
+        waves[sound] = render.render_audio(spec)
     assert not waves["silent"].any()
     spectra = {k: np.abs(np.fft.rfft(w[:16000])) for k, w in waves.items() if k != "silent"}
     peaks = {k: int(np.argmax(s)) for k, s in spectra.items()}
@@ -133,7 +135,7 @@ def test_oracle_ceilings_hand_example():
     attrs = [dict(shape="circle", colour="red", size="small", texture="plain", motion="left", sound="low"),
              dict(shape="circle", colour="red", size="small", texture="plain", motion="right", sound="low"),
              dict(shape="square", colour="blue", size="small", texture="plain", motion="left", sound="high")]
-    table = synthetic.oracle_ceilings(attrs)
+    table = oracle_ceilings(attrs)
     # visual only: the two red circles tie (1/2 each), the blue square is unique (1)
     assert table["visual (shape, colour, size, texture)"]["R@1"] == pytest.approx(100 * (0.5 + 0.5 + 1) / 3)
     assert table["visual + motion"]["R@1"] == pytest.approx(100)

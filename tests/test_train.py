@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from data.settings import get_settings
-from fusion.api import encode_queries, encode_split, load_model
-from fusion.data import load_features, pick_extractor, segment_positions, uniform_positions
-from fusion.fakes import write_fake_dataset
+from fake_features import write_fake_dataset
 from fusion import train as fusion_train
+from fusion.api import encode_queries, encode_split, load_model
+from fusion.features import load_features, pick_extractor
+from fusion.sampling import segment_positions, uniform_positions
 from fusion.train import train
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -229,7 +230,7 @@ def test_api_zero_shot_and_queries(home, monkeypatch):
 @pytest.mark.slow
 def test_ablation_writes_the_table(tmp_path):
     from fusion.ablation import run_ablation
-    from fusion.fakes import write_structured_synthetic
+    from fake_features import write_structured_synthetic
 
     settings = get_settings(tmp_path / "abl")
     write_structured_synthetic(settings, "synthetic", n=40, seed=0)
@@ -274,3 +275,64 @@ def test_input_statistics_cover_training_videos_with_the_modality(home):
     torch.testing.assert_close(stats["audio"][0], rows.mean(0))
     torch.testing.assert_close(stats["audio"][1], rows.std(0, correction=0))
     assert stats["motion"][0].shape == (2304,)
+
+
+def test_the_model_registry_is_the_one_list_of_model_names(capsys):
+    """Every registered model has its defaults file and every defaults file is registered; the
+    training CLI's choices and prefect.yaml's train/<model> deployments are the registry's names."""
+    import yaml
+
+    from fusion.config import CONFIG_DIR
+    from fusion.registry import MODELS, model_names
+
+    files = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != "base")
+    assert files == model_names() == sorted(MODELS)
+    spec = yaml.safe_load((PROJECT / "prefect.yaml").read_text())
+    trains = sorted(d["parameters"]["model"] for d in spec["deployments"]
+                    if d["entrypoint"].startswith("flows/train.py"))
+    assert trains == model_names()
+    with pytest.raises(SystemExit):
+        fusion_train.main(["--help"])
+    assert "{" + ",".join(model_names()) + "}" in capsys.readouterr().out.replace("\n", "").replace(" ", "")
+
+
+def _write_bundle(folder: Path) -> Path:
+    """A minimal hand-made bundle of an untrained meanP model on 16-d features (no feature store)."""
+    from safetensors.torch import save_model
+
+    from data.fingerprint import sha256_file
+    from fusion.bundle import BUNDLE_FILE, FORMAT, WEIGHTS_FILE
+    from fusion.config import load_config
+    from fusion.factory import build_model
+
+    folder.mkdir(parents=True)
+    config = load_config("meanP")
+    save_model(build_model(config, 16), str(folder / WEIGHTS_FILE))
+    (folder / BUNDLE_FILE).write_text(json.dumps({
+        "format": FORMAT, "model": "meanP", "config": config, "width": 16, "dataset": "fake",
+        "extractor_ids": {}, "random_weights": True, "fine_grained": False,
+        "text_extractor": {"params": {"model": "ViT-B-32"}},
+        "files": {WEIGHTS_FILE: sha256_file(folder / WEIGHTS_FILE)}}))
+    return folder
+
+
+def test_a_loaded_bundle_honours_tvr_device_and_an_explicit_device_overrides_it(tmp_path, monkeypatch):
+    from fusion.bundle import load_bundle
+    from fusion.encoding import model_device
+
+    bundle = _write_bundle(tmp_path / "bundle")
+    monkeypatch.setenv("TVR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TVR_DEVICE", "cpu")
+    assert model_device(load_model(bundle).model).type == "cpu"
+    monkeypatch.setenv("TVR_DEVICE", "cuda")              # the default follows $TVR_DEVICE ...
+    if torch.cuda.is_available():
+        assert model_device(load_model(bundle).model).type == "cuda"
+        assert model_device(load_bundle(bundle).model).type == "cuda"
+    else:
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            load_model(bundle)
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            load_bundle(bundle)
+    # ... and an explicit device wins over it
+    assert model_device(load_model(bundle, device="cpu").model).type == "cpu"
+    assert model_device(load_bundle(bundle, device="cpu").model).type == "cpu"

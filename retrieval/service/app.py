@@ -4,7 +4,8 @@ The lifespan opens the model, text tower and current build once (a :class:`Searc
 the one passed in: tests inject a service over a fake model) and puts it on ``app.state``; the
 routes only parse the request and call the service. Routes::
 
-    GET /                          the search page (static/index.html)
+    GET /                          the search page (static/index.html, its RANDOM WEIGHTS banner
+                                   text from data.provenance)
     GET /api/search?q=TEXT&k=K     the retrieval.search --json dict, plus per result a thumbnail
                                    URL and a video URL
     GET /api/info, GET /healthz    what answers (build id, run, model, random weights, problems)
@@ -18,11 +19,9 @@ safe path component (400); an id not in the index (404).
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Iterator
+from typing import Annotated, Any
 from urllib.parse import parse_qsl, quote
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -31,13 +30,15 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from data.names import InvalidName, check_name
+from data.provenance import random_weights_label
 from data.settings import QueryPrecision
-from retrieval.index import index_root
-from retrieval.search import MAX_K, MAX_QUERY_CHARS, RERANK_DEPTH, QueryError, Searcher
+from retrieval.index.layout import index_root
+from retrieval.query.search import MAX_K, MAX_QUERY_CHARS, RERANK_DEPTH, QueryError, Searcher
 from retrieval.service.core import SearchService
 from retrieval.service.media import THUMBS_DIR, MediaError, thumbnail
 
 STATIC = Path(__file__).parent / "static"
+PAGE_LABEL = "__RANDOM_WEIGHTS__"       # the page's random-weights banner text, filled in when served
 
 
 class ServeSettings(BaseModel):
@@ -189,7 +190,8 @@ def create_app(settings: ServeSettings, service: SearchService | None = None) ->
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
-        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+        page = (STATIC / "index.html").read_text(encoding="utf-8")
+        return HTMLResponse(page.replace(PAGE_LABEL, random_weights_label()))
 
     @app.get("/healthz", response_model=Health)
     def healthz(service: ServiceDep) -> dict:
@@ -233,25 +235,3 @@ def create_app(settings: ServeSettings, service: SearchService | None = None) ->
             return _error(404, str(err))
 
     return app
-
-
-@contextmanager
-def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Run ``app`` with uvicorn in a thread (default: loopback, a free port); yields the base URL.
-    For tests and the benchmark; ``python -m retrieval.serve`` runs uvicorn in the foreground."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start (see its log above)")
-        time.sleep(0.02)
-    bound = server.servers[0].sockets[0].getsockname()
-    try:
-        yield f"http://{bound[0]}:{bound[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)

@@ -1,4 +1,4 @@
-"""The search service without HTTP: one :class:`~retrieval.search.Searcher`, micro-batched queries,
+"""The search service without HTTP: one :class:`~retrieval.query.search.Searcher`, micro-batched queries,
 hot swaps of the ``current`` build.
 
 - :class:`MicroBatcher`: requests queue up; one worker thread takes what is waiting (up to
@@ -21,8 +21,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 
-from retrieval.index import current_build_id
-from retrieval.search import Searcher, check_params, check_query
+from retrieval.index.reader import current_build_id
+from retrieval.query.search import Searcher, check_params, check_query
 
 log = logging.getLogger(__name__)
 

@@ -1,21 +1,23 @@
 """Tables for evaluation results: console text and Markdown from the same rows, published
-reference rows (METHODS.md §6), and mean / spread over several runs."""
+reference rows (docs/methods.md §6), and mean / spread over several runs."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
 
-METRICS = ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR", "RSum")   # the default columns
+from data.metrics import RANK_COLUMNS
+
+COLUMNS_AFTER_RECALLS = RANK_COLUMNS + ("RSum",)   # table order: R@K ascending, then MdR, MnR, RSum
 
 
 def columns(rows) -> list[str]:
     """The metric columns present in ``rows`` (metric dicts): R@K ascending, then MdR, MnR, RSum."""
     keys = {k for metrics in rows for k in metrics}
     recalls = sorted((k for k in keys if k.startswith("R@")), key=lambda k: int(k[2:]))
-    return recalls + [k for k in ("MdR", "MnR", "RSum") if k in keys]
+    return recalls + [k for k in COLUMNS_AFTER_RECALLS if k in keys]
 
-# METHODS.md §6: published text-to-video R@1 on MSR-VTT 1k-A (not measured here).
+# docs/methods.md §6: published text-to-video R@1 on MSR-VTT 1k-A (not measured here).
 REFERENCE_ROWS = (
     ("CLIP4Clip seqTransf, ViT-B/32, fine-tuned", 44.5),
     ("CLIP4Clip seqTransf on frozen CLIP ViT-B/16", 42.1),
@@ -60,7 +62,7 @@ def render(rows: Sequence[tuple[str, str, dict]], *, markdown: bool, spreads: di
     body = []
     for label, direction, metrics in rows:
         spread = (spreads or {}).get((label, direction), {})
-        body.append([label, direction] + [_cell(metrics.get(m), spread.get(m), 2 if m in ("MdR", "MnR") else 1)
+        body.append([label, direction] + [_cell(metrics.get(m), spread.get(m), 2 if m in RANK_COLUMNS else 1)
                                           for m in names])
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -1,8 +1,8 @@
 """The pipeline's report: one Markdown and one HTML page from the runs the pipeline trained.
 
 Content: the comparison table (test split, both directions, every metric, computed by
-:func:`retrieval.evaluate.evaluate_run` so it equals ``python -m retrieval.evaluate`` on the same
-run), the per-attribute top-1 match (the modality ablation), the oracle ceilings of the synthetic
+:func:`retrieval.evaluation.evaluate.evaluate_run` so it equals ``python -m retrieval.evaluate`` on
+the same run), the per-attribute top-1 match (the modality ablation), the oracle ceilings of the synthetic
 dataset, validation curves of every trained run, and a few test captions with their top videos
 as thumbnails. Every page says RANDOM WEIGHTS when any feature came from random weights.
 """
@@ -25,12 +25,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from data.atomic import atomic_path, write_text_atomic  # noqa: E402
+from data.metrics import METRIC_COLUMNS  # noqa: E402
+from data.provenance import random_weights_label  # noqa: E402
 from data.videofiles import FILE_ONLY, file_url  # noqa: E402
-
-METRICS = ("R@1", "R@5", "R@10", "R@50", "RSum", "MdR", "MnR")
-ATTRIBUTES = ("colour", "size", "shape", "texture", "motion", "sound")
-BANNER = ("RANDOM WEIGHTS: every feature extractor used random weights; these numbers measure the "
-          "pipeline and the fusion models on synthetic data, not pretrained CLIP/VGGish/SlowFast.")
+from fusion.ablation import ATTRIBUTES  # noqa: E402
 
 
 @dataclass
@@ -117,18 +115,19 @@ def markdown_report(dataset: str, rows: list[ReportRow], oracle: dict | None, qu
     protocol = first.get("protocol", {})
     lines = [f"# tvr pipeline report: {_md(dataset)}", ""]
     if random_weights:
-        lines += [f"**{BANNER}**", ""]
+        lines += [f"**{random_weights_label()}**", ""]
     listed = (f" (of {protocol['n_queries_listed']} / {protocol['n_videos_listed']} the split lists)"
               if "n_videos_listed" in protocol else "")
     lines += [f"Test split: {protocol['n_queries_t2v']} caption queries over {protocol['n_videos']} videos{listed}; "
               f"ties: {protocol['ties']}; video-to-text protocol: {protocol['v2t']}. Numbers are those of "
               f"python -m retrieval.evaluate --run RUN --dataset {_md(dataset)}.", "",
-              "## Models", "", "| model | run | t2v " + " | t2v ".join(METRICS) + " | v2t " + " | v2t ".join(METRICS) + " |",
-              "|" + "---|" * (2 + 2 * len(METRICS))]
+              "## Models", "", "| model | run | t2v " + " | t2v ".join(METRIC_COLUMNS) + " | v2t "
+              + " | v2t ".join(METRIC_COLUMNS) + " |", "|" + "---|" * (2 + 2 * len(METRIC_COLUMNS))]
     for row in rows:
         t2v, v2t = row.evaluation["t2v"], row.evaluation["v2t"]
-        lines.append(f"| {_md(row.name)} | {_md(row.run_dir.name)} | " + " | ".join(_fmt(t2v.get(m)) for m in METRICS)
-                     + " | " + " | ".join(_fmt(v2t.get(m)) for m in METRICS) + " |")
+        lines.append(f"| {_md(row.name)} | {_md(row.run_dir.name)} | "
+                     + " | ".join(_fmt(t2v.get(m)) for m in METRIC_COLUMNS)
+                     + " | " + " | ".join(_fmt(v2t.get(m)) for m in METRIC_COLUMNS) + " |")
     if any(row.attributes for row in rows):
         lines += ["", "## What each modality adds: top-1 attribute match (%)", "",
                   "How often the top-ranked test video has the queried video's attribute (ties at the top share "

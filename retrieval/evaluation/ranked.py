@@ -13,8 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from retrieval.faiss_index import search
 from data.metrics import RankCounts
+from retrieval.index.faiss_index import search
 
 
 def _counts_from_lists(scores: np.ndarray, rows: np.ndarray, truth: np.ndarray, missing: int):

@@ -1,31 +1,32 @@
-"""The one feature loader shared by training, indexing and evaluation.
+"""The one feature loader shared by training, indexing and evaluation: a dataset's stored
+features in memory (:class:`DatasetFeatures`), read once from the contract-A store (``data.store``).
 
-Reads the contract-A feature store (``data.store``) for one dataset into ragged tensors (one flat
-``[sum T, D]`` tensor plus row offsets per modality, loaded once), and assembles padded batches
-with masks by a single vectorised gather per batch:
+:func:`load_features` reads ``clip_frames`` + ``clip_text`` (and ``audio`` / ``motion`` when asked)
+into one :class:`~fusion.batches.Ragged` per modality (flat ``[sum T, D]`` + offsets): frames
+``[T, D]`` per video, caption tokens ``[L, D]`` per caption, audio windows ``[Ta, 128]`` and motion
+clips ``[Tm, 2304]`` per video (length 0 and ``has_audio`` / ``has_motion`` False where a video has
+none). :class:`DatasetFeatures` selects splits and captions and assembles padded batches
+(:mod:`fusion.batches`) with one vectorised gather per batch, frames sampled by :mod:`fusion.sampling`.
 
-- :class:`VideoBatch`: frames ``[B, N, D]`` + mask + times (s), audio ``[B, Na, 128]``, motion
-  ``[B, Nm, 2304]`` (each + mask + times), ``has_audio`` / ``has_motion`` ``[B]``;
-- :class:`TextBatch`: caption tokens ``[Q, L, D]`` + mask + ``eot`` index ``[Q]``.
-
-Frames are subsampled to ``max_frames`` uniformly (``linspace(0, n-1, N)``, METHODS.md section 1)
-or, for HCMI training, by two-view sampling (split into N segments, one random frame per segment;
-the second view of label denoising differs for every video of 2+ frames, :func:`other_view`).
-Splits come from the manifest; when it has no ``val`` split, a fixed fraction of ``train`` is
-held out (seed 0, the same for every model) so model selection never sees the test split;
+Videos are the manifest's videos whose frames are ``ok``; captions the ``ok`` text rows of those
+videos. Splits come from the manifest; when it has no ``val`` split, a fixed fraction of ``train``
+is held out (seed 0, the same for every model) so model selection never sees the test split;
 ``val_holdout: 0`` holds out nothing (every training video trains; selection = the last epoch).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from data.manifest import read_manifest
+from data.modalities import AUDIO, CLIP_FRAMES, CLIP_TEXT, MOTION
 from data.settings import Settings, get_settings
 from data.store import FeatureSet, FeatureTable, list_extractors
+from fusion.batches import Ragged, TextBatch, VideoBatch, truncate_tokens
+from fusion.sampling import other_view, segment_positions, uniform_positions
 
-FRAMES, TEXT, AUDIO, MOTION = "clip_frames", "clip_text", "audio", "motion"
 AUDIO_WINDOW_S = 0.96  # VGGish window; audio timestamps are window starts, centres are used
 
 
@@ -58,151 +59,6 @@ def _describe(choices: list[dict]) -> str:
         p = c.get("params", {})
         parts.append(f"{c['extractor_id']} (model={p.get('model')}, weights={p.get('weights')})")
     return ", ".join(parts)
-
-
-@dataclass
-class Ragged:
-    """Variable-length rows: ``flat`` ``[S, D]``, ``offsets`` ``[R + 1]``, ``times`` ``[S]`` seconds."""
-
-    flat: torch.Tensor
-    offsets: torch.Tensor
-    times: torch.Tensor
-
-    @classmethod
-    def from_table(cls, table: FeatureTable, time_offset_s: float = 0.0) -> "Ragged":
-        flat = np.asarray(table.flat, np.float32)
-        flat = torch.from_numpy(flat if flat.flags.writeable else flat.copy())
-        offsets = torch.from_numpy(np.asarray(table.offsets, np.int64).copy())
-        col = table.table.column("timestamps_s").combine_chunks()
-        ts_offsets = col.offsets.to_numpy()
-        ts = col.values.to_numpy(zero_copy_only=False)[ts_offsets[0]: ts_offsets[-1]]
-        if len(ts) == len(flat) and np.array_equal(np.diff(ts_offsets), np.diff(table.offsets)):
-            times = torch.from_numpy(ts.astype(np.float32) + np.float32(time_offset_s))
-        else:  # rows without timestamps (text): position index
-            starts = np.repeat(table.offsets[:-1], np.diff(table.offsets))
-            times = torch.from_numpy((np.arange(len(flat)) - starts).astype(np.float32))
-        return cls(flat, offsets, times)
-
-    @classmethod
-    def from_arrays(cls, rows: list[np.ndarray], times: list[np.ndarray] | None = None) -> "Ragged":
-        """From per-row ``[T_i, D]`` arrays (tests and the benchmark)."""
-        lengths = [len(r) for r in rows]
-        offsets = torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int64)
-        flat = torch.from_numpy(np.concatenate(rows).astype(np.float32))
-        if times is None:
-            times = [np.arange(n, dtype=np.float32) for n in lengths]
-        return cls(flat, offsets, torch.from_numpy(np.concatenate(times).astype(np.float32)))
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        return self.offsets[1:] - self.offsets[:-1]
-
-    def gather(self, rows: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Values ``[B, T, D]`` and times ``[B, T]`` at within-row ``positions`` ``[B, T]`` (zeros where ~mask)."""
-        idx = torch.where(mask, self.offsets[rows][:, None] + positions, 0).reshape(-1)
-        values = torch.index_select(self.flat, 0, idx).view(*mask.shape, -1)
-        values.masked_fill_(~mask[..., None], 0.0)
-        return values, torch.index_select(self.times, 0, idx).view(mask.shape).masked_fill_(~mask, 0.0)
-
-    def pad(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Whole rows, padded to the longest: values ``[B, T, D]``, mask ``[B, T]``, times ``[B, T]``."""
-        lengths = self.lengths[rows]
-        t = max(int(lengths.max()) if len(rows) else 0, 1)
-        positions = torch.arange(t)[None].expand(len(rows), t)
-        mask = positions < lengths[:, None]
-        values, times = self.gather(rows, positions, mask)
-        return values, mask, times
-
-
-@dataclass
-class VideoBatch:
-    """Padded video inputs. Masks are True on real steps; times in seconds from the video start."""
-
-    frames: torch.Tensor                 # [B, N, D]
-    frame_mask: torch.Tensor             # [B, N] bool
-    frame_t: torch.Tensor                # [B, N]
-    audio: torch.Tensor | None = None    # [B, Na, 128]
-    audio_mask: torch.Tensor | None = None
-    audio_t: torch.Tensor | None = None
-    has_audio: torch.Tensor | None = None  # [B] bool
-    motion: torch.Tensor | None = None   # [B, Nm, 2304]
-    motion_mask: torch.Tensor | None = None
-    motion_t: torch.Tensor | None = None
-    has_motion: torch.Tensor | None = None  # [B] bool
-
-    def to(self, device) -> "VideoBatch":
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
-                                if getattr(self, f.name) is not None})
-
-
-@dataclass
-class TextBatch:
-    """Padded caption tokens ``[Q, L, D]``, mask ``[Q, L]`` and end-of-text index ``[Q]``."""
-
-    tokens: torch.Tensor
-    token_mask: torch.Tensor
-    eot: torch.Tensor
-
-    def to(self, device) -> "TextBatch":
-        return TextBatch(self.tokens.to(device), self.token_mask.to(device), self.eot.to(device))
-
-    def sentence(self) -> torch.Tensor:
-        """The EOT token embedding ``[Q, D]`` (CLIP's sentence embedding)."""
-        return self.tokens[torch.arange(len(self.eot), device=self.eot.device), self.eot]
-
-
-def uniform_positions(lengths: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``round(linspace(0, len-1, n))`` per row (all steps when shorter): positions, mask ``[R, n]``."""
-    lengths = lengths.to(torch.float64)
-    frac = torch.linspace(0, 1, n, dtype=torch.float64)[None]
-    short = lengths[:, None] <= n
-    spread = torch.round(frac * (lengths[:, None] - 1).clamp(min=0)).long()
-    ordinal = torch.arange(n)[None].expand_as(spread)
-    positions = torch.where(short, ordinal, spread)
-    mask = torch.where(short, ordinal < lengths[:, None], torch.ones_like(short))
-    return positions, mask
-
-
-def _segments(lengths: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """HCMI segments: each row split into ``min(n, len)`` parts; ``lo`` / ``hi`` ``[R, n]`` (float64,
-    half-open frame ranges) and the mask of the slots that hold a segment."""
-    lengths = lengths.to(torch.float64)
-    segments = torch.minimum(lengths, torch.full_like(lengths, n)).clamp(min=1)
-    k = torch.arange(n, dtype=torch.float64)[None]
-    lo = torch.floor(k * lengths[:, None] / segments[:, None])
-    hi = torch.floor((k + 1) * lengths[:, None] / segments[:, None])
-    return lo, hi, k < torch.minimum(segments, lengths)[:, None]
-
-
-def segment_positions(lengths: torch.Tensor, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """HCMI view sampling: split each row into ``min(n, len)`` segments, one random step in each."""
-    lo, hi, mask = _segments(lengths, n)
-    u = torch.rand(lo.shape, generator=generator, dtype=torch.float64)
-    positions = (lo + torch.floor(u * (hi - lo).clamp(min=1))).long()
-    return torch.where(mask, positions, torch.zeros_like(positions)), mask
-
-
-def other_view(lengths: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, n: int,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A second view ``[R, n]`` that differs from ``positions`` / ``mask`` for every row of 2+ frames.
-
-    Every segment holding two or more frames takes another of its frames (uniformly among the
-    others); a row of at most ``n`` frames (one frame per segment, so nothing to move) leaves one
-    random frame out instead, keeping the others at their slots. A 1-frame row keeps its only view.
-    """
-    lo, hi, _ = _segments(lengths, n)
-    width = (hi - lo).long()
-    lo = lo.long()
-    u = torch.rand(lo.shape, generator=generator, dtype=torch.float64)
-    pick = lo + torch.floor(u * (width - 1).clamp(min=0)).long()
-    pick = pick + ((pick >= positions) & (positions >= lo) & (positions < lo + width)).long()
-    moved = torch.where(mask & (width >= 2), pick, positions)
-    short = (lengths >= 2) & (lengths <= n)
-    drop = torch.floor(torch.rand(len(lengths), generator=generator, dtype=torch.float64)
-                       * lengths.to(torch.float64)).long()
-    keep = mask & ~(short[:, None] & (torch.arange(n)[None] == drop[:, None]))
-    return torch.where(keep, moved, torch.zeros_like(moved)), keep
 
 
 @dataclass
@@ -345,18 +201,6 @@ class DatasetFeatures:
         return truncate_tokens(self.text, rows, self.eot[rows], max_words)
 
 
-def truncate_tokens(text: Ragged, rows: torch.Tensor, eot: torch.Tensor, max_words: int) -> TextBatch:
-    """Padded tokens of ``rows``; captions over ``max_words`` keep tokens ``0..L-2`` and their EOT."""
-    lengths = text.lengths[rows]
-    width = max(1, min(max_words, int(lengths.max()) if len(rows) else 1))
-    positions = torch.arange(width)[None].repeat(len(rows), 1)
-    long = lengths > width
-    positions[long, width - 1] = eot[long]
-    mask = positions < lengths[:, None]
-    tokens, _ = text.gather(rows, positions, mask)
-    return TextBatch(tokens, mask, torch.clamp(eot, max=width - 1))
-
-
 def load_features(dataset: str, modalities: list[str] | tuple[str, ...], *, extractors: dict | None = None,
                   settings: Settings | None = None, val_holdout: float = 0.1) -> DatasetFeatures:
     """Load ``clip_frames`` + ``clip_text`` and the extra ``modalities`` (``audio``, ``motion``).
@@ -366,12 +210,12 @@ def load_features(dataset: str, modalities: list[str] | tuple[str, ...], *, extr
     settings = settings or get_settings()
     extractors = dict(extractors or {})
     manifest = read_manifest(settings.manifest_path(dataset))
-    wanted = [FRAMES, TEXT] + [m for m in (AUDIO, MOTION) if m in modalities]
+    wanted = [CLIP_FRAMES, CLIP_TEXT] + [m for m in (AUDIO, MOTION) if m in modalities]
     infos = {m: pick_extractor(settings, dataset, m, extractors.get(m)) for m in wanted}
     tables = {m: FeatureSet(settings.feature_dir(dataset, m, infos[m]["extractor_id"])).read() for m in wanted}
     notes: list[str] = []
 
-    frames_t = tables[FRAMES]
+    frames_t = tables[CLIP_FRAMES]
     status = np.asarray(frames_t.status)
     pos_in_table = {v: i for i, v in enumerate(frames_t.video_ids) if status[i] == "ok"}
     manifest_ids = manifest.video_ids
@@ -379,11 +223,11 @@ def load_features(dataset: str, modalities: list[str] | tuple[str, ...], *, extr
     if len(video_ids) < len(manifest_ids):
         notes.append(f"{len(manifest_ids) - len(video_ids)} manifest videos without ok frames were left out")
     if not video_ids:
-        raise ValueError(f"dataset {dataset!r}: no video has ok {FRAMES} features")
+        raise ValueError(f"dataset {dataset!r}: no video has ok {CLIP_FRAMES} features")
     index = {v: i for i, v in enumerate(video_ids)}
     frames = _reorder(frames_t, [pos_in_table[v] for v in video_ids])
 
-    text_t = tables[TEXT]
+    text_t = tables[CLIP_TEXT]
     tstatus = np.asarray(text_t.status)
     text_rows = [i for i, v in enumerate(text_t.video_ids) if v in index and tstatus[i] == "ok"]
     text = _reorder(text_t, text_rows)
@@ -469,4 +313,3 @@ def _splits(manifest, index: dict[str, int], val_holdout: float) -> dict[str, np
         out["val"] = np.sort(train[perm[:n_val]])
         out["train"] = np.sort(train[perm[n_val:]])
     return out
-

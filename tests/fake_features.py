@@ -1,4 +1,4 @@
-"""Contract-A feature stores written from generated arrays, for tests and the benchmark.
+"""Test code: contract-A feature stores written from generated arrays (no production module imports it).
 
 :func:`write_fake_dataset` writes a manifest plus ``clip_frames`` / ``clip_text`` / ``audio`` /
 ``motion`` features with the contract shapes and columns, labelled ``random_weights=True``.

@@ -35,13 +35,13 @@ from typing import Callable, Sequence
 import faiss
 import numpy as np
 
-from retrieval.faiss_index import (ADD_BATCH, TRAIN_SAMPLE, IndexFolderError, apply_search_params, build_streamed,
-                                   plan_index, reconstruct_all, sample_rows, search_parameters)
+from retrieval.index.faiss_index import (ADD_BATCH, TRAIN_SAMPLE, IndexFolderError, apply_search_params,
+                                         build_streamed, plan_index, reconstruct_all, sample_rows, search_parameters)
+from retrieval.index.layout import VECTORS_FILE
 
 BLOCK = 64                 # column block width for zero-block detection (M2HF blocks are 512 wide)
 MAX_GROUPS = 64            # more distinct zero patterns than this: not a block layout, no partitioning
 MIN_SAVING = 0.25          # partition by zero blocks only when it saves at least this share of the bytes
-VECTORS_FILE = "vectors.npy"
 # mapper(jobs) -> [build_part_file(*job) for job in jobs], run wherever the mapper runs them
 Mapper = Callable[[list[tuple]], list[dict]]
 

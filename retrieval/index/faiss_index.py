@@ -1,5 +1,6 @@
 """FAISS: choose an index for a scale or a memory budget, build it in streamed batches, search it
-with per-query parameters (no files; see :mod:`retrieval.index`).
+with per-query parameters (no files: build folders are :mod:`retrieval.index.writer` and
+:mod:`retrieval.index.reader`).
 
 Index type by scale (no budget): ``flat`` (exact ``IndexFlatIP``) up to :data:`EXACT_UP_TO`
 vectors, ``hnsw`` above; ``ivf`` on request. With ``memory_gb`` (:func:`plan_index`): the first of
@@ -292,7 +293,7 @@ def search(index, queries: np.ndarray, k: int, *, nprobe: int | None = None, efS
            rerank: int | None = None, vectors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` by inner product: (scores ``[Q, k]`` float32, rows ``[Q, k]`` int64, -1 = none).
 
-    ``index``: a FAISS index or a :class:`retrieval.shards.PartitionedIndex`. ``nprobe`` /
+    ``index``: a FAISS index or a :class:`retrieval.index.shards.PartitionedIndex`. ``nprobe`` /
     ``efSearch``: this call only (None: the index's defaults). ``rerank`` with ``vectors``: the
     top-``max(k, rerank)`` candidates re-scored exactly from the stored vectors.
     """
