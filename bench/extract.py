@@ -41,7 +41,7 @@ import torch
 from data import synthetic
 from data.prepare import prepare
 from data.settings import Settings, get_settings
-from data.modalities import CLIP_FRAMES, MODALITIES
+from data.modalities import CLIP_FRAMES, MODALITIES, MOTION
 from data.provenance import RANDOM_WEIGHTS
 from extractors.base import VideoItem
 from extractors.config import ExtractConfig
@@ -140,7 +140,7 @@ def real_resolution_clips(folder: Path, resolution: str, n: int, seconds: float)
 
 def cosine_fast_vs_exact(config: ExtractConfig, manifest) -> np.ndarray:
     """Per-frame cosine similarity of CLIP features: fast path's frames vs the exact path's."""
-    (clip,) = ExtractConfig(modalities=("clip_frames",), models=config.models, device=config.device).build()
+    (clip,) = ExtractConfig(modalities=(CLIP_FRAMES,), models=config.models, device=config.device).build()
     sims = []
     for r in manifest.records():
         feats = []
@@ -200,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         video_s = sum(_container_seconds(manifest.abs_path(r.path)) for r in manifest.records())
 
         def config(mods, mode="fast", n_workers=1) -> ExtractConfig:
-            return ExtractConfig(modalities=tuple(mods), models={"clip_frames": args.clip_model},
-                                 options={"motion": {"size": args.motion_size}}, device=args.device,
+            return ExtractConfig(modalities=tuple(mods), models={CLIP_FRAMES: args.clip_model},
+                                 options={MOTION: {"size": args.motion_size}}, device=args.device,
                                  decode=mode, decode_workers=n_workers)
 
         variants = [(mode, w) for mode in modes for w in (workers if mode == "fast" else [1])]
@@ -240,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{'+'.join(mods):<28} {label:<9} {d.line():<36} {m.line():<36} {e.line():<36} "
                       f"{m.seconds / e.seconds:5.2f} {d.cpu:8.2f} {m.cpu:8.2f} {busy:5.2f}  "
                       f"({decoded[0]} frames decoded)", flush=True)
-        if "clip_frames" in modalities and {"exact", "fast"} <= set(modes):
-            sims = cosine_fast_vs_exact(config(["clip_frames"]), manifest)
+        if CLIP_FRAMES in modalities and {"exact", "fast"} <= set(modes):
+            sims = cosine_fast_vs_exact(config([CLIP_FRAMES]), manifest)
             print(f"clip_frames features, fast vs exact frames: cosine similarity per frame min {sims.min():.6f}, "
                   f"mean {sims.mean():.6f} over {len(sims)} frames")
     return 0
