@@ -127,18 +127,19 @@ def write_structured_synthetic(settings: Settings, dataset: str = "synthetic", n
     extracted features exist; every output is labelled random weights."""
     import json
 
-    from data import synthetic
     from data.atomic import write_json_atomic, write_text_atomic
+    from data.synthetic.oracle import oracle_ceilings
+    from data.synthetic.scenes import captions_for, plan_dataset
 
-    specs = synthetic.plan_dataset(n, seed)
+    specs = plan_dataset(n, seed)
     folder = settings.dataset_dir(dataset)
-    lines = [json.dumps({"video_id": s.video_id, "video": s.filename, "captions": synthetic.captions_for(s),
+    lines = [json.dumps({"video_id": s.video_id, "video": s.filename, "captions": captions_for(s),
                          "split": s.split, "has_audio": s.has_audio, "attributes": s.attributes}) for s in specs]
     write_text_atomic(folder / "annotations.jsonl", "\n".join(lines) + "\n")
     test = [s.attributes for s in specs if s.split == "test"]
-    write_json_atomic(folder / "oracle.json", {"n_test": len(test), "t2v": synthetic.oracle_ceilings(test)})
+    write_json_atomic(folder / "oracle.json", {"n_test": len(test), "t2v": oracle_ceilings(test)})
     return write_fake_dataset(settings, dataset, len(specs), seed=seed, frames=(2, 6),
                               attributes=[s.attributes for s in specs], split_names=[s.split for s in specs],
-                              captions=[synthetic.captions_for(s) for s in specs],
+                              captions=[captions_for(s) for s in specs],
                               has_audio=[s.has_audio for s in specs], noise=noise,
                               video_ids=[s.video_id for s in specs])
