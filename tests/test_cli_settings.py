@@ -136,6 +136,7 @@ def test_every_command_is_covered():
     assert documented <= set(REAL_ARGS), f"documented commands without a case here: {documented - set(REAL_ARGS)}"
 
 
+@pytest.mark.slow   # about 50 subprocesses, each importing torch: a minute or more on 2 cores
 @pytest.mark.parametrize("case", CASES, ids=["-".join(c) for c in CASES])
 def test_bad_setting(case, outcomes):
     name, kind, var = case

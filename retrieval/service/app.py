@@ -38,7 +38,7 @@ from retrieval.service.core import SearchService
 from retrieval.service.media import THUMBS_DIR, MediaError, thumbnail
 
 STATIC = Path(__file__).parent / "static"
-PAGE_LABEL = "__RANDOM_WEIGHTS__"       # the page's random-weights banner text, filled in when served
+PAGE_LABEL = "__RANDOM_WEIGHTS__"       # the page's random-weights banner text, filled in once per app
 
 
 class ServeSettings(BaseModel):
@@ -161,6 +161,7 @@ def _video_file(service: SearchService, video_id: str) -> Path:
 
 def create_app(settings: ServeSettings, service: SearchService | None = None) -> FastAPI:
     """The app; ``service``: an already loaded one (else the lifespan loads it from ``settings``)."""
+    page_html = (STATIC / "index.html").read_text(encoding="utf-8").replace(PAGE_LABEL, random_weights_label())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -190,8 +191,7 @@ def create_app(settings: ServeSettings, service: SearchService | None = None) ->
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
-        page = (STATIC / "index.html").read_text(encoding="utf-8")
-        return HTMLResponse(page.replace(PAGE_LABEL, random_weights_label()))
+        return HTMLResponse(page_html)
 
     @app.get("/healthz", response_model=Health)
     def healthz(service: ServiceDep) -> dict:
