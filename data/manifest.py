@@ -10,10 +10,12 @@ is self-contained; readers add facts such as the split protocol as further ``tvr
 (:attr:`Manifest.metadata`).
 
 Validation on build (documented in the README):
-- errors (:class:`ManifestError`): duplicate ``video_id``, an empty id or one with a NUL, newline or
-  other control character, an absolute path or one with ``..``, a video with no captions, a caption
-  that is empty or not a string; :func:`read_manifest` checks the same on every read, so a
-  hand-edited manifest cannot smuggle an absolute path or ``..`` past it;
+- errors (:class:`ManifestError`): duplicate ``video_id``, an id that breaks the path-component
+  rule of :func:`data.names.name_problem` (empty, leading or trailing whitespace, a leading ``.``,
+  a ``\\``, a NUL, newline or other control character, over 255 bytes; ``/`` only between such
+  parts: the folder reader's ``clips/cat``), an absolute path or one with ``..``, a video with no
+  captions, a caption that is empty or not a string; :func:`read_manifest` checks the same on
+  every read, so a hand-edited manifest cannot smuggle an absolute path or ``..`` past it;
 - at open time :meth:`Manifest.video_path` refuses a path that resolves outside the video root
   (a symlink pointing elsewhere);
 - reported, not fatal: video files missing on disk (``BuildReport.missing``); pass
@@ -33,6 +35,7 @@ import pyarrow.parquet as pq
 
 from data.atomic import atomic_path
 from data.fingerprint import MISSING, captions_digest, file_fingerprint, fingerprint_stat, stat_key
+from data.names import name_problem
 
 SCHEMA = pa.schema(
     [
@@ -105,13 +108,12 @@ def _bad_chars(text: str) -> bool:
 
 
 def check_video_id(video_id: object, source: str = "manifest") -> str:
-    """``video_id`` unchanged when it is a non-empty string without control characters."""
-    if not isinstance(video_id, str) or not video_id:
-        raise ManifestError(f"{source}: empty or non-string video id {video_id!r}")
-    if _bad_chars(video_id):
-        raise ManifestError(f"{source}: video id {video_id!r} contains a control character "
-                            f"(NUL, newline, ...) or an unpaired surrogate")
-    return video_id
+    """``video_id`` unchanged when it obeys the path-component rule of :func:`data.names.name_problem`
+    (nested: ``clips/cat`` of the folder reader), else :class:`ManifestError` naming it and the problem."""
+    problem = name_problem(video_id, nested=True)
+    if problem is not None:
+        raise ManifestError(f"{source}: video id {video_id!r} {problem}")
+    return video_id  # type: ignore[return-value]
 
 
 def build_manifest(

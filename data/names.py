@@ -5,6 +5,9 @@ A name that reaches the file system (``features/<dataset>/...``, ``runs/<run-id>
 no separators, no ``.`` / ``..``, no leading dot (hidden and reserved files live beside them),
 no NUL, newline or other control characters, at most 255 bytes in UTF-8. Anything else raises
 :class:`InvalidName`, a ``ValueError`` that names the kind of name and the problem.
+
+Video ids of the folder reader may be NESTED (``clips/cat``, from ``clips/cat.mp4``): with
+``nested=True`` a ``/`` may separate parts that each obey the rule, the whole at most 255 bytes.
 """
 from __future__ import annotations
 
@@ -17,8 +20,14 @@ class InvalidName(ValueError):
     """A name that cannot be used as one path component."""
 
 
-def name_problem(value: object) -> str | None:
-    """Why ``value`` is not a safe path part, or None when it is."""
+def name_problem(value: object, *, nested: bool = False) -> str | None:
+    """Why ``value`` is not a safe path part (``nested``: ``/``-separated safe parts), or None when it is."""
+    if nested and isinstance(value, str) and "/" in value:
+        for part in value.split("/"):
+            problem = name_problem(part)
+            if problem is not None:
+                return f"has a part {part!r} that {problem}"
+        return _too_long(value)
     if not isinstance(value, str):
         return f"must be a string, got {type(value).__name__}"
     if not value:
@@ -31,9 +40,11 @@ def name_problem(value: object) -> str | None:
         return "contains a path separator"
     if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
         return "contains a control character (NUL, newline, ...) or an unpaired surrogate"
-    if len(value.encode("utf-8")) > MAX_BYTES:
-        return f"is longer than {MAX_BYTES} bytes"
-    return None
+    return _too_long(value)
+
+
+def _too_long(value: str) -> str | None:
+    return f"is longer than {MAX_BYTES} bytes" if len(value.encode("utf-8")) > MAX_BYTES else None
 
 
 def check_name(value: object, what: str = "name") -> str:

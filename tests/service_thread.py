@@ -1,4 +1,5 @@
-"""Test helper: run the search service's FastAPI app with uvicorn in a background thread.
+"""Test helper: run the search service's FastAPI app with uvicorn in a background thread, with the
+service's own server configuration (retrieval.service.server: connection limits, header timeout).
 
 Only tests import this (``python -m retrieval.serve`` runs uvicorn in the foreground)."""
 from __future__ import annotations
@@ -10,13 +11,18 @@ from typing import Iterator
 
 from fastapi import FastAPI
 
+from retrieval.service.server import uvicorn_config
+from retrieval.service.settings import ServeSettings
+
 
 @contextmanager
-def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
+                    settings: ServeSettings | None = None) -> Iterator[str]:
     """Run ``app`` with uvicorn in a thread (default: loopback, a free port); yields the base URL."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    config = uvicorn_config(app, settings or ServeSettings(dataset="unused"), host=host, port=port)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from data.folder import assign_split, read_records
 from data.manifest import ManifestError, VideoRecord, build_manifest, read_manifest, write_manifest
+from data.names import InvalidName, check_name
 from data.prepare import prepare
 
 
@@ -36,6 +40,45 @@ def test_round_trip(videos, tmp_path):
 def test_duplicate_ids(videos):
     with pytest.raises(ManifestError, match="'a': duplicate video id"):
         build_manifest([rec("a"), rec("a", "b.mp4")], videos, source="ann.json")
+
+
+@pytest.mark.parametrize("vid,problem", [("", "is empty"), (" a", "whitespace"), ("a\t", "whitespace"),
+                                         (".hidden", "starts with '.'"), ("a\\b", "path separator"),
+                                         ("a\x00b", "control character"), ("é" * 128, "longer than 255 bytes"),
+                                         ("clips//cat", "part '' that is empty"), ("/abs", "part '' that is empty"),
+                                         ("sub/..", "part '..' that starts with '.'"), (7, "must be a string")])
+def test_video_ids_break_the_path_component_rule(videos, vid, problem):
+    with pytest.raises(ManifestError, match=re.escape(f"ann.json: video id {vid!r}") + ".*" + re.escape(problem)):
+        build_manifest([rec(vid, "a.mp4")], videos, source="ann.json")
+
+
+@pytest.mark.parametrize("vid", ["video9770", "-4wsuPCjDBc_5_15", "10015567@N08_3655084291_d8b58466fa.mov",
+                                 "0001_American_Beauty_00.00.51.926-00.00.54.706", "clips/cat", "é" * 127 + "a"])
+def test_dataset_ids_obey_the_rule(videos, vid):
+    table, _ = build_manifest([rec(vid, "a.mp4")], videos)
+    assert table.column("video_id").to_pylist() == [vid]
+
+
+# ids that like path trouble: separators, dots, whitespace, control characters, multi-byte text
+IDS = st.lists(st.sampled_from(["a", "é", ".", "..", "/", "\\", " ", "\n", "\x00", "x" * 100]),
+               max_size=6).map("".join)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(vid=st.one_of(IDS, st.text(max_size=12)))
+def test_manifest_ids_follow_the_one_name_rule(videos, vid):
+    """An id is accepted exactly when each of its '/'-separated parts is one safe path component
+    (data.names.check_name) and it fits 255 bytes; a refusal names the id."""
+    try:
+        parts_ok = all(check_name(part) for part in vid.split("/")) and len(vid.encode()) <= 255
+    except InvalidName:
+        parts_ok = False
+    try:
+        build_manifest([rec(vid, "a.mp4")], videos, source="ann.json")
+    except ManifestError as err:
+        assert not parts_ok and f"video id {vid!r}" in str(err)
+        return
+    assert parts_ok
 
 
 @pytest.mark.parametrize("path", ["/etc/passwd", "../outside.mp4", "sub/../../x.mp4"])

@@ -15,8 +15,9 @@ from fake_fusion_api import FakeFusion
 from serve_support import indexed_dataset, sample_video
 
 from retrieval.query.search import Searcher
-from retrieval.service.app import ServeSettings, create_app
+from retrieval.service.app import create_app
 from retrieval.service.core import SearchService
+from retrieval.service.settings import ServeSettings
 from service_thread import serve_in_thread
 
 CHROMIUM = os.environ.get("TVR_CHROMIUM", "/usr/bin/chromium")

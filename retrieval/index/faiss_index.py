@@ -15,8 +15,9 @@ on disk (``np.load(..., mmap_mode="r")``) or a generator is never held in memory
 Searching (:func:`search`): ``nprobe`` / ``efSearch`` per call (FAISS ``SearchParameters``, so the
 index itself is never modified and concurrent searches with different values are safe), and
 ``rerank``: the top-``rerank`` candidates re-scored exactly from the stored vectors ``[N, D]`` (an
-array or a memory-mapped ``vectors.npy``). :func:`tune` measures recall@10 and latency over a grid of
-these and picks the cheapest setting reaching a target recall.
+array or a memory-mapped ``vectors.npy``), in bounded memory (:mod:`retrieval.index.rerank`).
+:func:`tune` measures recall@10 and latency over a grid of these and picks the cheapest setting
+reaching a target recall.
 
 With a FAISS build that has GPU support and a visible GPU, ``flat`` and ``ivf`` are built on the GPU
 (HNSW and factory strings on the CPU); the returned index is always a CPU index.
@@ -29,6 +30,8 @@ from typing import Callable, Iterable
 
 import faiss
 import numpy as np
+
+from retrieval.index.rerank import rerank_exact
 
 INDEX_TYPES = ("flat", "ivf", "hnsw")
 EXACT_UP_TO = 200_000
@@ -273,20 +276,6 @@ def apply_search_params(index: faiss.Index, params: dict) -> None:
     hnsw = faiss.downcast_index(index.index if isinstance(index, faiss.IndexIDMap) else index)
     if "efSearch" in params and isinstance(hnsw, faiss.IndexHNSW):
         hnsw.hnsw.efSearch = int(params["efSearch"])
-
-
-def rerank_exact(queries: np.ndarray, rows: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Re-score candidate ``rows [Q, R]`` (-1 = none) exactly against ``vectors [N, D]`` (read in
-    row order from a memory map) and keep the best ``k``: (scores ``[Q, k]``, rows ``[Q, k]``)."""
-    wanted = np.unique(rows[rows >= 0])
-    table = np.asarray(vectors[wanted], dtype=np.float32)
-    where = np.searchsorted(wanted, np.maximum(rows, 0))
-    exact = np.einsum("qd,qrd->qr", queries, table[where]).astype(np.float32)
-    exact[rows < 0] = -np.inf
-    order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-    scores, best = np.take_along_axis(exact, order, 1), np.take_along_axis(rows, order, 1)
-    best[~np.isfinite(scores)] = -1
-    return scores, best
 
 
 def search(index, queries: np.ndarray, k: int, *, nprobe: int | None = None, efSearch: int | None = None,

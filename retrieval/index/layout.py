@@ -22,13 +22,18 @@ Layout::
     indexes/<dataset>/<run>/.encoded-*   vectors being encoded (held under .encoding.lock)
     indexes/<dataset>/.serving.json      the dataset's serving run (retrieval.index.serving)
 
-Build ids start with their UTC time, so sorting them sorts builds oldest first.
+Build ids start with their UTC time, so sorting them sorts builds oldest first. A published build
+never changes: :meth:`IndexBuild.check_files` compares its files with their identity when it was
+opened (:class:`FileStamp`), so a reader refuses a build changed under it (:class:`BuildDamaged`)
+before it reads a truncated memory map (SIGBUS: the process dies).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 import faiss
 import numpy as np
@@ -48,6 +53,52 @@ ENCODING_LOCK = ".encoding.lock"   # held shared while build_from_model's .encod
 CRASH_ENV = "TVR_INDEX_CRASH_AT"   # tests: data.faults.crash_point at one of BUILD_STEPS
 BUILD_STEPS = ("files-written", "synced", "verified", "renamed", "pointer-written", "published")
 ENCODE_BATCH = 4096                # videos encoded (and vectors added to the index) per batch
+
+
+def mmap_threshold_bytes() -> int:
+    """Index files (FAISS files, ``vectors.npy``) larger than this are memory-mapped, smaller ones read
+    into memory: ``$TVR_INDEX_MMAP_GB`` GB, default half the RAM."""
+    gb = get_settings().index_mmap_gb
+    if gb is not None:
+        return int(gb * 1e9)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+class BuildDamaged(IndexFolderError):
+    """A file of an opened build changed on disk after it was opened (published builds never
+    change); reading on could kill the process. :attr:`build_id`: the build; :attr:`damage`: what changed."""
+
+    def __init__(self, build_id: str, damage: str):
+        super().__init__(f"index build {build_id} changed on disk after it was opened: {damage}; "
+                         f"re-open the index (the newest build that verifies answers)")
+        self.build_id, self.damage = build_id, damage
+
+
+class FileStamp(NamedTuple):
+    """A file's (or folder's) identity as a build was opened: inode, size in bytes, modification time in ns."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileStamp:
+        """One ``os.stat``; raises :class:`OSError` when ``path`` is gone."""
+        st = os.stat(path)
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+FOLDER_STAMP = "."                 # the key of the build folder's own stamp among its files'
+
+
+def stamp_build(folder: Path) -> dict[str, FileStamp]:
+    """The :class:`FileStamp` of the build folder (key :data:`FOLDER_STAMP`, taken first: a file
+    added meanwhile changes it) and of every file in it, by name."""
+    stamps = {FOLDER_STAMP: FileStamp.of(folder)}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            stamps[entry.name] = FileStamp.of(folder / entry.name)
+    return stamps
 
 
 def index_root(dataset: str, run: str, settings: Settings | None = None) -> Path:
@@ -81,6 +132,7 @@ class IndexBuild:
     ids: list[str]
     index: faiss.Index               # or a retrieval.index.shards.PartitionedIndex (same d / ntotal / search)
     manifest: Manifest
+    stamps: dict[str, FileStamp] = field(repr=False)   # the folder and its files as opened (:func:`stamp_build`)
     warning: str | None = None       # set when ``current`` was unusable and this is a fallback build
 
     @property
@@ -98,13 +150,58 @@ class IndexBuild:
         rel = self.paths.get(video_id)
         return {"path": rel, "abs_path": None if rel is None else str(self.manifest.abs_path(rel))}
 
+    def damage(self) -> str | None:
+        """What changed in the build folder since it was opened (:attr:`stamps`), or None: the folder
+        gone or replaced, a file gone, replaced (another inode), resized or rewritten, a file added.
+        One ``os.stat`` per file (the folder is listed only once a change is found)."""
+        since, opened = f"since build {self.build_id} was opened", f"when build {self.build_id} was opened"
+        try:
+            folder = FileStamp.of(self.folder)
+        except OSError:
+            return f"the build folder is gone (build {self.build_id})"
+        if folder.inode != self.stamps[FOLDER_STAMP].inode:
+            return f"the build folder was replaced {since}"
+        for name, then in self.stamps.items():
+            if name == FOLDER_STAMP:
+                continue
+            try:
+                now = FileStamp.of(self.folder / name)
+            except OSError:
+                return f"{name} is gone (it was there {opened})"
+            if now.inode != then.inode:
+                return f"{name} was replaced by another file {since}"
+            if now.size != then.size:
+                return f"{name} is {now.size} bytes, was {then.size} bytes {opened}"
+            if now.mtime_ns != then.mtime_ns:
+                return f"{name} was rewritten in place {since}"
+        if folder != self.stamps[FOLDER_STAMP]:
+            added = sorted(set(os.listdir(self.folder)) - set(self.stamps))
+            return (f"{added[0]} was added to the build folder {since}"
+                    if added else f"the build folder changed {since}")
+        return None
+
+    def check_files(self) -> None:
+        """Raise :class:`BuildDamaged` when :meth:`damage` finds a change; cheap (a few ``os.stat``),
+        for every query batch, before any read of the build's memory-mapped files."""
+        damage = self.damage()
+        if damage is not None:
+            raise BuildDamaged(self.build_id, damage)
+
     def stored_vectors(self) -> np.ndarray | None:
-        """The indexed vectors ``[N, D]`` float32 (memory-mapped, rows as :attr:`ids`) when the build
-        kept them (``store_vectors=True``), else None."""
-        path = self.folder / VECTORS_FILE
-        if not path.is_file():
+        """The indexed vectors ``[N, D]`` float32 (rows as :attr:`ids`) when the build kept them
+        (``store_vectors=True``), else None: read into memory, or memory-mapped when the file is
+        larger than :func:`mmap_threshold_bytes` (as the FAISS files are). The files are checked
+        first (:meth:`check_files`), so a damaged file is refused, never mapped."""
+        if VECTORS_FILE not in self.stamps:
             return None
-        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+        self.check_files()
+        path = self.folder / VECTORS_FILE
+        mapped = self.stamps[VECTORS_FILE].size > mmap_threshold_bytes()
+        try:
+            vectors = np.load(path, mmap_mode="r" if mapped else None, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise IndexFolderError(f"{VECTORS_FILE} of build {self.build_id} cannot be read "
+                                   f"({str(err)[:200]})") from None
         if vectors.shape != (len(self.ids), self.index.d):
             raise IndexFolderError(f"{path}: shape {vectors.shape}, expected ({len(self.ids)}, {self.index.d})")
         return vectors

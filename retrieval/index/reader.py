@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import faiss
@@ -22,18 +21,11 @@ from data.fingerprint import sha256_file
 from data.manifest import Manifest, manifest_fingerprint, read_manifest
 from data.settings import Settings, get_settings
 from retrieval.index.faiss_index import IndexFolderError, apply_search_params
-from retrieval.index.layout import POINTER, REQUIRED_FILES, IndexBuild, build_ids, index_root
+from retrieval.index.layout import (POINTER, REQUIRED_FILES, IndexBuild, build_ids, index_root, mmap_threshold_bytes,
+                                    stamp_build)
 from retrieval.index.shards import PartitionedIndex
 
 log = logging.getLogger("retrieval.index")
-
-
-def mmap_threshold_bytes() -> int:
-    """Index files larger than this are memory-mapped: ``$TVR_INDEX_MMAP_GB`` GB, default half the RAM."""
-    gb = get_settings().index_mmap_gb
-    if gb is not None:
-        return int(gb * 1e9)
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
 def read_index(folder: Path, info: dict):
@@ -55,11 +47,16 @@ def verify_build(folder: Path) -> IndexBuild:
     """Open the build ``folder`` and check it: every required file present, every file matching
     the sha256 recorded in ``info.json`` (builds written before checksums were recorded are checked
     by loading only), the FAISS index loading with as many vectors as ``ids.json`` has ids and the
-    dimension ``info.json`` states. Returns the opened build; raises :class:`IndexFolderError`
-    naming the first problem."""
+    dimension ``info.json`` states. Returns the opened build, with the identity of its folder and
+    files as they were before any was read (:attr:`IndexBuild.stamps`, for :meth:`IndexBuild.check_files`);
+    raises :class:`IndexFolderError` naming the first problem."""
     needed = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if needed:
         raise IndexFolderError(f"{folder} lacks {needed}")
+    try:
+        stamps = stamp_build(folder)          # before any read: a change from here on is damage
+    except OSError as err:
+        raise IndexFolderError(f"{folder} cannot be listed ({err.strerror})") from None
     try:
         info = json.loads((folder / "info.json").read_text(encoding="utf-8"))
         ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
@@ -81,7 +78,7 @@ def verify_build(folder: Path) -> IndexBuild:
         raise IndexFolderError(f"{folder}: index holds {index.ntotal} x {index.d} vectors but ids.json has "
                                f"{len(ids)} ids and info.json says dim {info.get('dim')}")
     apply_search_params(index, info.get("params", {}))
-    return IndexBuild(folder, info, ids, index, manifest)
+    return IndexBuild(folder, info, ids, index, manifest, stamps)
 
 
 def current_build_id(dataset: str, run: str, settings: Settings | None = None) -> str | None:

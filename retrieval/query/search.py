@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -45,7 +46,7 @@ from data.provenance import random_weights_banner, random_weights_label
 from data.settings import QUERY_PRECISION_HELP, QUERY_PRECISIONS, Settings, get_settings
 from retrieval.index.faiss_index import SEARCH_KEYS, IndexFolderError, search
 from retrieval.index.layout import IndexBuild
-from retrieval.index.reader import check_build, open_build
+from retrieval.index.reader import check_build, current_build_id, open_build
 from retrieval.index.serving import serving_run
 from retrieval.query.spans import FrameFeatures
 from retrieval.runs import RunNotFound, fusion_api, load, run_name
@@ -64,6 +65,9 @@ def check_query(text: str, k: int) -> str:
     """``text`` when it and ``k`` are acceptable, else :class:`QueryError` naming the problem."""
     if not isinstance(text, str) or not text.strip():
         raise QueryError("empty query text: type some words to search for")
+    if any(unicodedata.category(ch) in ("Cc", "Cs") and ch not in "\t\n\r" for ch in text):
+        raise QueryError("the query contains a control character (NUL, ...) or an unpaired surrogate; "
+                         "send plain text")
     if len(text) > MAX_QUERY_CHARS:
         raise QueryError(f"query too long: {len(text)} characters, at most {MAX_QUERY_CHARS}")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
@@ -98,7 +102,8 @@ class BuildState:
     scorer: object | None = None            # fusion.api.VideoScorer of a fine-grained model
     frames: FrameFeatures | None = None
     info: dict = field(default_factory=dict)
-    vectors: np.ndarray | None = None       # stored vectors (memory-mapped) for exact re-ranking
+    vectors: np.ndarray | None = None       # stored vectors (in memory, or mapped when large) for exact re-ranking
+    pointer: str | None = None              # what ``current`` named just BEFORE this build was opened
 
     @property
     def build_id(self) -> str:
@@ -133,7 +138,9 @@ class Searcher:
         self.state = self.open()
 
     def open(self) -> BuildState:
-        """Open the ``current`` build (or the newest verified one) with what answering needs."""
+        """Open the ``current`` build (or the newest verified one) with what answering needs; the
+        pointer is read first, so a build published while this one is verified is seen as new."""
+        pointer = current_build_id(self.dataset, self.run, self.settings)
         build = open_build(self.dataset, self.run, self.settings)
         manifest = read_manifest(self.settings.manifest_path(self.dataset))
         stale = check_build(build, extractor_ids=self.loaded.extractor_ids, manifest=manifest,
@@ -150,7 +157,7 @@ class Searcher:
         info = {key: build.info.get(key) for key in ("build_id", "index_type", "params", "n_vectors")}
         return BuildState(build, present, sum(1 for vid in build.ids if vid not in present),
                           [n for n in (build.warning, stale) if n], captions, scorer, frames, info,
-                          build.stored_vectors())
+                          build.stored_vectors(), pointer)
 
     def search(self, texts: list[str], k: int | Sequence[int] = 10, state: BuildState | None = None,
                params: dict | Sequence[dict | None] | None = None) -> list[dict]:

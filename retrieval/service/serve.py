@@ -5,11 +5,14 @@ A long-running search service (FastAPI on uvicorn): the run's model, text tower 
 the ``retrieval.search --json`` answer plus thumbnail and video URLs, ``/healthz`` and ``/api/info``
 say which build answers. A new build published by a re-index is picked up without a restart
 (see :mod:`retrieval.service.core`). Listens on loopback unless ``--host`` says otherwise. The
-device is ``$TVR_DEVICE`` (CUDA when present) unless ``--device`` is given.
+device is ``$TVR_DEVICE`` (CUDA when present) unless ``--device`` is given. The service's limits
+(queue, deadlines, thumbnails, connections, hosts, token) are flags of the same names as
+:class:`~retrieval.service.settings.ServeSettings`; fatal signals are logged (``faulthandler``).
 """
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import sys
 
 from data.cli import add_version, guarded
@@ -20,14 +23,19 @@ from data.settings import QUERY_PRECISION_HELP, QUERY_PRECISIONS
 from retrieval.index.faiss_index import IndexFolderError
 from retrieval.query.search import RERANK_DEPTH, Searcher
 from retrieval.runs import RunNotFound
-from retrieval.service.app import ServeSettings, create_app
+from retrieval.service.app import create_app
 from retrieval.service.core import SearchService
+from retrieval.service.server import uvicorn_config
+from retrieval.service.settings import TOKEN_ENV, ServeSettings, token_from
 
 
 def build_parser() -> argparse.ArgumentParser:
+    limits = ServeSettings.model_fields
     parser = argparse.ArgumentParser(
         prog="python -m retrieval.serve",
-        description="Serve a search page and JSON API over the current index of a dataset and run.")
+        description="Serve a search page and JSON API over the current index of a dataset and run.",
+        epilog=f"The bearer token comes from ${TOKEN_ENV} or --token-file (never a flag: command lines are "
+               "visible to every user). Limits and their reasons: docs/retrieval.md, 'Service limits'.")
     parser.add_argument("--dataset", required=True, help="dataset name under datasets/")
     parser.add_argument("--run", default=None,
                         help="run folder, run id or 'zero-shot' (default: the dataset's serving run)")
@@ -47,12 +55,58 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch CPU threads for a lone query (default 1: a single short query is bound by "
                              "reading the weights, threads add synchronisation; 0 = the same as --threads)")
     parser.add_argument("--query-precision", choices=QUERY_PRECISIONS, default=None, help=QUERY_PRECISION_HELP)
+    group = parser.add_argument_group("limits")
+    for flag, kind, text in LIMIT_FLAGS:
+        name = flag[2:].replace("-", "_")
+        group.add_argument(flag, type=kind, default=limits[name].default, dest=name,
+                           help=f"{text} (default {limits[name].default})")
+    group.add_argument("--allow-host", action="append", default=[], dest="allow_hosts", metavar="NAME",
+                       help="a Host name accepted besides loopback ones (repeatable; '*': any, e.g. behind a proxy "
+                            "that checks it)")
+    group.add_argument("--absolute-paths", action="store_true",
+                       help="results carry each video's absolute server path (default: relative to the video root)")
+    group.add_argument("--token-file", default=None, help=f"a file holding the bearer token (default ${TOKEN_ENV})")
     return add_version(parser)
+
+
+LIMIT_FLAGS = (   # flag, type, help: ServeSettings fields of the same name (their defaults)
+    ("--max-queue", int, "queries waiting for the batcher; beyond it: 503 with Retry-After"),
+    ("--request-timeout-s", float, "seconds a search may take from arrival to answer; past it: 504"),
+    ("--thumb-workers", int, "threads making thumbnails (their own pool)"),
+    ("--thumb-queue", int, "thumbnails waiting for a worker; beyond it: 503 with Retry-After"),
+    ("--thumb-cache-mb", float, "thumbnail cache size bound in MiB (least recently used files evicted)"),
+    ("--thumb-decode-s", float, "seconds of decoding to find one thumbnail's frame; past it: 503"),
+    ("--header-timeout-s", float, "seconds a connection has to send a request's headers"),
+    ("--keep-alive-s", float, "seconds an idle keep-alive connection stays open"),
+    ("--max-connections", int, "open connections plus running requests; beyond it: 503"),
+)
+
+
+def exposure_warning(settings: ServeSettings) -> str | None:
+    """What to tell the operator about who can reach the service, or None (loopback)."""
+    if settings.loopback:
+        return None
+    if settings.token is None:
+        return (f"WARNING: listening on {settings.host}, not loopback, WITHOUT authentication: anyone who can "
+                f"reach this address can search and read the indexed videos. Set ${TOKEN_ENV} or --token-file.")
+    return f"listening on {settings.host} (not loopback): the API and media need the bearer token"
+
+
+def enable_fault_log() -> None:
+    """A fatal signal (SIGSEGV, SIGBUS, ...) writes every thread's traceback to stderr before the end."""
+    if not faulthandler.is_enabled():
+        try:
+            faulthandler.enable(sys.stderr, all_threads=True)
+        except (OSError, ValueError):            # stderr without a file descriptor (captured)
+            pass
 
 
 @guarded(RunNotFound, IndexFolderError, ManifestError, FileNotFoundError, InvalidName, ValueError)
 def main(argv: list[str] | None = None) -> int:
-    settings = ServeSettings(**vars(build_parser().parse_args(argv)))
+    enable_fault_log()
+    args = vars(build_parser().parse_args(argv))
+    token = token_from(token_file=args.pop("token_file"))
+    settings = ServeSettings(**args, token=token)
     if settings.threads:
         import torch
 
@@ -61,14 +115,17 @@ def main(argv: list[str] | None = None) -> int:
         Searcher(settings.dataset, settings.run, rerank_depth=settings.rerank_depth, device=settings.device,
                  query_precision=settings.query_precision),
         poll_s=settings.poll_s, max_batch=settings.max_batch, wait_s=settings.wait_ms / 1000,
-        lone_threads=settings.lone_threads)
+        lone_threads=settings.lone_threads, max_queue=settings.max_queue, timeout_s=settings.request_timeout_s)
     import uvicorn
 
     health = service.health()
     print(f"serving {health['dataset']} ({health['model']}, run {health['run']}, build {health['build_id']}) "
           f"on http://{settings.host}:{settings.port}/" +
           ("\n" + random_weights_banner() if health["random_weights"] else ""), flush=True)
-    uvicorn.run(create_app(settings, service), host=settings.host, port=settings.port, log_level="warning")
+    warning = exposure_warning(settings)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    uvicorn.Server(uvicorn_config(create_app(settings, service), settings)).run()
     return 0
 
 
