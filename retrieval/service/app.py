@@ -178,7 +178,8 @@ def create_app(settings: ServeSettings, service: SearchService | None = None) ->
             yield
         finally:
             app.state.thumbs.close()
-            svc.close()
+            if service is None:              # a service passed in belongs to its caller
+                svc.close()
 
     app = FastAPI(title="Text-video search", lifespan=lifespan)
 

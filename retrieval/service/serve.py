@@ -125,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     warning = exposure_warning(settings)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    uvicorn.Server(uvicorn_config(create_app(settings, service), settings)).run()
+    try:
+        uvicorn.Server(uvicorn_config(create_app(settings, service), settings)).run()
+    finally:
+        service.close()
     return 0
 
 
