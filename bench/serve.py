@@ -19,6 +19,13 @@ Each ``--query-precision`` (the text tower's weights: ``stored`` = the extractio
 ``bf16``) gets its own service process and its own rows, one after the other in one run; the same
 ``AGREEMENT_QUERIES`` queries are then asked of each, and the table compares every precision's
 top-10 with the first one's (mean overlap, largest score difference).
+
+``--against DIR`` measures another checkout of this project beside this one (for example the
+commit before a change: ``git worktree add /tmp/before <commit>``): for each precision both
+services run at once (the other one as ``python -m retrieval.serve`` from ``DIR``, same
+``TVR_HOME``, same flags), and each client setting is measured in ``--rounds`` alternating rounds
+(this, other, this, other, ...), so both see the same machine; each tree's p50 / p99 are over all
+its rounds' requests, and a last table gives this tree's p50 as a ratio of the other's.
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -67,7 +74,7 @@ def build_home(root: Path, dataset: str, n: int, model: str) -> None:
 
 
 def load(base: str, clients: int, total: int) -> dict:
-    """``total`` requests from ``clients`` threads; latency percentiles (ms) and QPS."""
+    """``total`` requests from ``clients`` threads; latency percentiles (ms), QPS and the latencies (s)."""
     import httpx
 
     latencies: list[float] = []
@@ -94,10 +101,21 @@ def load(base: str, clients: int, total: int) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    return summarize(clients, latencies, len(errors), wall)
+
+
+def summarize(clients: int, latencies: list[float], errors: int, wall: float) -> dict:
+    """Percentiles (ms) and QPS of ``latencies`` (s) answered in ``wall`` seconds."""
     ms = np.asarray(latencies or [np.nan]) * 1000
-    return {"clients": clients, "requests": len(latencies), "errors": len(errors),
+    return {"clients": clients, "requests": len(latencies), "errors": errors,
             "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "qps": len(latencies) / wall}
+            "qps": len(latencies) / wall, "latencies": latencies, "wall": wall}
+
+
+def merged(rounds: list[dict]) -> dict:
+    """One row from several rounds of the same setting: percentiles over all their requests."""
+    return summarize(rounds[0]["clients"], [t for r in rounds for t in r["latencies"]],
+                     sum(r["errors"] for r in rounds), sum(r["wall"] for r in rounds))
 
 
 AGREEMENT_QUERIES = 50
@@ -126,19 +144,24 @@ def agreement(reference: list, other: list) -> tuple[float, float]:
 
 @contextmanager
 def served(home: Path, wait_ms: float, threads: int | None = None, precision: str | None = None,
-           lone_threads: int | None = None) -> Iterator[str]:
-    """``python -m retrieval.serve --dataset bench`` on a free loopback port; yields its base URL."""
+           lone_threads: int | None = None, tree: Path | None = None) -> Iterator[str]:
+    """``python -m retrieval.serve --dataset bench`` on a free loopback port; yields its base URL.
+
+    ``tree``: run the service of that checkout (its folder first on ``sys.path``) instead of this one."""
     import httpx
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "TVR_HOME": str(home)}
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
     proc = subprocess.Popen([sys.executable, "-m", "retrieval.serve", "--dataset", "bench", "--port", str(port),
                              "--poll", "0", "--wait-ms", str(wait_ms)]
                             + (["--threads", str(threads)] if threads else [])
                             + (["--query-precision", precision] if precision else [])
-                            + (["--lone-threads", str(lone_threads)] if lone_threads is not None else []), env=env)
+                            + (["--lone-threads", str(lone_threads)] if lone_threads is not None else []),
+                            env=env, cwd=tree)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -155,6 +178,24 @@ def served(home: Path, wait_ms: float, threads: int | None = None, precision: st
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def commit_of(tree: Path) -> str:
+    """The short commit a checkout stands on (``?`` where git cannot say)."""
+    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or "?"
+
+
+def print_ratios(rows: list[dict]) -> None:
+    """This tree's p50 / p99 over the other's, per precision and client setting."""
+    from tabulate import tabulate
+
+    other = {(r["precision"], r["clients"]): r for r in rows if r["tree"] == "against"}
+    print(tabulate([[r["precision"], r["clients"], f"{r['p50_ms'] / other[key]['p50_ms']:.3f}",
+                     f"{r['p99_ms'] / other[key]['p99_ms']:.3f}", f"{r['qps'] / other[key]['qps']:.3f}"]
+                    for r in rows if r["tree"] == "this" and (key := (r["precision"], r["clients"])) in other],
+                   headers=["query precision", "clients", "p50 this/against", "p99 this/against",
+                            "QPS this/against"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,12 +217,22 @@ def main(argv: list[str] | None = None) -> int:
                              "0 = as --threads)")
     parser.add_argument("--query-precision", default="stored,bf16",
                         help="comma-separated text-tower precisions, one service each (default stored,bf16)")
+    parser.add_argument("--against", type=Path, metavar="DIR",
+                        help="another checkout of this project to measure side by side (e.g. the commit "
+                             "before a change, from `git worktree add`)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="alternating rounds per client setting (default 1, or 3 with --against)")
     args = parser.parse_args(argv)
     from data.settings import QUERY_PRECISIONS
 
     for precision in args.query_precision.split(","):
         if precision not in QUERY_PRECISIONS:
             parser.error(f"--query-precision {precision!r}: expected {', '.join(QUERY_PRECISIONS)}")
+    if args.against is not None and not (args.against / "retrieval" / "serve.py").is_file():
+        parser.error(f"--against {args.against}: not a checkout of this project (no retrieval/serve.py)")
+    args.rounds = args.rounds or (3 if args.against else 1)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
         return run(args, args.home or Path(scratch))
 
@@ -196,34 +247,51 @@ def run(args: argparse.Namespace, home: Path) -> int:
     print(f"built {args.videos:,} generated vectors + random {args.model} extractor descriptions under {home} "
           f"in {time.perf_counter() - start:.1f} s; {os.cpu_count()} cores, "
           f"TVR_DEVICE={os.environ.get('TVR_DEVICE', 'auto')}")
+    trees = {"this": None} if args.against is None else {"this": None, "against": args.against.resolve()}
+    if args.against is not None:
+        print(f"against: {trees['against']} (commit {commit_of(trees['against'])}); this tree: "
+              f"commit {commit_of(Path(__file__).resolve().parents[1])}; {args.rounds} alternating rounds per setting", flush=True)
     rows, answered = [], {}
     for precision in args.query_precision.split(","):
-        with served(home, args.wait_ms, args.threads, precision, args.lone_threads) as base:
-            health = httpx.get(base + "/api/info").json()
+        with ExitStack() as stack:
+            bases = {name: stack.enter_context(served(home, args.wait_ms, args.threads, precision,
+                                                      args.lone_threads, tree)) for name, tree in trees.items()}
+            health = httpx.get(bases["this"] + "/api/info").json()
             label = precision if precision == health["query_precision"] else f"{precision}={health['query_precision']}"
             print(f"service: build {health['build_id']}, device {health['device']}, query precision {label}",
                   flush=True)
-            load(base, 1, 10)                                    # warm-up
+            for base in bases.values():
+                load(base, 1, 10)                                # warm-up
             for clients in (int(c) for c in args.clients.split(",")):
-                before = httpx.get(base + "/api/info").json()["batching"]
-                row = load(base, clients, args.queries)
-                after = httpx.get(base + "/api/info").json()["batching"]
-                batches = max(after["batches"] - before["batches"], 1)
-                row["mean_batch"] = (after["queries"] - before["queries"]) / batches
-                row["batch_ms"] = 1000 * (after["busy_s"] - before["busy_s"]) / batches
-                rows.append({"precision": label, **row})
-            answered[label] = answers(base, AGREEMENT_QUERIES)
+                rounds: dict[str, list[dict]] = {name: [] for name in trees}
+                for _ in range(args.rounds):
+                    for name, base in bases.items():
+                        before = httpx.get(base + "/api/info").json()["batching"]
+                        row = load(base, clients, args.queries)
+                        after = httpx.get(base + "/api/info").json()["batching"]
+                        batches = max(after["batches"] - before["batches"], 1)
+                        row["mean_batch"] = (after["queries"] - before["queries"]) / batches
+                        row["batch_ms"] = 1000 * (after["busy_s"] - before["busy_s"]) / batches
+                        rounds[name].append(row)
+                for name, got in rounds.items():
+                    row = merged(got)
+                    row["mean_batch"] = float(np.mean([r["mean_batch"] for r in got]))
+                    row["batch_ms"] = float(np.mean([r["batch_ms"] for r in got]))
+                    rows.append({"tree": name, "precision": label, **row})
+            answered[label] = answers(bases["this"], AGREEMENT_QUERIES)
     print(f"!!! {RANDOM_WEIGHTS} text tower and GENERATED index vectors: timings only, no retrieval quality !!!")
-    print(tabulate([[r["precision"], r["clients"], r["requests"], r["errors"], f"{r['p50_ms']:.1f}",
+    print(tabulate([[r["tree"], r["precision"], r["clients"], r["requests"], r["errors"], f"{r['p50_ms']:.1f}",
                      f"{r['p99_ms']:.1f}", f"{r['qps']:.1f}", f"{r['mean_batch']:.1f}", f"{r['batch_ms']:.1f}"]
                     for r in rows],
-                   headers=["query precision", "clients", "requests", "errors", "p50 ms", "p99 ms", "QPS",
+                   headers=["tree", "query precision", "clients", "requests", "errors", "p50 ms", "p99 ms", "QPS",
                             "mean batch", "ms per batch (model + FAISS)"]))
     for precision in dict.fromkeys(r["precision"] for r in rows):
-        mine = [r for r in rows if r["precision"] == precision]
+        mine = [r for r in rows if r["precision"] == precision and r["tree"] == "this"]
         if len(mine) > 1:
             print(f"{precision}: throughput at {mine[-1]['clients']} clients = "
                   f"{mine[-1]['qps'] / mine[0]['qps']:.1f}x that at {mine[0]['clients']}")
+    if args.against is not None:
+        print_ratios(rows)
     reference, *others = answered
     for precision in others:
         overlap, diff = agreement(answered[reference], answered[precision])

@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -351,6 +352,28 @@ def test_bench_runs_on_tiny_sizes(tmp_path, capsys):
     assert "p50 ms" in out and "RANDOM WEIGHTS" in out
     assert "stored=fp32: throughput at 4 clients" in out and "bf16: throughput at 4 clients" in out
     assert "bf16 vs stored=fp32 on 50 queries: top-10 overlap" in out
+
+
+@pytest.mark.slow
+def test_bench_measures_another_checkout_side_by_side(tmp_path, capsys):
+    """``--against DIR``: both services answer, in alternating rounds, and the ratio table compares
+    them (here the other checkout is this one, so both rows exist and every request is answered)."""
+    from test_extract_support import tiny_clip_dir
+
+    from bench import serve as bench_serve
+
+    root = Path(__file__).resolve().parents[1]
+    assert bench_serve.main(["--videos", "30", "--queries", "6", "--clients", "2", "--query-precision", "stored",
+                             "--rounds", "2", "--against", str(root), "--model", tiny_clip_dir(tmp_path),
+                             "--home", str(tmp_path / "home")]) == 0
+    out = capsys.readouterr().out
+    assert f"against: {root}" in out and "2 alternating rounds per setting" in out
+    table = [line.split() for line in out.splitlines() if line.startswith(("this ", "against "))]
+    assert sorted(row[0] for row in table) == ["against", "this"]
+    assert all(row[3] == "12" and row[4] == "0" for row in table)        # 2 rounds x 6 requests, no errors
+    assert "p50 this/against" in out
+    with pytest.raises(SystemExit):
+        bench_serve.main(["--against", str(tmp_path)])                    # not a checkout: a usage error
 
 
 def test_query_precision_reaches_the_service_and_the_cli_alike(tmp_path, monkeypatch, capsys):
