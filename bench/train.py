@@ -43,7 +43,7 @@ def random_features(n_videos: int, frames: int, captions: int, seed: int = 0) ->
         offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
         starts = torch.repeat_interleave(offsets[:-1], lengths)
         times = (torch.arange(int(offsets[-1])) - starts).float() * step_s
-        return Ragged(torch.randn(int(offsets[-1]), dim, generator=g), offsets, times)
+        return Ragged.from_offsets(torch.randn(int(offsets[-1]), dim, generator=g), offsets, times)
 
     n_frames = np.floor(durations).astype(int)
     frames_r = ragged(n_frames, 512, 1.0)

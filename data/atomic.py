@@ -1,17 +1,28 @@
-"""Atomic file writes: write to a temporary name in the same folder, fsync, rename.
+"""Atomic, durable file writes: write to a temporary name in the same folder, fsync, rename, fsync
+the folder.
 
-A reader never sees a half-written file: either the old one, the new one, or none. Files get the
-permissions a plain ``open`` would give them (``0o666`` less the umask, usually ``0o644``), not the
-``0o600`` of :func:`tempfile.mkstemp`, so other users and services of the group can read them.
+A reader never sees a half-written file: either the old one, the new one, or none. After a crash of
+the machine (power cut, kernel panic) a published file is complete: its data is fsynced before the
+rename, and its folder after it, because a rename lives in the folder's entries, which the file's
+fsync does not flush; without it the rename may be lost while later writes survive (SQLite and
+PostgreSQL sync the directory for the same reason). Every publish step of the project goes through
+:func:`atomic_path` or :func:`replace_durably` / :func:`rename_durably` (docs/foundation.md
+"Durability"). Files get the permissions a plain ``open`` would give them (``0o666`` less the
+umask, usually ``0o644``), not the ``0o600`` of :func:`tempfile.mkstemp`, so other users and
+services of the group can read them.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+# A folder that cannot be opened or fsynced on some file systems (as PostgreSQL's fsync_fname allows).
+_DIR_SYNC_UNSUPPORTED = (errno.EACCES, errno.EISDIR, errno.EBADF, errno.EINVAL)
 
 
 def current_umask() -> int:
@@ -28,9 +39,56 @@ def current_umask() -> int:
     return mask
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's data, or a folder's entries, to disk. A file system that cannot open or fsync
+    a folder (``EACCES``, ``EISDIR``, ``EBADF``, ``EINVAL``) is skipped; other errors propagate."""
+    is_dir = os.path.isdir(path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as err:
+        if is_dir and err.errno in _DIR_SYNC_UNSUPPORTED:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if not (is_dir and err.errno in _DIR_SYNC_UNSUPPORTED):
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """Fsync every file and sub-folder under ``folder`` (a folder after its contents), then ``folder``."""
+    for parent, dirs, files in os.walk(folder, topdown=False):
+        for name in files + dirs:
+            fsync_path(os.path.join(parent, name))
+    fsync_path(folder)
+
+
+def rename_durably(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename ``src`` over ``dst`` (:func:`os.replace`), then fsync ``dst``'s folder (and ``src``'s,
+    when it is another one): the rename survives a crash. The caller has fsynced ``src`` itself."""
+    os.replace(src, dst)
+    dst_parent, src_parent = Path(dst).absolute().parent, Path(src).absolute().parent
+    fsync_path(dst_parent)
+    if src_parent != dst_parent:
+        fsync_path(src_parent)
+
+
+def replace_durably(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Fsync ``src`` (a file; a folder: :func:`fsync_tree`), then :func:`rename_durably` it over ``dst``."""
+    if os.path.isdir(src):
+        fsync_tree(src)
+    else:
+        fsync_path(src)
+    rename_durably(src, dst)
+
+
 @contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; on success rename it over ``final``.
+    """Yield a temporary path beside ``final``; on success publish it as ``final``
+    (:func:`replace_durably`: fsync the file, rename, fsync the folder).
 
     On an exception the temporary file is removed and ``final`` is untouched.
     """
@@ -42,18 +100,18 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, final)
+        replace_durably(tmp_path, final)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
 def write_text_atomic(final: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``final`` through :func:`atomic_path`."""
     with atomic_path(final) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
 def write_json_atomic(final: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as indented, key-sorted JSON to ``final`` through :func:`atomic_path`."""
     write_text_atomic(final, json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -184,7 +184,8 @@ def build_manifest(
 
 
 def write_manifest(table: pa.Table, path: str | Path) -> Path:
-    """Write atomically (temporary name, then rename)."""
+    """Write atomically and durably (:func:`data.atomic.atomic_path`: temporary name, fsync, rename,
+    fsync the folder)."""
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return Path(path)

@@ -26,8 +26,9 @@ says what it is.
 Guarantees, with any number of writers (processes, Dask workers) on one folder at once:
 - shard numbers are reserved under an exclusive lock on ``.next-shard`` and only grow, so two
   writers never get the same number and a newer shard always has a higher number;
-- a shard is written under a temporary name, renamed, and only then gets its ``.done`` marker; a
-  writer holds the shared folder lock while it does so. Readers ignore shards without a marker;
+- a shard is written under a temporary name, renamed, and only then gets its ``.done`` marker, each
+  fsynced, renamed, its folder fsynced (:mod:`data.atomic`: a power cut leaves no marker without its
+  shard); a writer holds the shared folder lock meanwhile. Readers ignore shards without a marker;
 - debris (temporary files, unmarked shards and orphan markers of killed writers) is removed only
   by :meth:`FeatureSet.tidy`, which runs only when it gets the exclusive folder lock without
   waiting, i.e. when no writer is in the middle of a shard (the kernel frees a dead writer's lock);
@@ -46,7 +47,6 @@ import errno
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from contextlib import nullcontext
@@ -59,7 +59,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data import locks
-from data.atomic import atomic_path, write_json_atomic
+from data.atomic import atomic_path, replace_durably, write_json_atomic
 from data.provenance import random_weights_label
 
 log = logging.getLogger("tvr.store")
@@ -342,7 +342,7 @@ class FeatureSet:
         target = self.folder / QUARANTINE / f"{shard.stem}.{time.time_ns()}{shard.suffix}"
         target.parent.mkdir(exist_ok=True)
         try:
-            os.replace(shard, target)
+            replace_durably(shard, target)
         except FileNotFoundError:
             return None  # another process moved it first
         marker.unlink(missing_ok=True)
@@ -479,7 +479,28 @@ class FeatureSet:
             shard.unlink(missing_ok=True)
 
 
-class FeatureTable:
+class TableRows:
+    """Per-row accessors of anything holding the store's row columns as ``self.table`` (a
+    :class:`pyarrow.Table` with ``video_id``, ``status``, ...)."""
+
+    table: pa.Table
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def video_ids(self) -> list[str]:
+        return self.table.column("video_id").to_pylist()
+
+    @property
+    def status(self) -> list[str]:
+        return self.table.column("status").to_pylist()
+
+    def column(self, name: str) -> list:
+        return self.table.column(name).to_pylist()
+
+
+class FeatureTable(TableRows):
     """Rows read from a :class:`FeatureSet`: ragged values as one flat array plus offsets.
 
     ``flat`` is ``[sum T_i, D]`` float32 (a view on Arrow memory when possible), ``offsets`` is
@@ -505,23 +526,9 @@ class FeatureTable:
         flat = flat[base * spec.dim: offsets[-1] * spec.dim].reshape(-1, spec.dim)
         return cls(table, spec, flat, offsets - base)
 
-    def __len__(self) -> int:
-        return self.table.num_rows
-
-    @property
-    def video_ids(self) -> list[str]:
-        return self.table.column("video_id").to_pylist()
-
-    @property
-    def status(self) -> list[str]:
-        return self.table.column("status").to_pylist()
-
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
-
-    def column(self, name: str) -> list:
-        return self.table.column(name).to_pylist()
 
     def row(self, i: int) -> np.ndarray:
         """``[T_i, D]`` view of row ``i``."""

@@ -5,8 +5,10 @@ settings, the dataset name, the manifest, the device: a bad one is one ``error:`
 and runs :func:`extractors.runner.extract_dataset` in this process with progress bars on a terminal,
 then prints the summary. Prefect is not imported unless ``--prefect`` is given: then the same
 config runs as a Prefect flow run (``flows/extract.py``; ``--dask-address`` / ``--dask-workers``
-choose its task runner). Exit codes (:class:`data.cli.Exit`): 0 done; 1 every video failed in some
-modality, or the flow run could not start or failed; 2 bad input.
+choose its task runner). Exit codes (:class:`data.cli.Exit`, :data:`EXIT_STATUS`): 0 when every
+video is ok, empty, skipped or a known failure; 1 when the failure is systemic
+(:func:`extractors.summary.systemic_failure`), the flow run could not start or failed, or
+``TVR_HOME`` cannot be written; 2 bad input.
 """
 from __future__ import annotations
 
@@ -27,9 +29,17 @@ from data.store import StoreError
 from extractors.config import ExtractConfig
 from extractors.registry import DEFAULT_MODELS
 from extractors.runner import extract_dataset
-from extractors.summary import all_failed, summary_lines
+from extractors.summary import summary_lines, systemic_failure
+from extractors.weights import WeightsError
 
 PROG = "python -m flows.extract"
+EXIT_STATUS = ("Exit status: 0 when every video is ok, empty, skipped (done before) or a known failure (its "
+               "failure is recorded for the file as it is now: not attempted again unless --retry-failed; a "
+               "changed file is always attempted); 1 when the failure looks systemic (in some modality every "
+               "video attempted in this run failed, at least one was attempted and none was a known failure: "
+               "a model, device or video folder that does not work), when the run itself broke (TVR_HOME "
+               "read-only, full or not writable by you; the Prefect server unreachable) or the flow run "
+               "failed; 2 for bad input (arguments, a TVR_* setting, a missing manifest).")
 
 
 def _pairs(text: str, what: str, cast=str) -> dict:
@@ -49,7 +59,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog, description="Extract features of a dataset (one decode per video feeds every modality).",
         epilog=f"Example: %(prog)s synthetic --modalities {CLIP_FRAMES},{CLIP_TEXT},{AUDIO} "
-               f"--weights {CLIP_FRAMES}=random,{AUDIO}=/models/vggish.pth")
+               f"--weights {CLIP_FRAMES}=random,{AUDIO}=/models/vggish.pth. {EXIT_STATUS}")
     p.add_argument("dataset", help="dataset name (its manifest: $TVR_HOME/datasets/<name>/manifest.parquet)")
     p.add_argument("--modalities", default=",".join(MODALITIES),
                    help=f"comma-separated subset of {','.join(MODALITIES)} (default: all)")
@@ -81,6 +91,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    help="seconds of decoding allowed per video before it is recorded failed (default 900)")
     p.add_argument("--hwaccel", default="auto", choices=["auto", "none", "cuda"],
                    help="GPU decoding (NVDEC); auto = when the device is CUDA; falls back to the CPU with a log line")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="attempt again the videos whose failure is recorded for the file as it is now (default: "
+                        "skip them and count them as 'skipped: recorded failure')")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--prefect", action="store_true",
                    help="run as a Prefect flow run (default: plain Python, no Prefect machinery)")
@@ -108,7 +121,7 @@ def config_from_args(args: argparse.Namespace, settings: Settings) -> ExtractCon
         weights=args.weights, models=args.model, batch_sizes=args.batch_size, options=options,
         seed=args.seed, device=args.device or None, precision=args.precision, decode_workers=args.decode_workers,
         prefetch=args.prefetch, decode=args.decode, decode_threads=args.decode_threads,
-        decode_budget_s=args.decode_budget, hwaccel=args.hwaccel), settings)
+        decode_budget_s=args.decode_budget, hwaccel=args.hwaccel, retry_failed=args.retry_failed), settings)
 
 
 def checked_config(args: argparse.Namespace) -> tuple[Settings, ExtractConfig]:
@@ -125,12 +138,12 @@ def checked_config(args: argparse.Namespace) -> tuple[Settings, ExtractConfig]:
 
 
 def run_plain(args: argparse.Namespace, settings: Settings, config: ExtractConfig) -> int:
-    """Extract in this process (progress bars on a terminal) and print the summary."""
+    """Extract in this process (progress bars on a terminal), print the summary; 1 for a systemic failure."""
     with Bars.for_cli() as bars:
         counts = extract_dataset(args.dataset, config, shard_size=args.shard_size, settings=settings,
                                  on_progress=bars)
     print("\n".join(summary_lines(args.dataset, counts)))
-    failure = all_failed(args.dataset, counts)
+    failure = systemic_failure(args.dataset, counts)
     return error(failure, Exit.FAILED) if failure else Exit.OK
 
 
@@ -144,7 +157,7 @@ def run_as_flow(args: argparse.Namespace, settings: Settings, config: ExtractCon
     return run_flow(args, settings, config)
 
 
-@guarded(ManifestError, StoreError, KeyError, InvalidName)
+@guarded(ManifestError, StoreError, KeyError, InvalidName, WeightsError)
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -25,7 +25,7 @@ from data.modalities import CLIP_FRAMES, CLIP_TEXT
 from data.store import FeatureRow
 from extractors.base import Extractor, VideoItem
 from extractors.precision import PRECISION_DTYPES
-from extractors.weights import Weights, seeded_build
+from extractors.weights import Weights, WeightsError, seeded_build
 from extractors.decode import DecodedChunk, DecodeRequest
 
 _CLIP_CACHE: dict[tuple, torch.nn.Module] = {}
@@ -44,7 +44,11 @@ def load_clip(model_name: str, weights: Weights, device: torch.device, precision
         def build():
             return open_clip.create_model(model_name, pretrained=pretrained, device="cpu")
 
-        model = seeded_build(weights, build).eval()
+        try:
+            model = seeded_build(weights, build).eval()
+        except Exception as err:   # open_clip raises many kinds for an unusable file or unknown tag
+            raise WeightsError(f"{model_name} weights {weights.source!r}: cannot be loaded ({err}); give "
+                               "'random', a local open_clip checkpoint, or a tag this machine has") from err
         model = model.to(device, PRECISION_DTYPES[precision])
         _CLIP_CACHE[key] = model
     return _CLIP_CACHE[key]

@@ -28,7 +28,9 @@ class ExtractConfig:
     ``clip_frames`` model and weights). ``options``: per-modality parameters, e.g.
     ``{"motion": {"size": 128, "fps": 15}, "clip_frames": {"fps": 1}}``. ``decode``,
     ``decode_threads``, ``decode_budget_s``, ``hwaccel``: see :class:`DecodeOptions` (``hwaccel``
-    ``auto`` = NVDEC when the device is CUDA).
+    ``auto`` = NVDEC when the device is CUDA). ``retry_failed``: decode again the videos whose
+    failure is recorded for the file as it is now (by default they are skipped and counted as
+    recorded failures, :mod:`extractors.plan`).
     """
 
     modalities: tuple[str, ...] = MODALITIES
@@ -45,6 +47,7 @@ class ExtractConfig:
     decode_threads: int = 0
     decode_budget_s: float = 900.0
     hwaccel: str = "auto"
+    retry_failed: bool = False
 
     def __post_init__(self):
         self.modalities = tuple(self.modalities)

@@ -7,7 +7,10 @@ with its lock free knows the process died while decoding (killed for memory, a s
 decoder, ``kill -9``) and records the video as ``failed`` with :func:`crash_error`
 (``worker died while decoding ...``) instead of decoding it again. The store treats that failure as
 final for the file's content (:data:`data.store.FINAL_FAILURE`): it stands until the file's
-fingerprint changes (replace or ``touch`` the file to try again). With ``decode_workers > 1`` every
+fingerprint changes (replace or ``touch`` the file) or a run asks for ``--retry-failed``. A temporary
+record (``.<name>.tmp``, created and then locked) left by a process that died before publishing it
+is removed once older than :data:`TMP_GRACE_S`; a younger one may be another process's record in
+the instant between its creation and its lock. With ``decode_workers > 1`` every
 video being decoded at the moment of death is recorded.
 """
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from data import locks
+from data.atomic import replace_durably
 from data.faults import pause_point
 from data.manifest import VideoRecord
 from data.names import check_name
@@ -32,6 +36,9 @@ INPROGRESS = ".inprogress"
 # Tests only: "<video_id>:<marker file>" makes the run write the marker and sleep while it holds that
 # video's in-progress record (as if its decoder hung), so a test can kill it there.
 PAUSE_ENV = "TVR_EXTRACT_TEST_PAUSE"
+# A temporary record is created, then locked: for that instant its lock is free. Another process must
+# neither delete it nor take its lock then, so only temporary records older than this are debris.
+TMP_GRACE_S = 60.0
 
 
 def records_dir(dataset: str, settings: Settings) -> Path:
@@ -53,13 +60,20 @@ def decoding(folder: Path, record: VideoRecord) -> Iterator[None]:
     try:
         os.write(fd, json.dumps({"video_id": record.video_id, "path": record.path, "pid": os.getpid(),
                                  "host": os.uname().nodename, "started": time.time()}).encode())
-        os.replace(tmp, final)   # visible under its final name only once locked
+        replace_durably(tmp, final)   # visible under its final name only once locked
         pause_point(PAUSE_ENV, record.video_id)   # tests: kill -9 while this video decodes
         yield
     finally:
         final.unlink(missing_ok=True)   # removed before the lock goes: a record left in place means a death
         tmp.unlink(missing_ok=True)
         os.close(fd)
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except FileNotFoundError:
+        return False
 
 
 def dead_records(folder: Path, video_ids: Iterable[str]) -> dict[str, tuple[dict, list[Path]]]:
@@ -70,7 +84,7 @@ def dead_records(folder: Path, video_ids: Iterable[str]) -> dict[str, tuple[dict
     out: dict[str, tuple[dict, list[Path]]] = {}
     for path in folder.iterdir():
         if path.name.startswith(".") and path.suffix == ".tmp":
-            if locks.abandoned(path):
+            if _older_than(path, TMP_GRACE_S) and locks.abandoned(path):
                 path.unlink(missing_ok=True)   # died between creating and publishing its record
             continue
         vid = wanted.get(path.name.split(".")[0])
@@ -90,4 +104,4 @@ def crash_error(record: VideoRecord, info: dict) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["started"])) if "started" in info else "?"
     return (f"{FINAL_FAILURE} {record.path}: process {info.get('pid', '?')} on {info.get('host', '?')} died while "
             f"decoding it (started {when}; killed for memory or a decoder crash); not retried until the file "
-            f"changes (replace or touch it to try again)")
+            f"changes (replace or touch it, or run with --retry-failed, to try again)")

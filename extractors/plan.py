@@ -5,7 +5,10 @@ modality's feature folder. :func:`plan_shard` decides, for one shard, per modali
 yet done for the same extractor-id *and the same content*: a stored row counts only when its
 fingerprint equals the video file's fingerprint now (:func:`content_keys`); text is decided per
 caption, each row carrying its own caption digest, and only changed or new captions are encoded
-(:mod:`extractors.textplan`). A video whose decoding killed an earlier process is planned as
+(:mod:`extractors.textplan`). A video whose newest stored outcome is ``failed`` for the content it
+has now is a *recorded failure* (:func:`stored_outcomes`): it is not attempted again, and counts
+apart from the videos done, unless the config says ``retry_failed``; a changed file (or changed
+captions) is always attempted. A video whose decoding killed an earlier process is planned as
 ``failed`` without being decoded again (:mod:`extractors.inprogress`). Planning reads the store and
 the manifest and writes nothing but the folders' preparation.
 """
@@ -17,7 +20,7 @@ from pathlib import Path
 from data.fingerprint import caption_digests, current_fingerprints
 from data.manifest import Manifest, VideoRecord, read_manifest
 from data.settings import Settings, get_settings
-from data.store import FeatureSet
+from data.store import DONE_STATUSES, FeatureSet, VideoState
 from extractors.base import Extractor
 from extractors.config import ExtractConfig
 from extractors.decode import DecodeOptions, DecodeRequest
@@ -57,12 +60,35 @@ def content_keys(fs: FeatureSet, manifest: Manifest, video_ids: list[str],
     return {v: file_fingerprints[v] for v in video_ids}
 
 
+def stored_outcomes(fs: FeatureSet, manifest: Manifest, keys: dict[str, str | tuple[str, ...]],
+                    states: dict[str, VideoState] | None = None) -> tuple[set[str], set[str]]:
+    """``(done, recorded failures)`` among the videos of ``keys`` (:func:`content_keys`): done =
+    newest rows ``ok`` / ``empty`` for that content; recorded failure = newest rows ``failed`` and
+    computed from the same content (the file's fingerprint; for a set keyed by captions, the failed
+    rows carry the video's captions digest, read only for such videos). ``states``: ``fs.video_states()``
+    when the caller has it already."""
+    states = fs.video_states() if states is None else states
+    done = {v for v, key in keys.items() if v in states and states[v].status in DONE_STATUSES
+            and states[v].done_for(key)}
+    failed = {v for v in keys if v in states and states[v].status == "failed"}
+    if fs.spec.keyed_by == "file":
+        return done, {v for v in failed if states[v].fingerprint == keys[v]}
+    if not failed:
+        return done, set()
+    digests = manifest.captions_digests()
+    table = fs.read(sorted(failed))
+    return done, {v for v, status, fp in zip(table.video_ids, table.status, table.column("fingerprint"))
+                  if v in failed and status == "failed" and fp == digests[v]}
+
+
 @dataclass
 class ShardPlan:
     """What one shard still needs. Per modality: ``todo`` (video ids to encode), ``skipped``
-    (videos already done), ``captions`` (text modalities: the :class:`CaptionPlan`). ``crashed``:
-    ``video_id -> error`` of videos whose decoding killed an earlier process (their in-progress
-    records, ``crash_files``, are removed once their failure is stored)."""
+    (videos already done), ``known_failed`` (recorded failures left alone), ``retrying`` (recorded
+    failures attempted again: ``retry_failed``), ``captions`` (text modalities: the
+    :class:`CaptionPlan`). ``crashed``: ``video_id -> error`` of videos whose decoding killed an
+    earlier process (their in-progress records, ``crash_files``, are removed once their failure is
+    stored)."""
 
     video_ids: list[str]
     manifest: Manifest
@@ -72,6 +98,8 @@ class ShardPlan:
     fingerprints: dict[str, str]          # video_id -> the file's content fingerprint now
     todo: dict[str, set[str]]
     skipped: dict[str, int]
+    known_failed: dict[str, int]
+    retrying: dict[str, set[str]]
     captions: dict[str, CaptionPlan]
     in_progress: Path                     # the dataset's in-progress records folder
     crashed: dict[str, str]
@@ -104,19 +132,27 @@ def plan_shard(dataset: str, video_ids: list[str], config: ExtractConfig, settin
     fingerprints = current_fingerprints(manifest, video_ids)
     todo: dict[str, set[str]] = {}
     skipped: dict[str, int] = {}
+    known_failed: dict[str, int] = {}
+    retrying: dict[str, set[str]] = {}
     captions: dict[str, CaptionPlan] = {}
     for m, fs in sets.items():
         keys = content_keys(fs, manifest, video_ids, fingerprints)
+        states = fs.video_states()
+        done, known = stored_outcomes(fs, manifest, keys, states)
+        retrying[m] = known if config.retry_failed else set()
+        left_alone = known - retrying[m]
+        known_failed[m] = len(left_alone)
+        wanted = {v: key for v, key in keys.items() if v not in left_alone}
         if fs.spec.keyed_by == "captions":
-            captions[m] = plan = plan_captions(fs, keys, records)
+            captions[m] = plan = plan_captions(fs, wanted, records, states)
             todo[m] = set(plan.encode)
-            skipped[m] = len(video_ids) - len(plan.redo)
+            skipped[m] = len(wanted) - len(plan.redo)
         else:
-            done = fs.done_ids(keys)
-            todo[m] = {v for v in video_ids if v not in done}
-            skipped[m] = len(video_ids) - len(todo[m])
+            todo[m] = {v for v in wanted if v not in done}
+            skipped[m] = len(wanted) - len(todo[m])
     in_progress = records_dir(dataset, settings)
     dead = dead_records(in_progress, video_ids)
-    return ShardPlan(video_ids, manifest, records, extractors, sets, fingerprints, todo, skipped, captions,
-                     in_progress, crashed={v: crash_error(records[v], info) for v, (info, _) in dead.items()},
+    return ShardPlan(video_ids, manifest, records, extractors, sets, fingerprints, todo, skipped, known_failed,
+                     retrying, captions, in_progress,
+                     crashed={v: crash_error(records[v], info) for v, (info, _) in dead.items()},
                      crash_files=[path for _, files in dead.values() for path in files])

@@ -38,8 +38,9 @@ def extract_shard(dataset: str, video_ids: list[str], config: ExtractConfig | di
                   on_progress: ProgressFn | None = None) -> dict[str, ModalityCounts]:
     """Extract every requested modality for ``video_ids`` (one decode per video); write the shards.
 
-    Videos already ``ok`` / ``empty`` for the same extractor-id and content fingerprint are skipped;
-    a video that fails is recorded as ``failed`` with its error and the others go on; a video whose
+    Videos already ``ok`` / ``empty`` for the same extractor-id and content fingerprint are skipped,
+    and so are recorded failures of the same content unless ``config.retry_failed``; a video that
+    fails is recorded as ``failed`` with its error and the others go on; a video whose
     decoding process died earlier is recorded as failed without decoding it. ``on_progress`` gets an
     event per video (info: rows produced so far per modality). Returns counts per modality.
     """
@@ -95,6 +96,7 @@ def extract_dataset(dataset: str, config: ExtractConfig | None = None, *, shard_
         if on_progress:
             on_progress(ProgressEvent(f"{dataset} shards", k, len(shards), "shard"))
         say(f"{dataset}: shard {k}/{len(shards)} finished: " + "; ".join(
-            f"{m} {c.done} ok, {c.empty} empty, {c.failed} failed, {c.skipped} skipped" for m, c in result.items()))
+            f"{m} {c.done} ok, {c.empty} empty, {c.failed} failed, {c.skipped} skipped, "
+            f"{c.known_failed} recorded failures skipped" for m, c in result.items()))
     finish_run(dataset, total, settings)
     return total

@@ -1,9 +1,18 @@
 """What an extraction run did: per-modality counts, their sum over shards, and the summaries.
 
 :class:`ModalityCounts` is what :func:`extractors.runner.extract_shard` returns per modality
-(videos done / empty / failed / skipped); :func:`merge_counts` sums shards; :func:`summary_lines`
-(terminal, logs) and :func:`summary_markdown` (the flow's artifact) label random weights with
-:mod:`data.provenance`'s wording; :func:`all_failed` says when a run must end as failed.
+(videos done / empty / failed / skipped / skipped as recorded failures); :func:`merge_counts` sums
+shards; :func:`summary_lines` (terminal, logs) and :func:`summary_markdown` (the flow's artifact)
+label random weights with :mod:`data.provenance`'s wording; :func:`systemic_failure` says when a
+run must end as failed.
+
+What a run's outcome means (the exit status of ``python -m flows.extract``, the state of the
+``extract`` flow run, docs/extraction.md "Exit status"): a run is fine when every video is ok,
+empty, skipped or a known failure (a failure recorded before, for the same content). It fails
+only when the failure looks systemic: in some modality at least one video was attempted, every
+attempted video failed and none of them was a known failure (a model that cannot run, a device
+that is gone, a video folder that is not mounted). A broken file therefore fails at most the one
+run that first meets it alone; later runs skip it.
 """
 from __future__ import annotations
 
@@ -24,6 +33,8 @@ class ModalityCounts:
     empty: int = 0      # encoded in this run, nothing to encode (e.g. no audio stream)
     failed: int = 0     # recorded as failed in this run
     skipped: int = 0    # already done before this run
+    known_failed: int = 0   # "skipped: recorded failure": failed before for the same content, not attempted
+    retried: int = 0    # failed before for the same content and attempted again (--retry-failed, a crash record)
     kept: int = 0       # text: unchanged caption rows written again beside a video's re-encoded ones
     errors: list[str] = field(default_factory=list)  # first few error texts
 
@@ -32,6 +43,8 @@ class ModalityCounts:
         self.empty += other.empty
         self.failed += other.failed
         self.skipped += other.skipped
+        self.known_failed += other.known_failed
+        self.retried += other.retried
         self.kept += other.kept
         self.errors = (self.errors + other.errors)[:5]
 
@@ -57,13 +70,16 @@ def merge_counts(total: dict[str, ModalityCounts], part: dict[str, ModalityCount
         total[m].add(c)
 
 
-def all_failed(dataset: str, counts: dict[str, ModalityCounts]) -> str | None:
-    """A message when some modality attempted videos and every one of them failed, else None."""
-    bad = [m for m, c in counts.items() if c.failed and not (c.done or c.empty)]
+def systemic_failure(dataset: str, counts: dict[str, ModalityCounts]) -> str | None:
+    """A message when the run must end as failed, else None: in some modality at least one video
+    was attempted, every attempted video failed, and none of them was a known failure (see the
+    module doc)."""
+    bad = [m for m, c in counts.items() if c.failed and not (c.done or c.empty or c.retried)]
     if not bad:
         return None
     first = next((e for m in bad for e in counts[m].errors), "")
-    return f"{dataset}: every video failed in {', '.join(bad)}" + (f" (first error: {first})" if first else "")
+    return (f"{dataset}: every video failed in {', '.join(bad)}, none of them a known failure"
+            + (f" (first error: {first})" if first else ""))
 
 
 def summary_lines(dataset: str, counts: dict[str, ModalityCounts]) -> list[str]:
@@ -73,8 +89,10 @@ def summary_lines(dataset: str, counts: dict[str, ModalityCounts]) -> list[str]:
         flag = f"  [{random_weights_label(detail=False)}]" if c.random_weights else ""
         kept = f" (kept {c.kept} unchanged captions)" if c.kept else ""
         lines.append(f"  {m:<12} {c.extractor_id}  done {c.done}{kept}, empty {c.empty}, failed {c.failed}, "
-                     f"skipped {c.skipped}{flag}")
+                     f"skipped {c.skipped}, skipped: recorded failure {c.known_failed}{flag}")
         lines += [f"      error: {e}" for e in c.errors]
+    if any(c.known_failed for c in counts.values()):
+        lines.append("  (a recorded failure is retried when its file changes, or with --retry-failed)")
     randoms = [m for m, c in counts.items() if c.random_weights]
     if randoms:
         lines.append(random_weights_banner(f"{random_weights_label()} ({', '.join(randoms)})"))
@@ -87,10 +105,12 @@ def summary_markdown(dataset: str, counts: dict[str, ModalityCounts]) -> str:
     randoms = [m for m, c in counts.items() if c.random_weights]
     if randoms:
         out += [f"**{random_weights_label()}** (modalities: {', '.join(randoms)})", ""]
-    out += ["| modality | extractor-id | weights | done | empty | failed | skipped |", "|---|---|---|---|---|---|---|"]
+    out += ["| modality | extractor-id | weights | done | empty | failed | skipped | skipped: recorded failure |",
+            "|---|---|---|---|---|---|---|---|"]
     for m, c in counts.items():
         weights = f"**{random_weights_label(detail=False)}**" if c.random_weights else "pretrained"
-        out.append(f"| {m} | `{c.extractor_id}` | {weights} | {c.done} | {c.empty} | {c.failed} | {c.skipped} |")
+        out.append(f"| {m} | `{c.extractor_id}` | {weights} | {c.done} | {c.empty} | {c.failed} | {c.skipped} "
+                   f"| {c.known_failed} |")
     errors = [(m, e) for m, c in counts.items() for e in c.errors]
     if errors:
         out += ["", "First errors:", ""] + [f"- {m}: {e}" for m, e in errors]

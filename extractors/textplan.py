@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from data.manifest import VideoRecord
-from data.store import FeatureRow, FeatureSet
+from data.store import FeatureRow, FeatureSet, VideoState
 
 Captions = list[tuple[int, str]]
 
@@ -54,14 +54,15 @@ def _index(row: FeatureRow) -> int:
     return -1 if index is None else index
 
 
-def plan_captions(fs: FeatureSet, expected: dict[str, tuple[str, ...]], records: dict[str, VideoRecord]
-                  ) -> CaptionPlan:
+def plan_captions(fs: FeatureSet, expected: dict[str, tuple[str, ...]], records: dict[str, VideoRecord],
+                  states: dict[str, VideoState] | None = None) -> CaptionPlan:
     """Compare each video's stored rows with ``expected`` (video -> its captions' digests, in order).
 
-    Only the rows of videos that keep some captions are read (values included); a caption whose
-    stored row is gone meanwhile (another run compacted or quarantined it) is simply encoded.
+    ``states``: ``fs.video_states()`` when the caller has read them already. Only the rows of
+    videos that keep some captions are read (values included); a caption whose stored row is gone
+    meanwhile (another run compacted or quarantined it) is simply encoded.
     """
-    states = fs.video_states()
+    states = fs.video_states() if states is None else states
     encode: dict[str, Captions] = {}
     same: dict[str, set[int]] = {}
     for vid, want in expected.items():

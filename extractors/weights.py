@@ -9,6 +9,7 @@ shards loads each model once) and re-checks the file's hash on every call.
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,12 @@ from data.fingerprint import sha256_file
 from extractors.precision import PRECISION_DTYPES
 
 _SHA_CACHE: dict[tuple, str] = {}
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used: unreadable, not a state dict, changed since recorded, or
+    not fitting the model. Systemic (no video can be extracted with it), so commands end on it with
+    one line."""
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -63,7 +70,7 @@ class Weights:
     def check_file(self) -> None:
         """Refuse a weights file whose content changed since it was recorded."""
         if self.is_file and file_sha256(self.source) != self.sha256:
-            raise ValueError(f"weights file {self.source}: sha256 differs from the recorded {self.sha256}")
+            raise WeightsError(f"weights file {self.source}: sha256 differs from the recorded {self.sha256}")
 
 
 def seeded_build(weights: Weights, build):
@@ -76,14 +83,26 @@ def seeded_build(weights: Weights, build):
 
 
 def load_state_dict_file(path: str) -> dict:
-    """A state dict from ``.safetensors`` or a torch file, never unpickling arbitrary objects."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    """A state dict from ``.safetensors`` or a torch file, never unpickling arbitrary objects; a file
+    that is neither is a :class:`WeightsError` naming it."""
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise WeightsError(f"weights file {path}: refused by weights-only loading (it is damaged, or holds "
+                           "Python objects besides tensors, which are never unpickled); give 'random' or a "
+                           ".safetensors / torch state-dict file") from err
+    except Exception as err:   # torch and safetensors raise many kinds for a damaged file
+        first = (str(err).strip().splitlines() or [""])[0]
+        why = type(err).__name__ + (f": {first}" if first and len(first) <= 120 else "")
+        raise WeightsError(f"weights file {path}: not a readable state dict ({why}); give 'random' "
+                           "or a .safetensors / torch state-dict file") from err
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+        raise WeightsError(f"weights file {path}: expected a state dict, found {type(state).__name__}")
     return state
 
 
@@ -95,7 +114,7 @@ def apply_state_dict(model: torch.nn.Module, state: dict, source: str) -> None:
     problems += [f"missing {k}" for k in expected if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in expected]
     if problems:
-        raise ValueError(f"{source}: state dict does not fit {type(model).__name__} "
+        raise WeightsError(f"{source}: state dict does not fit {type(model).__name__} "
                          f"({len(problems)} problems: {', '.join(problems[:6])})")
     model.load_state_dict(state)
 

@@ -16,12 +16,15 @@ from extractors.summary import ModalityCounts
 
 def write_shard_rows(plan: ShardPlan, rows: dict[str, list[FeatureRow]]) -> dict[str, ModalityCounts]:
     """Write ``rows`` (per modality: every row the shard produced, in order) as one store shard per
-    modality; returns the counts per modality. The in-progress records of ``plan.crashed`` videos
-    are removed afterwards: their failure is stored now."""
+    modality; returns the counts per modality (recorded failures attempted again and crash records
+    count as ``retried``). The in-progress records of ``plan.crashed`` videos are removed
+    afterwards: their failure is stored now."""
     stamps = {"file": plan.fingerprints, "captions": plan.manifest.captions_digests()}
     counts: dict[str, ModalityCounts] = {}
     for m, fs in plan.sets.items():
-        c = counts[m] = ModalityCounts(m, fs.spec.extractor_id, fs.spec.random_weights, skipped=plan.skipped[m])
+        c = counts[m] = ModalityCounts(m, fs.spec.extractor_id, fs.spec.random_weights, skipped=plan.skipped[m],
+                                       known_failed=plan.known_failed[m])
+        c.retried = len({r.video_id for r in rows[m]} & (plan.retrying[m] | set(plan.crashed)))
         if m in plan.captions:
             rows[m], c.kept = plan.captions[m].complete(rows[m])
         for r in rows[m]:

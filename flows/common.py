@@ -1,4 +1,5 @@
-"""Small helpers shared by the flows: the run logger, parameter checks, artifact keys, time limits.
+"""Small helpers shared by the flows: the run logger, parameter checks, artifact keys, time limits,
+and the check that the Prefect server a command is about to use answers (:func:`unreachable_api`).
 
 Flow parameters that become path parts (dataset names, run ids) are checked with
 :func:`data.names.check_name` before any work starts, so a deployment run with ``dataset="../x"``
@@ -39,3 +40,22 @@ def artifact_key(*parts: str) -> str:
     """A Prefect artifact key (lowercase letters, digits and dashes) from ``parts``."""
     text = "-".join(parts).lower()
     return "".join(ch if ch.isalnum() else "-" for ch in text).strip("-") or "artifact"
+
+
+def unreachable_api() -> str | None:
+    """One line when ``PREFECT_API_URL`` names a server that does not answer its health check (the
+    address, why, and what to do), else None; None too when it is unset (a flow run then starts a
+    temporary local server). Commands call it before a flow run starts, so nothing is written."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return None
+    with get_client(sync_client=True) as client:
+        problem = client.api_healthcheck()
+    if problem is None:
+        return None
+    return (f"the Prefect server at {url} (PREFECT_API_URL) cannot be reached ({problem.__class__.__name__}: "
+            f"{problem}); start it (python -m flows.local up) or unset PREFECT_API_URL to run with a temporary "
+            f"local server")

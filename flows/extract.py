@@ -15,8 +15,12 @@ at once (docs/dask.md).
 command of :mod:`extractors.cli`: it runs the same work WITHOUT Prefect (plain Python, progress bars
 on a terminal); with ``--prefect`` it calls :func:`run_flow` here to run it as a Prefect flow run
 instead (``--dask-address`` / ``--dask-workers`` choose the runner there). ``--help`` lists the
-options. Exit codes: 0 done; 1 every video failed in some modality, or the flow run could not start
-or failed; 2 bad input (a missing manifest, unknown modality, bad ``TVR_*`` setting: one line).
+options. Exit codes: 0 when every video is ok, empty, skipped or a known failure (a failure recorded
+for the same content, not attempted again unless ``retry_failed``); 1 for a systemic failure
+(:func:`extractors.summary.systemic_failure`), a Prefect server that cannot be reached, a
+``TVR_HOME`` that cannot be written, or a flow run that could not start or failed; 2 bad input (a
+missing manifest, unknown modality, bad ``TVR_*`` setting: one line). The flow run itself follows
+the same rule: Completed with the counts in its artifact, Failed only for a systemic failure.
 
 The deployment ``extract/<dataset>`` has a concurrency limit of 1 (prefect.yaml): a second run of
 the same dataset waits (``AwaitingConcurrencySlot``) until the first ends. A flow run ends after
@@ -39,7 +43,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 
-from data.cli import Exit, error
+from data.cli import Exit, disk_fault, error
 from data.devices import resolve_device
 from data.progress import Bars
 from data.provenance import RANDOM_WEIGHTS
@@ -48,10 +52,11 @@ from extractors.cli import main
 from extractors.config import ExtractConfig
 from extractors.plan import plan_shards
 from extractors.runner import extract_shard
-from extractors.summary import all_failed, merge_counts, summary_lines, summary_markdown
+from extractors.summary import merge_counts, summary_lines, summary_markdown, systemic_failure
 from extractors.writer import finish_run
-from flows.common import TIMEOUTS, artifact_key, check_names
-from flows.runners import SettingsTaskRunner, describe, require_api_server, task_runner
+from flows.common import TIMEOUTS, artifact_key, check_names, unreachable_api
+from flows.runners import (SettingsTaskRunner, console_without_tracebacks, describe, require_api_server,
+                           task_runner, unreachable_scheduler)
 
 GPU_TAG = "gpu"  # limit with: prefect concurrency-limit create gpu <N>
 
@@ -62,12 +67,13 @@ def extract_shard_task(dataset: str, video_ids: list[str], config: dict, shard_n
     counts = extract_shard(dataset, video_ids, config, progress=logger.info,
                            on_progress=Bars(tty=False, log_fn=logger.info, interval_s=30))
     logger.info(f"{shard_name}: " + "; ".join(f"{m} {c.done} ok / {c.empty} empty / {c.failed} failed / "
-                                               f"{c.skipped} skipped" for m, c in counts.items()))
+                                               f"{c.skipped} skipped / {c.known_failed} recorded failures skipped"
+                                               for m, c in counts.items()))
     return counts
 
 
 class AllVideosFailed(RuntimeError):
-    """Every video attempted failed in at least one modality (nothing was extracted there)."""
+    """A systemic failure: in some modality every video attempted failed, none of them a known failure."""
 
 
 @flow(name="extract", task_runner=SettingsTaskRunner(), timeout_seconds=TIMEOUTS["extract"])
@@ -76,13 +82,14 @@ def extract(dataset: str, modalities: list[str] | None = None, weights: dict[str
             precision: str | None = None, seed: int | None = None, batch_sizes: dict[str, int] | None = None,
             options: dict[str, dict] | None = None, decode_workers: int | None = None,
             decode_budget_s: float | None = None, prefetch: int | None = None, decode: str | None = None,
-            decode_threads: int | None = None, hwaccel: str | None = None) -> dict:
+            decode_threads: int | None = None, hwaccel: str | None = None, retry_failed: bool | None = None) -> dict:
     """Extract ``modalities`` of ``dataset`` into the feature store; returns the summary dict.
 
     Every parameter but ``dataset`` and ``shard_size`` is the :class:`ExtractConfig` field of that
     name (None: its default; ``seed`` / ``device``: ``$TVR_SEED`` / ``$TVR_DEVICE``).
-    Raises :class:`AllVideosFailed` (the run ends Failed, after publishing its summary) when
-    every video attempted failed in some modality."""
+    Recorded failures of unchanged files are skipped unless ``retry_failed``. Raises
+    :class:`AllVideosFailed` (the run ends Failed, after publishing its summary) for a systemic
+    failure (:func:`extractors.summary.systemic_failure`); known failures leave it Completed."""
     parameters = dict(locals())
     check_names(dataset=dataset)
     logger = get_run_logger()
@@ -106,7 +113,7 @@ def extract(dataset: str, modalities: list[str] | None = None, weights: dict[str
         logger.warning(line) if RANDOM_WEIGHTS in line else logger.info(line)
     create_markdown_artifact(summary_markdown(dataset, total), key=artifact_key("extract", dataset),
                              description=f"extraction summary of {dataset}")
-    failure = all_failed(dataset, total)
+    failure = systemic_failure(dataset, total)
     if failure:
         raise AllVideosFailed(failure)
     return {m: vars(c) for m, c in total.items()}
@@ -128,18 +135,31 @@ def shard_task_for(device: str):
 
 def run_flow(args: argparse.Namespace, settings: Settings, config: ExtractConfig) -> int:
     """``--prefect``: run ``config`` as a flow run of :func:`extract` on the runner that
-    ``--dask-address`` / ``--dask-workers`` (or else the settings) choose; 1 if it did not finish."""
+    ``--dask-address`` / ``--dask-workers`` (or else the settings) choose; 1 if it did not finish
+    (or the Prefect server of ``PREFECT_API_URL`` does not answer: then it does not start)."""
+    unreachable = unreachable_api()
+    if unreachable:
+        return error(unreachable, Exit.FAILED)
     # an option given on the command line overrides both settings
     address, workers = args.dask_address, args.dask_workers
     if address or workers is not None:
         address, workers = address or "", workers or 0
+    runner = None
     try:
         runner = task_runner(address, workers, settings)
         require_api_server(runner)
         run = extract.with_options(task_runner=runner)
-        run(args.dataset, shard_size=args.shard_size, **flow_parameters(config))
+        with console_without_tracebacks():
+            run(args.dataset, shard_size=args.shard_size, **flow_parameters(config))
     except Exception as err:  # noqa: BLE001 - the flow run's own log has the traceback
-        return error(f"the extract flow run did not finish: {err.__class__.__name__}: {err}", Exit.FAILED)
+        lost = unreachable_scheduler(runner)
+        if lost:
+            return error(f"the Dask scheduler at {lost} cannot be reached ({err.__class__.__name__}: not running, or "
+                         f"lost during the run): the shards finished before are kept; start a scheduler and "
+                         f"its workers, then run this command again with their address (it extracts only the "
+                         f"rest; docs/dask.md)", Exit.FAILED)
+        return error(disk_fault(err) or f"the extract flow run did not finish: {err.__class__.__name__}: {err}",
+                     Exit.FAILED)
     return Exit.OK
 
 

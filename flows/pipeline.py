@@ -7,6 +7,12 @@ temporary local API starts when no server is configured) and prints where the re
 the extracted features and finished training runs. The models trained are the rows of
 ``fusion/configs/ablation/pipeline.yaml`` (the five models plus the M2HF modality ablation).
 The report is also published as the markdown artifact ``pipeline-synthetic`` of the flow run.
+
+Exit status: 0 when the report is written; its extraction step follows ``flows.extract``'s rule
+(videos whose failure is already recorded are skipped, and only a systemic failure, every video
+attempted failing in some modality with none of them a known failure, fails the run); 1 when the
+flow run failed, the Prefect server of ``PREFECT_API_URL`` cannot be reached (checked before the
+run starts) or ``TVR_HOME`` cannot be written (one line naming the path); 2 for bad input.
 """
 from __future__ import annotations
 
@@ -20,11 +26,11 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from data.cli import Exit, add_version, error, guarded
+from data.cli import Exit, add_version, disk_fault, error, guarded
 from data.prepare import prepare_synthetic
 from data.settings import get_settings
 from data.synthetic import load_attributes
-from flows.common import TIMEOUTS, artifact_key
+from flows.common import TIMEOUTS, artifact_key, unreachable_api
 from flows.extract import extract
 from fusion.ablation import attribute_match, read_rows
 from fusion.config import CONFIG_DIR, merge
@@ -142,11 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     add_version(p)
     args = p.parse_args(argv)
     get_settings()  # a bad TVR_* value: one line and exit 2 (guarded) before any flow run starts
+    unreachable = unreachable_api()
+    if unreachable:
+        return error(unreachable, Exit.FAILED)
     start = time.time()
     try:
         report = pipeline_flow(n=args.n, seed=args.seed, epochs=args.epochs)
     except Exception as err:  # noqa: BLE001 - the flow run's log (and Prefect) hold the traceback
-        return error(f"the pipeline flow run did not finish: {err.__class__.__name__}: {err}", Exit.FAILED)
+        return error(disk_fault(err) or f"the pipeline flow run did not finish: {err.__class__.__name__}: {err}",
+                     Exit.FAILED)
     print(f"\nreport: {report}\n        {Path(report).with_suffix('.html')}\n"
           f"pipeline finished in {time.time() - start:.0f} s")
     print(Path(report).read_text())

@@ -11,7 +11,11 @@ the markdown artifact ``reindex-<dataset>``.
 A dataset without a manifest (or, for zero-shot, without extracted CLIP features) ends cleanly with
 a "nothing to index" message. Another re-index of the same index still running makes this run FAIL
 with a clear message (:class:`ReindexBusy`), as do real failures (a missing run, an extractor that
-cannot be re-created); the old index stays current.
+cannot be re-created); the old index stays current. Videos whose extraction failed before are not
+retried until their file changes, and leave the run Completed; a systemic failure of the extraction
+of new or changed videos (every video it attempted failed in some modality, none a known failure)
+makes the run FAIL (:class:`ExtractionFailed`) after the build of the other videos is published and
+the summary artifact says why, as ``python -m retrieval.reindex`` then exits 1.
 
 The index options (memory budget, factory string, shards, tuning target) default to the current
 build's (:func:`retrieval.reindex.plan.index_options`). On a Dask task runner (``TVR_DASK_ADDRESS``
@@ -42,6 +46,10 @@ class ReindexBusy(RuntimeError):
     """Another re-index of the same dataset and run holds the index's lock."""
 
 
+class ExtractionFailed(RuntimeError):
+    """The extraction of new or changed videos failed systemically (``ReindexResult.failure``)."""
+
+
 @task(name="index-part", retries=1)
 def index_part(folder: str, part: int, options: dict) -> dict:
     """One part of a sharded build (:func:`retrieval.index.shards.build_part_file`): its params."""
@@ -65,7 +73,8 @@ def reindex_flow(dataset: str, run: str | None = None, index_type: str | None = 
     ``shards`` / ``tune_target`` None: as the current build. ``batch``: videos encoded, vectors
     assembled and added to the index per batch (``retrieval.reindex.run.reindex``). Raises
     :class:`ReindexBusy` when another re-index of the same index is running (the flow run ends
-    Failed, the summary artifact says why).
+    Failed, the summary artifact says why), :class:`ExtractionFailed` for a systemic extraction
+    failure (likewise, after publishing the new build).
     """
     check_names(dataset=dataset, run=run)
     logger = flow_logger("reindex")
@@ -87,4 +96,6 @@ def reindex_flow(dataset: str, run: str | None = None, index_type: str | None = 
     if result.status == "busy":
         raise ReindexBusy(f"reindex {dataset} / {result.run}: another re-index of this index is running; "
                           f"this run changed nothing")
+    if result.failure:
+        raise ExtractionFailed(result.failure)
     return result.to_dict()

@@ -16,10 +16,19 @@ choose" and turns into ``task_runner()`` only when a flow run starts (Prefect ca
 a deployment run uses the settings of the worker that runs it.
 
 Work is scheduled by Dask itself through prefect-dask; nothing here queues or dispatches tasks.
+
+When a run on an existing cluster fails, :func:`unreachable_scheduler` tells whether the scheduler
+is gone (killed, stopped, its machine lost), so the command can say that in one line; and
+:func:`console_without_tracebacks` keeps the tracebacks that Prefect's flow engine and the Dask
+client log on such a failure off the console (the flow run's log on the Prefect server keeps the
+engine's). What a lost worker or scheduler costs: docs/dask.md "Lost workers, lost scheduler".
 """
 from __future__ import annotations
 
-from typing import Any, NoReturn
+import logging
+import socket
+from contextlib import contextmanager
+from typing import Any, Iterator, NoReturn
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
@@ -75,3 +84,51 @@ def require_api_server(runner: TaskRunner) -> None:
     if isinstance(runner, DaskTaskRunner) and not PREFECT_API_URL.value():
         raise RuntimeError("the Dask task runner needs a running Prefect server (PREFECT_API_URL is not set); "
                            "start one, e.g. `python -m flows.local up` and `eval \"$(python -m flows.local env)\"`")
+
+
+
+def unreachable_scheduler(runner: TaskRunner | None, timeout_s: float = 5.0) -> str | None:
+    """The address of ``runner``'s existing Dask scheduler (``DaskTaskRunner(address=...)``, TCP or
+    TLS) when it does not accept a connection now; None when it does, or for any other runner."""
+    if not (isinstance(runner, DaskTaskRunner) and runner.address):
+        return None
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    protocol, location = parse_address(runner.address)
+    if protocol not in ("tcp", "tls"):
+        return None
+    try:
+        socket.create_connection(parse_host_port(location, 8786), timeout=timeout_s).close()
+    except OSError:
+        return runner.address
+    return None
+
+
+class _WithoutTraceback(logging.Formatter):
+    """Formats a copy of each record without its traceback (``exc_info``, ``stack_info``) through ``inner``."""
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        bare = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None})
+        return self.inner.format(bare)
+
+
+@contextmanager
+def console_without_tracebacks() -> Iterator[None]:
+    """While the block runs, console log handlers (stream handlers of any logger) print each
+    record's message but not its traceback; other handlers (Prefect's API log) are unchanged."""
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    consoles = {h for lg in loggers for h in lg.handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)}
+    saved = {h: h.formatter for h in consoles}
+    for handler, formatter in saved.items():
+        handler.setFormatter(_WithoutTraceback(formatter or logging.Formatter()))
+    try:
+        yield
+    finally:
+        for handler, formatter in saved.items():
+            handler.setFormatter(formatter)

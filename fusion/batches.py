@@ -1,9 +1,11 @@
 """Padded model inputs built from ragged feature rows: the tensors every model reads.
 
-- :class:`Ragged`: variable-length rows of one modality, ``flat`` ``[S, D]`` (S = sum of the row
-  lengths T_i), ``offsets`` ``[R + 1]`` and ``times`` ``[S]`` (seconds from the video start; the
-  position index for rows without timestamps, i.e. caption tokens); :meth:`Ragged.gather` picks
-  positions of many rows in one vectorised ``index_select``.
+- :class:`Ragged`: variable-length rows of one modality over one flat array ``flat`` ``[S, D]``
+  (in memory, or memory-mapped by :mod:`fusion.featurecache`) with ``times`` ``[S]`` (seconds from
+  the video start; the position index for rows without timestamps, i.e. caption tokens): row ``i``
+  is ``flat[starts[i]: starts[i] + lengths[i]]``, so choosing rows (:meth:`Ragged.select`) copies
+  no values; :meth:`Ragged.gather` picks positions of many rows in one vectorised ``index_select``,
+  and only those steps are read.
 - :class:`VideoBatch`: frames ``[B, N, D]`` + mask ``[B, N]`` + times ``[B, N]`` (s); audio
   ``[B, Na, 128]`` and motion ``[B, Nm, 2304]``, each + mask + times, and ``has_audio`` /
   ``has_motion`` ``[B]`` (None when the model reads no such modality).
@@ -19,31 +21,22 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
-from data.store import FeatureTable
-
 
 @dataclass
 class Ragged:
-    """Variable-length rows: ``flat`` ``[S, D]``, ``offsets`` ``[R + 1]``, ``times`` ``[S]`` seconds."""
+    """Variable-length rows over ``flat`` ``[S, D]`` and ``times`` ``[S]`` (seconds): row ``i`` is
+    ``flat[starts[i]: starts[i] + lengths[i]]`` (``starts`` / ``lengths`` ``[R]`` int64)."""
 
     flat: torch.Tensor
-    offsets: torch.Tensor
     times: torch.Tensor
+    starts: torch.Tensor
+    lengths: torch.Tensor
 
     @classmethod
-    def from_table(cls, table: FeatureTable, time_offset_s: float = 0.0) -> "Ragged":
-        flat = np.asarray(table.flat, np.float32)
-        flat = torch.from_numpy(flat if flat.flags.writeable else flat.copy())
-        offsets = torch.from_numpy(np.asarray(table.offsets, np.int64).copy())
-        col = table.table.column("timestamps_s").combine_chunks()
-        ts_offsets = col.offsets.to_numpy()
-        ts = col.values.to_numpy(zero_copy_only=False)[ts_offsets[0]: ts_offsets[-1]]
-        if len(ts) == len(flat) and np.array_equal(np.diff(ts_offsets), np.diff(table.offsets)):
-            times = torch.from_numpy(ts.astype(np.float32) + np.float32(time_offset_s))
-        else:  # rows without timestamps (text): position index
-            starts = np.repeat(table.offsets[:-1], np.diff(table.offsets))
-            times = torch.from_numpy((np.arange(len(flat)) - starts).astype(np.float32))
-        return cls(flat, offsets, times)
+    def from_offsets(cls, flat: torch.Tensor, offsets: torch.Tensor, times: torch.Tensor) -> "Ragged":
+        """Rows stored one after the other: row ``i`` = ``flat[offsets[i]: offsets[i + 1]]``."""
+        offsets = torch.as_tensor(offsets, dtype=torch.int64)
+        return cls(flat, times, offsets[:-1], offsets[1:] - offsets[:-1])
 
     @classmethod
     def from_arrays(cls, rows: list[np.ndarray], times: list[np.ndarray] | None = None) -> "Ragged":
@@ -53,16 +46,27 @@ class Ragged:
         flat = torch.from_numpy(np.concatenate(rows).astype(np.float32))
         if times is None:
             times = [np.arange(n, dtype=np.float32) for n in lengths]
-        return cls(flat, offsets, torch.from_numpy(np.concatenate(times).astype(np.float32)))
+        return cls.from_offsets(flat, offsets, torch.from_numpy(np.concatenate(times).astype(np.float32)))
 
-    @property
-    def lengths(self) -> torch.Tensor:
-        return self.offsets[1:] - self.offsets[:-1]
+    def select(self, rows: torch.Tensor) -> "Ragged":
+        """Rows ``rows`` (row ``-1``: an empty row) over the same ``flat`` / ``times``; copies no values."""
+        rows = torch.as_tensor(rows, dtype=torch.int64)
+        if len(self.lengths) == 0:
+            return Ragged(self.flat, self.times, torch.zeros_like(rows), torch.zeros_like(rows))
+        safe = rows.clamp(min=0)
+        present = rows >= 0
+        return Ragged(self.flat, self.times, torch.where(present, self.starts[safe], 0),
+                      torch.where(present, self.lengths[safe], 0))
+
+    def row(self, i: int) -> torch.Tensor:
+        """``[T_i, D]`` values of row ``i``."""
+        start = int(self.starts[i])
+        return self.flat[start: start + int(self.lengths[i])]
 
     def gather(self, rows: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Values ``[B, T, D]`` and times ``[B, T]`` at within-row ``positions`` ``[B, T]`` (zeros where ~mask)."""
-        idx = torch.where(mask, self.offsets[rows][:, None] + positions, 0).reshape(-1)
+        idx = torch.where(mask, self.starts[rows][:, None] + positions, 0).reshape(-1)
         values = torch.index_select(self.flat, 0, idx).view(*mask.shape, -1)
         values.masked_fill_(~mask[..., None], 0.0)
         return values, torch.index_select(self.times, 0, idx).view(mask.shape).masked_fill_(~mask, 0.0)

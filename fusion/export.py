@@ -15,7 +15,8 @@ its folder (the reading side is :mod:`fusion.bundle`). Layout::
 Text tower weights: ``random`` ones are rebuilt from the recorded seed (a reference, no file); a
 local file is copied into ``text_tower/`` and checked against its recorded sha256; an open_clip
 pretrained tag stays a reference (the loading machine needs it in its cache). Loading checks every
-checksum and refuses a bundle whose files changed. Written to a temporary folder and renamed.
+checksum and refuses a bundle whose files changed. Written to a temporary folder, fsynced (every
+file and folder), renamed and the parent folder fsynced (:func:`data.atomic.replace_durably`).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from safetensors.torch import save_model as save_safetensors
 
-from data.atomic import write_json_atomic
+from data.atomic import replace_durably, write_json_atomic
 from data.cli import add_version, guarded, version
 from data.fingerprint import sha256_file
 from data.modalities import CLIP_TEXT
@@ -84,7 +85,7 @@ def export_bundle(run: str | Path, out: str | Path, *, settings: Settings | None
             "tvr_version": version(), **({"WARNING": meta["WARNING"]} if meta.get("WARNING") else {})})
         if out.exists():
             out.rmdir()
-        tmp.rename(out)
+        replace_durably(tmp, out)   # every file and folder fsynced, renamed, the parent fsynced
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,12 +1,15 @@
 """The one feature loader shared by training, indexing and evaluation: a dataset's stored
-features in memory (:class:`DatasetFeatures`), read once from the contract-A store (``data.store``).
+features (:class:`DatasetFeatures`) from the contract-A store (``data.store``), read with bounded memory.
 
-:func:`load_features` reads ``clip_frames`` + ``clip_text`` (and ``audio`` / ``motion`` when asked)
-into one :class:`~fusion.batches.Ragged` per modality (flat ``[sum T, D]`` + offsets): frames
-``[T, D]`` per video, caption tokens ``[L, D]`` per caption, audio windows ``[Ta, 128]`` and motion
-clips ``[Tm, 2304]`` per video (length 0 and ``has_audio`` / ``has_motion`` False where a video has
-none). :class:`DatasetFeatures` selects splits and captions and assembles padded batches
-(:mod:`fusion.batches`) with one vectorised gather per batch, frames sampled by :mod:`fusion.sampling`.
+:func:`load_features` opens ``clip_frames`` + ``clip_text`` (and ``audio`` / ``motion`` when asked)
+through each feature folder's memory-mapped cache (:mod:`fusion.featurecache`, built once from the
+shards) as one :class:`~fusion.batches.Ragged` per modality: frames ``[T, D]`` per video, caption
+tokens ``[L, D]`` per caption, audio windows ``[Ta, 128]`` and motion clips ``[Tm, 2304]`` per video
+(length 0 and ``has_audio`` / ``has_motion`` False where a video has none). Only row indices live
+in memory; :class:`DatasetFeatures` selects splits and captions and assembles padded batches
+(:mod:`fusion.batches`) with one vectorised gather per batch, which reads just the steps it takes
+(frames sampled by :mod:`fusion.sampling`). ``in_memory=True`` reads the values into memory instead
+(same rows, same batches).
 
 Videos are the manifest's videos whose frames are ``ok``; captions the ``ok`` text rows of those
 videos. Splits come from the manifest; when it has no ``val`` split, a fixed fraction of ``train``
@@ -23,11 +26,13 @@ import torch
 from data.manifest import read_manifest
 from data.modalities import AUDIO, CLIP_FRAMES, CLIP_TEXT, MOTION
 from data.settings import Settings, get_settings
-from data.store import FeatureSet, FeatureTable, list_extractors
+from data.store import FeatureSet, list_extractors
 from fusion.batches import Ragged, TextBatch, VideoBatch, truncate_tokens
+from fusion.featurecache import StoredRows, open_rows
 from fusion.sampling import other_view, segment_positions, uniform_positions
 
 AUDIO_WINDOW_S = 0.96  # VGGish window; audio timestamps are window starts, centres are used
+STATISTICS_CHUNK_BYTES = 64 << 20   # float64 rows per chunk of input_statistics (65,536 audio windows)
 
 
 def pick_extractor(settings: Settings, dataset: str, modality: str, explicit: str | None = None) -> dict:
@@ -123,23 +128,28 @@ class DatasetFeatures:
             out.extend(caps if which == "all" else caps[:1])
         return np.asarray(out, np.int64)
 
-    def input_statistics(self, split: str = "train", chunk_rows: int = 65536
+    def input_statistics(self, split: str = "train", chunk_rows: int | None = None
                          ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``(mean [C], std [C])`` of every stored row of ``audio`` / ``motion`` over ``split``'s
         videos that have the modality (modalities without such rows are left out). Accumulated in
-        float64 over chunks of ``chunk_rows`` rows, so memory stays flat for any dataset size."""
+        float64 over chunks of ``chunk_rows`` steps of the videos in order (default: 64 MiB of
+        float64 per chunk), so memory stays flat for any dataset size."""
         out = {}
         for name in (AUDIO, MOTION):
             ragged, has = getattr(self, name), getattr(self, f"has_{name}")
             if ragged is None:
                 continue
+            chunk = chunk_rows or max(1, STATISTICS_CHUNK_BYTES // (8 * ragged.flat.shape[1]))
             chosen = torch.zeros(len(ragged.lengths), dtype=torch.bool)
             chosen[torch.as_tensor(self.split_videos(split), dtype=torch.int64)] = True
-            keep = torch.repeat_interleave(chosen & has, ragged.lengths)          # [S] rows to count
+            keep = torch.repeat_interleave(chosen & has, ragged.lengths)          # [S] steps to count
+            ends = torch.cumsum(ragged.lengths, 0)
+            where = torch.repeat_interleave(ragged.starts - (ends - ragged.lengths), ragged.lengths) \
+                + torch.arange(len(keep))                                          # [S] rows of flat
             total = torch.zeros(ragged.flat.shape[1], dtype=torch.float64)
             squares, count = torch.zeros_like(total), 0
-            for start in range(0, len(keep), chunk_rows):
-                rows = ragged.flat[start: start + chunk_rows][keep[start: start + chunk_rows]].double()
+            for start in range(0, len(keep), chunk):
+                rows = ragged.flat[where[start: start + chunk][keep[start: start + chunk]]].double()
                 total += rows.sum(0)
                 squares += (rows * rows).sum(0)
                 count += len(rows)
@@ -202,38 +212,42 @@ class DatasetFeatures:
 
 
 def load_features(dataset: str, modalities: list[str] | tuple[str, ...], *, extractors: dict | None = None,
-                  settings: Settings | None = None, val_holdout: float = 0.1) -> DatasetFeatures:
+                  settings: Settings | None = None, val_holdout: float = 0.1,
+                  in_memory: bool = False) -> DatasetFeatures:
     """Load ``clip_frames`` + ``clip_text`` and the extra ``modalities`` (``audio``, ``motion``).
 
-    ``extractors`` maps modality -> extractor-id (default: the single one stored).
+    ``extractors`` maps modality -> extractor-id (default: the single one stored). The values stay
+    memory-mapped (:mod:`fusion.featurecache`) unless ``in_memory``.
     """
     settings = settings or get_settings()
     extractors = dict(extractors or {})
     manifest = read_manifest(settings.manifest_path(dataset))
     wanted = [CLIP_FRAMES, CLIP_TEXT] + [m for m in (AUDIO, MOTION) if m in modalities]
     infos = {m: pick_extractor(settings, dataset, m, extractors.get(m)) for m in wanted}
-    tables = {m: FeatureSet(settings.feature_dir(dataset, m, infos[m]["extractor_id"])).read() for m in wanted}
+    tables = {m: open_rows(FeatureSet(settings.feature_dir(dataset, m, infos[m]["extractor_id"])), in_memory=in_memory)
+              for m in wanted}
     notes: list[str] = []
 
     frames_t = tables[CLIP_FRAMES]
     status = np.asarray(frames_t.status)
     pos_in_table = {v: i for i, v in enumerate(frames_t.video_ids) if status[i] == "ok"}
     manifest_ids = manifest.video_ids
-    video_ids = [v for v in manifest_ids if v in pos_in_table and len(frames_t.row(pos_in_table[v])) > 0]
+    video_ids = [v for v in manifest_ids if v in pos_in_table and frames_t.lengths[pos_in_table[v]] > 0]
     if len(video_ids) < len(manifest_ids):
         notes.append(f"{len(manifest_ids) - len(video_ids)} manifest videos without ok frames were left out")
     if not video_ids:
         raise ValueError(f"dataset {dataset!r}: no video has ok {CLIP_FRAMES} features")
     index = {v: i for i, v in enumerate(video_ids)}
-    frames = _reorder(frames_t, [pos_in_table[v] for v in video_ids])
+    frames = _ragged(frames_t).select(torch.tensor([pos_in_table[v] for v in video_ids], dtype=torch.int64))
 
     text_t = tables[CLIP_TEXT]
     tstatus = np.asarray(text_t.status)
     text_rows = [i for i, v in enumerate(text_t.video_ids) if v in index and tstatus[i] == "ok"]
-    text = _reorder(text_t, text_rows)
+    text = _ragged(text_t).select(torch.tensor(text_rows, dtype=torch.int64))
     eot = torch.tensor(np.asarray(text_t.column("eot_index"), np.int64)[text_rows])
     caption_video = torch.tensor([index[v] for v in np.asarray(text_t.video_ids, object)[text_rows]], dtype=torch.int64)
-    captions = [text_t.column("caption")[i] for i in text_rows] if text_rows else []
+    all_captions = text_t.column("caption")
+    captions = [all_captions[i] for i in text_rows]
     cap_index = [int(c) for c in np.asarray(text_t.column("caption_index"))[text_rows]] if text_rows else []
 
     out = DatasetFeatures(dataset, {m: infos[m]["extractor_id"] for m in wanted}, infos, video_ids,
@@ -262,41 +276,31 @@ def _audio_centre(info: dict) -> float:
     return float(info.get("params", {}).get("example_s", AUDIO_WINDOW_S)) / 2
 
 
-def _reorder(table: FeatureTable, rows: list[int]) -> Ragged:
-    """A :class:`Ragged` of ``table``'s rows in the order ``rows``."""
-    full = Ragged.from_table(table)
-    return full if rows == list(range(len(table))) else _select(full, torch.tensor(rows, dtype=torch.int64))
+def _ragged(table: StoredRows, time_offset_s: float = 0.0) -> Ragged:
+    """Every row of ``table`` as a :class:`Ragged` over its (mapped) values; ``time_offset_s`` is
+    added to the times (audio: window starts -> centres)."""
+    times = table.times + np.float32(time_offset_s) if time_offset_s else table.times
+    offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(table.lengths)]).astype(np.int64))
+    return Ragged.from_offsets(torch.from_numpy(table.values), offsets, torch.from_numpy(times))
 
 
-def _select(full: Ragged, rows: torch.Tensor) -> Ragged:
-    """Rows ``rows`` of ``full`` as a new contiguous :class:`Ragged`; row ``-1`` becomes empty."""
-    if len(full.lengths) == 0:
-        empty = torch.zeros(len(rows) + 1, dtype=torch.int64)
-        return Ragged(full.flat[:0], empty, full.times[:0])
-    lengths = torch.where(rows >= 0, full.lengths[rows.clamp(min=0)], torch.zeros_like(rows))
-    starts = torch.where(rows >= 0, full.offsets[:-1][rows.clamp(min=0)], torch.zeros_like(rows))
-    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
-    idx = torch.repeat_interleave(starts - offsets[:-1], lengths) + torch.arange(int(offsets[-1]))
-    return Ragged(full.flat[idx], offsets, full.times[idx])
-
-
-def _optional_modality(table: FeatureTable, video_ids: list[str], name: str, notes: list[str],
+def _optional_modality(table: StoredRows, video_ids: list[str], name: str, notes: list[str],
                        time_offset_s: float, flag_column: str | None) -> tuple[Ragged, torch.Tensor]:
     """Rows aligned with ``video_ids``; missing / empty / failed rows become length 0 and flag False."""
     status = np.asarray(table.status)
     flags = np.asarray(table.column(flag_column), bool) if flag_column and len(table) else None
     pos = {v: i for i, v in enumerate(table.video_ids)}
-    full = Ragged.from_table(table, time_offset_s)
+    full = _ragged(table, time_offset_s)
     rows, present = [], []
     for v in video_ids:
         i = pos.get(v)
-        ok = i is not None and status[i] == "ok" and int(full.lengths[i]) > 0 and (flags is None or flags[i])
+        ok = i is not None and status[i] == "ok" and table.lengths[i] > 0 and (flags is None or flags[i])
         rows.append(i if ok else -1)
         present.append(ok)
     missing = len(video_ids) - sum(present)
     if missing:
         notes.append(f"{missing} videos have no usable {name} (absent, empty or failed): branch masked")
-    return _select(full, torch.tensor(rows, dtype=torch.int64)), torch.tensor(present)
+    return full.select(torch.tensor(rows, dtype=torch.int64)), torch.tensor(present)
 
 
 def _splits(manifest, index: dict[str, int], val_holdout: float) -> dict[str, np.ndarray]:

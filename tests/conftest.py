@@ -40,6 +40,22 @@ def tiny_synthetic(tmp_path_factory):
     return out
 
 
+@pytest.fixture
+def decoded(monkeypatch) -> list[str]:
+    """Video ids (file stems) whose file the extractors open, in order (a spy on the decoder)."""
+    from extractors import reader as extract_reader
+
+    seen: list[str] = []
+    real = extract_reader.stream_video
+
+    def spy(path, request):
+        seen.append(Path(path).stem)
+        return real(path, request)
+
+    monkeypatch.setattr(extract_reader, "stream_video", spy)
+    return seen
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny tensors: one torch thread is fastest, and the machine's cores are shared."""

@@ -13,6 +13,7 @@ from extractors import audio, clip, motion
 from extractors.base import Extractor, VideoItem
 from extractors.decode import DecodedVideo
 from extractors.registry import build_extractor, build_text_encoder
+from extractors.weights import WeightsError
 
 CAPTIONS = ["a red circle moves left", "a very long caption " + "with many many words " * 6,
             "hi", "a big blue striped square rises upwards while a low hum plays"]
@@ -168,7 +169,7 @@ def test_vggish_weights_file_round_trip_and_bad_files(tmp_path):
         build_extractor("audio", "vggish", str(bad), device="cpu")
     pickled = tmp_path / "pickled.pth"
     torch.save({"model": VideoRecord("a", "a.mp4", "train", ["x"])}, pickled)
-    with pytest.raises(Exception, match="[Ww]eights only"):
+    with pytest.raises(WeightsError, match="refused by weights-only loading"):
         build_extractor("audio", "vggish", str(pickled), device="cpu")
 
 

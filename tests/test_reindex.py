@@ -73,20 +73,6 @@ def home(tiny_synthetic, tvr_home, tmp_path):
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def decoded(monkeypatch):
-    """Paths of the video files the extractors decode."""
-    seen: list[str] = []
-    real = extract_reader.stream_video
-
-    def spy(path, request):
-        seen.append(Path(path).stem)
-        return real(path, request)
-
-    monkeypatch.setattr(extract_reader, "stream_video", spy)
-    return seen
-
-
 def current_build_id() -> str:
     return open_build(DS, "zero-shot").info["build_id"]
 

@@ -127,8 +127,7 @@ def stored_text_tower(hcmi_home, monkeypatch):
     from fusion.features import load_features
 
     feats = load_features("fake", [], settings=hcmi_home)
-    tokens = {feats.captions[q]: (feats.text.flat[feats.text.offsets[q]: feats.text.offsets[q + 1]].numpy(),
-                                  int(feats.eot[q])) for q in range(len(feats.captions))}
+    tokens = {feats.captions[q]: (feats.text.row(q).numpy(), int(feats.eot[q])) for q in range(len(feats.captions))}
 
     class Tower:
         precision = "fp32"

@@ -207,8 +207,7 @@ def test_api_zero_shot_and_queries(home, monkeypatch):
     assert loaded.run_dir is None and loaded.random_weights and not loaded.fine_grained
     feats = load_features("fake", [], settings=home)
     caps = feats.split_captions("test")[:3]
-    stored = [(feats.text.flat[feats.text.offsets[q]: feats.text.offsets[q + 1]].numpy(), int(feats.eot[q]))
-              for q in caps]
+    stored = [(feats.text.row(q).numpy(), int(feats.eot[q])) for q in caps]
     seen = {}
 
     class FakeEncoder:
@@ -271,7 +270,7 @@ def test_input_statistics_cover_training_videos_with_the_modality(home):
     feats = load_features("fake", ["audio", "motion"], settings=home)
     stats = feats.input_statistics("train", chunk_rows=7)   # several chunks
     videos = [v for v in feats.split_videos("train").tolist() if feats.has_audio[v]]
-    rows = torch.cat([feats.audio.flat[feats.audio.offsets[v]: feats.audio.offsets[v + 1]] for v in videos])
+    rows = torch.cat([feats.audio.row(v) for v in videos])
     torch.testing.assert_close(stats["audio"][0], rows.mean(0))
     torch.testing.assert_close(stats["audio"][1], rows.std(0, correction=0))
     assert stats["motion"][0].shape == (2304,)

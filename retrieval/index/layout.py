@@ -51,7 +51,7 @@ POINTER = "current"
 WRITE_LOCK = ".lock"               # exclusive while a writer stages, publishes or tidies the folder
 ENCODING_LOCK = ".encoding.lock"   # held shared while build_from_model's .encoded-* vectors file exists
 CRASH_ENV = "TVR_INDEX_CRASH_AT"   # tests: data.faults.crash_point at one of BUILD_STEPS
-BUILD_STEPS = ("files-written", "synced", "verified", "renamed", "pointer-written", "published")
+BUILD_STEPS = ("files-written", "synced", "verified", "renamed", "pointer-written")
 ENCODE_BATCH = 4096                # videos encoded (and vectors added to the index) per batch
 
 

@@ -1,14 +1,15 @@
 """The write side of an index: build a folder (contract D, :mod:`retrieval.index.layout`), publish
 it as ``current``, prune old builds, tidy a killed writer's debris; and build from a model.
 
-A build is written into a hidden temporary folder, every file and the folder are fsynced, the
-build is verified (it loads, the vector count equals the id count, every file matches the sha256
-recorded in ``info.json["checksums"]``) and renamed into place (:func:`stage_build`); only then is
-``current`` swapped with :func:`data.atomic.write_text_atomic` and the folder fsynced
-(:func:`publish_build`, which verifies again), so a reader never sees a half-built index and a
-crash at any step leaves the previous build current. Tests inject a SIGKILL at each step with
-``TVR_INDEX_CRASH_AT=<step>`` (:data:`~retrieval.index.layout.BUILD_STEPS`,
-:func:`data.faults.crash_point`). Writers of one ``indexes/<dataset>/<run>`` folder hold an
+A build is written into a hidden temporary folder, every file and the folder are fsynced
+(:func:`data.atomic.fsync_tree`), the build is verified (it loads, the vector count equals the id
+count, every file matches the sha256 recorded in ``info.json["checksums"]``) and renamed into place,
+then the parent folder is fsynced (:func:`data.atomic.rename_durably`; :func:`stage_build`); only
+then is ``current`` swapped with :func:`data.atomic.write_text_atomic` (pointer fsynced, renamed,
+folder fsynced; :func:`publish_build`, which verifies again), so a reader never sees a half-built
+index and a crash at any step, of the process or of the machine, leaves the previous build
+current. Tests inject a SIGKILL at each step with ``TVR_INDEX_CRASH_AT=<step>``
+(:data:`~retrieval.index.layout.BUILD_STEPS`, :func:`data.faults.crash_point`). Writers of one ``indexes/<dataset>/<run>`` folder hold an
 exclusive ``flock`` on its ``.lock`` file while they write (:func:`data.locks.exclusive`), so
 :func:`remove_partial_builds` can tell a killed writer's ``.tmp-*`` debris from a build in progress.
 
@@ -20,7 +21,6 @@ chosen; ``info.json["tuning"]`` the recall / latency curve of ``--tune``.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import time
 import uuid
@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data import locks
-from data.atomic import write_json_atomic, write_text_atomic
+from data.atomic import fsync_tree, rename_durably, replace_durably, write_json_atomic, write_text_atomic
 from data.faults import crash_point
 from data.fingerprint import sha256_file
 from data.manifest import Manifest, manifest_fingerprint, read_manifest
@@ -117,7 +117,7 @@ def stage_build(dataset: str, run: str, vectors: np.ndarray | Path, video_ids: S
         tmp.mkdir(parents=True)
         try:
             if source is not None:
-                os.replace(source, tmp / VECTORS_FILE)        # the open memory map follows the file
+                rename_durably(source, tmp / VECTORS_FILE)    # the open memory map follows the file
             options = {"index_type": index_type, "memory_gb": memory_gb, "factory": factory, "shards": shards,
                        "tune_target": tune_target}
             start = time.perf_counter()
@@ -153,14 +153,11 @@ def stage_build(dataset: str, run: str, vectors: np.ndarray | Path, video_ids: S
             full_info["checksums"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
             write_json_atomic(tmp / "info.json", full_info)
             crash_point(CRASH_ENV, "files-written")
-            for path in tmp.iterdir():
-                _fsync(path)
-            _fsync(tmp)
+            fsync_tree(tmp)
             crash_point(CRASH_ENV, "synced")
             verify_build(tmp)
             crash_point(CRASH_ENV, "verified")
-            os.replace(tmp, root / build_id)
-            _fsync(root)
+            rename_durably(tmp, root / build_id)          # synced above: rename, then fsync the folder
             crash_point(CRASH_ENV, "renamed")
         finally:
             if tmp.exists():
@@ -208,25 +205,15 @@ def tune_build(folder: Path, info: dict, target: float, queries: int = 200, k: i
 
 
 def publish_build(folder: Path, keep: int = 3) -> None:
-    """Verify the staged build ``folder`` and make it current (atomic pointer swap, then the folder
-    is fsynced); keep the newest ``keep``. A build that fails verification is never published."""
+    """Verify the staged build ``folder`` and make it current (:func:`data.atomic.write_text_atomic`:
+    the pointer fsynced, renamed, its folder fsynced); keep the newest ``keep``. A build that fails
+    verification is never published."""
     root = folder.parent
     verify_build(folder)
     with locks.exclusive(root / WRITE_LOCK):
         write_text_atomic(root / POINTER, folder.name + "\n")
         crash_point(CRASH_ENV, "pointer-written")
-        _fsync(root)
-        crash_point(CRASH_ENV, "published")
         prune_builds(root, keep)
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's or a folder's (its entries') data to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def remove_partial_builds(dataset: str, run: str, settings: Settings | None = None) -> list[str]:
@@ -272,7 +259,8 @@ def write_vectors(path: Path, count: int, batches: Iterable[np.ndarray],
                   on_batch: Callable[[int], None] | None = None) -> None:
     """Write ``count`` vectors arriving in ``[b, D]`` batches as the ``.npy`` file ``path``: a header,
     then each batch appended to ``path`` + ``.part`` (plain writes: nothing but one batch in memory),
-    renamed when complete. ``on_batch(rows written)`` after each batch."""
+    published when complete (:func:`data.atomic.replace_durably`). ``on_batch(rows written)`` after
+    each batch."""
     part = path.with_name(path.name + ".part")
     at, dim = 0, None
     try:
@@ -294,7 +282,7 @@ def write_vectors(path: Path, count: int, batches: Iterable[np.ndarray],
             raise IndexFolderError("no vectors to index: no video of the chosen splits has features")
         if at != count:
             raise IndexFolderError(f"the encoder gave {at} vectors for {count} videos")
-        os.replace(part, path)
+        replace_durably(part, path)
     finally:
         part.unlink(missing_ok=True)
 

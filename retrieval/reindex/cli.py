@@ -1,5 +1,6 @@
 """``python -m retrieval.reindex <dataset> [--run R]`` (``tvr-reindex``): one re-index run
-(:func:`retrieval.reindex.run.reindex`), its summary printed as lines or JSON."""
+(:func:`retrieval.reindex.run.reindex`), its summary printed as lines or JSON; the exit status is
+:data:`EXIT_STATUS`."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,7 @@ import sys
 
 import torch
 
-from data.cli import add_version, error, guarded
+from data.cli import Exit, add_version, error, guarded
 from data.manifest import ManifestError
 from data.names import InvalidName
 from data.store import StoreError
@@ -21,12 +22,21 @@ from retrieval.reindex.run import reindex
 from retrieval.runs import ZERO_SHOT, RunNotFound
 
 
+EXIT_STATUS = ("Exit status: 0 when the index is up to date or rebuilt, videos whose extraction failed before "
+               "included (a recorded failure is not retried until its file changes: python -m flows.extract "
+               "--retry-failed retries them); 1 when the extraction of new or changed videos failed "
+               "systemically (every video it attempted failed in some modality, none of them a known failure; the "
+               "build is still made from the others) or when TVR_HOME cannot be written; 2 for bad input (a run "
+               "that does not exist, bad options or TVR_* settings).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m retrieval.reindex",
         description="Bring a dataset's index up to date with its manifest: extract and encode only new or "
                     "changed videos, drop removed ones, reuse the vectors of the rest, then swap the "
-                    "index's 'current' pointer atomically. Nothing new: no model work, no new build.")
+                    "index's 'current' pointer atomically. Nothing new: no model work, no new build.",
+        epilog=EXIT_STATUS)
     parser.add_argument("dataset", help="dataset name under datasets/")
     parser.add_argument("--run", default=ZERO_SHOT, help="run folder, run id, or 'zero-shot' (default)")
     add_index_options(parser, like_current=True)   # none given: the new build is made like the current one
@@ -53,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                      factory=args.factory, shards=args.shards, tune_target=args.tune_target,
                      shard_size=args.shard_size, device=args.device, batch=args.batch)
     print(json.dumps(result.to_dict(), indent=2) if args.json else "\n".join(result.lines()))
-    return 0
+    return error(result.failure, Exit.FAILED) if result.failure else Exit.OK
 
 
 if __name__ == "__main__":

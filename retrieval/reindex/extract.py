@@ -57,9 +57,10 @@ def extract_configs(dataset: str, loaded, settings: Settings, device: str | None
 
 def extract_videos(dataset: str, video_ids: list[str], loaded, *, settings: Settings,
                    shard_size: int | None = None, device: str | None = None, say: Log = log.info) -> dict:
-    """Extract the model's modalities for ``video_ids`` (those already done for their current
-    content are skipped). Returns ``ModalityCounts`` per modality."""
-    from extractors.plan import content_keys, plan_shards
+    """Extract the model's modalities for ``video_ids`` (those already done, and recorded failures,
+    for their current content are skipped; no extractor is loaded when that is all of them).
+    Returns ``ModalityCounts`` per modality."""
+    from extractors.plan import content_keys, plan_shards, stored_outcomes
     from extractors.runner import extract_shard
     from extractors.summary import ModalityCounts, merge_counts
     from extractors.writer import finish_run
@@ -68,11 +69,13 @@ def extract_videos(dataset: str, video_ids: list[str], loaded, *, settings: Sett
     sets = {m: FeatureSet(f) for m, f in folders.items() if (f / "_extractor.json").is_file()}
     manifest = read_manifest(settings.manifest_path(dataset))
     fingerprints = current_fingerprints(manifest, video_ids)
-    if len(sets) == len(folders) and all(
-            set(video_ids) <= fs.done_ids(content_keys(fs, manifest, video_ids, fingerprints)) for fs in sets.values()):
-        say(f"{dataset}: the {len(video_ids)} videos are already extracted; no extractor is loaded")
-        return {m: ModalityCounts(m, fs.spec.extractor_id, fs.spec.random_weights, skipped=len(video_ids))
+    outcomes = {m: stored_outcomes(fs, manifest, content_keys(fs, manifest, video_ids, fingerprints))
                 for m, fs in sets.items()}
+    if len(sets) == len(folders) and all(set(video_ids) <= done | known for done, known in outcomes.values()):
+        say(f"{dataset}: the {len(video_ids)} videos are already extracted or recorded as failed; "
+            f"no extractor is loaded")
+        return {m: ModalityCounts(m, fs.spec.extractor_id, fs.spec.random_weights, skipped=len(outcomes[m][0]),
+                                  known_failed=len(outcomes[m][1])) for m, fs in sets.items()}
     configs = extract_configs(dataset, loaded, settings, device)
     for config in configs:
         rebuilt = {e.modality: e.extractor_id for e in config.build()}
@@ -98,6 +101,14 @@ def extraction_lines(dataset: str, extraction: dict[str, dict]) -> list[str]:
 
     counts = {m: ModalityCounts(**c) for m, c in extraction.items()}
     return [line for line in summary_lines(dataset, counts) if not line.startswith("!!!")]
+
+
+def extraction_failure(dataset: str, extraction: dict[str, dict]) -> str | None:
+    """The extraction's systemic failure (:func:`extractors.summary.systemic_failure`) from the
+    counts' fields, else None."""
+    from extractors.summary import ModalityCounts, systemic_failure
+
+    return systemic_failure(dataset, {m: ModalityCounts(**c) for m, c in extraction.items()})
 
 
 def frames_ok(dataset: str, loaded, settings: Settings) -> Callable[[list[str]], set[str]]:

@@ -3,7 +3,6 @@ outcome, :class:`ReindexResult` (terminal lines, JSON, the flow's Markdown artif
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -11,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from data import locks
+from data.atomic import rename_durably
 from data.faults import pause_point
 from data.manifest import manifest_fingerprint, read_manifest
 from data.modalities import CLIP_FRAMES, CLIP_TEXT
@@ -22,7 +22,7 @@ from retrieval.index.layout import ENCODE_BATCH, ENCODING_LOCK, index_root
 from retrieval.index.shards import Mapper
 from retrieval.index.writer import model_info, publish_build, remove_partial_builds, stage_build, write_vectors
 from retrieval.reindex.assemble import assemble
-from retrieval.reindex.extract import Log, extract_videos, extraction_lines, frames_ok
+from retrieval.reindex.extract import Log, extract_videos, extraction_failure, extraction_lines, frames_ok
 from retrieval.reindex.plan import (Plan, ReindexError, file_states, index_options, make_plan, model_signature,
                                     previous_build, state_table)
 from retrieval.runs import ZERO_SHOT, fusion_api, load, run_name
@@ -36,7 +36,10 @@ PAUSE_ENV = "TVR_REINDEX_TEST_PAUSE"
 @dataclass
 class ReindexResult:
     """The outcome; ``status``: ``rebuilt``, ``up-to-date``, ``nothing-to-index`` (no manifest),
-    ``not-extracted`` (zero-shot without stored CLIP features) or ``busy`` (another run holds the lock)."""
+    ``not-extracted`` (zero-shot without stored CLIP features) or ``busy`` (another run holds the lock).
+    ``failure``: the extraction's systemic failure (every video it attempted in some modality
+    failed, none a known failure), else empty; the build is still made from the other videos, and
+    the command exits 1 / the flow run ends Failed."""
 
     dataset: str
     run: str
@@ -56,6 +59,7 @@ class ReindexResult:
     extraction: dict[str, dict] = field(default_factory=dict)   # modality -> ModalityCounts fields
     random_weights: bool = False
     seconds: float = 0.0
+    failure: str = ""
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -75,6 +79,8 @@ class ReindexResult:
                "  index options: " + ", ".join(f"{k} {v}" for k, v in self.index_options.items() if v is not None)]
         if self.extraction:
             out += ["  " + line for line in extraction_lines(self.dataset, self.extraction)]
+        if self.failure:
+            out.append(f"  systemic extraction failure: {self.failure}")
         if self.random_weights:
             out.append(random_weights_banner())
         return out
@@ -93,7 +99,10 @@ class ReindexResult:
                 "", f"Vectors: {self.vector_reuse}."]
         for m, c in self.extraction.items():
             out.append(f"- extraction {m} (`{c['extractor_id']}`): {c['done']} done, {c['empty']} empty, "
-                       f"{c['failed']} failed, {c['skipped']} skipped")
+                       f"{c['failed']} failed, {c['skipped']} skipped, {c.get('known_failed', 0)} skipped: "
+                       f"recorded failure")
+        if self.failure:
+            out += ["", f"**Systemic extraction failure:** {self.failure}"]
         return "\n".join(out) + "\n"
 
 
@@ -173,6 +182,7 @@ def _reindex_locked(dataset: str, run: str, loaded, *, given: dict, shard_size: 
         counts = extract_videos(dataset, extract, loaded, settings=settings, shard_size=shard_size,
                                 device=device, say=say)
         result.extraction = {m: asdict(c) for m, c in counts.items()}
+        result.failure = extraction_failure(dataset, result.extraction) or ""
     pause_point(PAUSE_ENV, "extracted")
     root = index_root(dataset, run, settings)
     token = uuid.uuid4().hex
@@ -194,7 +204,7 @@ def _reindex_locked(dataset: str, run: str, loaded, *, given: dict, shard_size: 
                 raise ReindexError(f"{dataset}: no video has features to index (did every extraction fail? see "
                                    f"the extraction summary)")
             if ids == new_ids:        # nothing kept and encoded in the new order: that file is the assembly
-                os.replace(encoded, assembled)
+                rename_durably(encoded, assembled)   # write_vectors fsynced it
             else:
                 write_vectors(assembled, len(ids), blocks)
             info = {**model_info(loaded), "splits": sorted(set(manifest.table.column("split").to_pylist())),

@@ -2,7 +2,8 @@
 
 A thumbnail is one frame (:func:`retrieval.service.media.frame_at`), JPEG, at most
 :data:`THUMB_WIDTH` pixels wide, cached under ``indexes/<dataset>/<run>/`` :data:`THUMBS_DIR`
-(beside the builds, so it survives swaps), written through :func:`data.atomic.atomic_path`.
+(beside the builds, so it survives swaps), written through :func:`data.atomic.atomic_path` (fsynced,
+renamed, its folder fsynced: after a power cut a cached file is whole or absent).
 
 Key rule: the moment is CLAMPED to the video's length first (``[0, duration]``; None: the actual
 middle, ``duration / 2``) and then rounded to ``step_s`` (0.1 s); the frame is taken at that
