@@ -65,8 +65,8 @@ from data.provenance import random_weights_label
 log = logging.getLogger("tvr.store")
 
 STATUSES = ("ok", "empty", "failed")
-DONE_STATUSES = ("ok", "empty")  # resuming skips these; failed videos are tried again...
-FINAL_FAILURE = "worker died while decoding"  # ...except a video that killed its worker (same content)
+DONE_STATUSES = ("ok", "empty")  # done: resuming skips these (a recorded failure too: VideoState.failed_for)
+FINAL_FAILURE = "worker died while decoding"  # the error of a video whose decoding killed its process
 SHARD_RE = re.compile(r"^part-(\d{5})\.parquet$")
 LOCK_FILE = ".lock"
 COUNTER_FILE = ".next-shard"
@@ -172,9 +172,13 @@ class VideoState:
     fingerprint: str | tuple[str | None, ...] | None
 
     def done_for(self, fingerprint: str | tuple[str, ...] | None) -> bool:
-        """Skip this video when its content is still ``fingerprint`` (None: do not compare)?"""
-        final = self.status in DONE_STATUSES or (self.status == "failed" and (self.error or "").startswith(FINAL_FAILURE))
-        return final and (fingerprint is None or self.fingerprint == fingerprint)
+        """``ok`` / ``empty`` for content ``fingerprint`` (None: do not compare)?"""
+        return self.status in DONE_STATUSES and (fingerprint is None or self.fingerprint == fingerprint)
+
+    def failed_for(self, fingerprint: str) -> bool:
+        """A failure recorded for content ``fingerprint`` (a set keyed by file; a set keyed by
+        captions keeps the failed rows' digest in the rows themselves, :func:`extractors.plan.stored_outcomes`)?"""
+        return self.status == "failed" and self.fingerprint == fingerprint
 
 
 def _shard_states(rows: Iterable[tuple], by_caption: bool) -> dict[str, VideoState]:
@@ -369,15 +373,6 @@ class FeatureSet:
     def video_status(self) -> dict[str, str]:
         """``video_id -> status`` of the newest completed row set of each video."""
         return {v: s.status for v, s in self.video_states().items()}
-
-    def done_ids(self, expected: Mapping[str, str | tuple[str, ...]] | None = None) -> set[str]:
-        """Videos a resumed run skips: status ``ok`` / ``empty`` (or a final failure) and, when
-        ``expected`` (``video_id -> fingerprint``; keyed by captions: the tuple of caption digests,
-        see :class:`VideoState`) is given, rows carrying that fingerprint."""
-        states = self.video_states()
-        if expected is None:
-            return {v for v, s in states.items() if s.done_for(None)}
-        return {v for v, fp in expected.items() if v in states and states[v].done_for(fp)}
 
     def read(self, video_ids: Iterable[str] | None = None) -> "FeatureTable":
         """Read every completed shard (newest row set per video wins), validating each one; with

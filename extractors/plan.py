@@ -20,7 +20,7 @@ from pathlib import Path
 from data.fingerprint import caption_digests, current_fingerprints
 from data.manifest import Manifest, VideoRecord, read_manifest
 from data.settings import Settings, get_settings
-from data.store import DONE_STATUSES, FeatureSet, VideoState
+from data.store import FeatureSet, VideoState
 from extractors.base import Extractor
 from extractors.config import ExtractConfig
 from extractors.decode import DecodeOptions, DecodeRequest
@@ -68,11 +68,10 @@ def stored_outcomes(fs: FeatureSet, manifest: Manifest, keys: dict[str, str | tu
     rows carry the video's captions digest, read only for such videos). ``states``: ``fs.video_states()``
     when the caller has it already."""
     states = fs.video_states() if states is None else states
-    done = {v for v, key in keys.items() if v in states and states[v].status in DONE_STATUSES
-            and states[v].done_for(key)}
-    failed = {v for v in keys if v in states and states[v].status == "failed"}
+    done = {v for v, key in keys.items() if v in states and states[v].done_for(key)}
     if fs.spec.keyed_by == "file":
-        return done, {v for v in failed if states[v].fingerprint == keys[v]}
+        return done, {v for v, key in keys.items() if v in states and states[v].failed_for(key)}
+    failed = {v for v in keys if v in states and states[v].status == "failed"}
     if not failed:
         return done, set()
     digests = manifest.captions_digests()

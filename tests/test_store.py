@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data.store import ExtractorSpec, FeatureRow, FeatureSet, StoreError, list_extractors
+from data.store import FINAL_FAILURE, ExtractorSpec, FeatureRow, FeatureSet, StoreError, list_extractors
 
 DIM = 8
 
@@ -70,10 +70,17 @@ def test_list_extractors(tmp_path):
     assert [x["extractor_id"] for x in listed] == [s.extractor_id]
 
 
-def test_newest_row_wins_and_done_ids(tmp_path):
+def done(fs: FeatureSet, expected: dict | None = None) -> set[str]:
+    """Videos whose newest rows are ``ok`` / ``empty`` (for the ``expected`` fingerprints)."""
+    states = fs.video_states()
+    return {v for v, s in states.items() if s.done_for(None)} if expected is None else \
+        {v for v, fp in expected.items() if v in states and states[v].done_for(fp)}
+
+
+def test_newest_row_wins_and_done_videos(tmp_path):
     fs = FeatureSet(tmp_path / "f", spec())
     fs.write_shard([FeatureRow.failed("a", DIM, "boom"), *rows(["b"], np.random.default_rng(0))])
-    assert fs.done_ids() == {"b"}  # failed videos are retried on resume
+    assert done(fs) == {"b"}  # a failed video is not done
     fs.write_shard(rows(["x", "a"], np.random.default_rng(1)))
     table = fs.read()
     assert sorted(table.video_ids) == ["a", "b", "x"]  # exactly one entry per video
@@ -110,7 +117,7 @@ def test_killed_writer_leaves_no_readable_partial_shard(tmp_path, kill_at):
     debris = [p.name for p in folder.iterdir() if p.name not in ("_extractor.json", "part-00000.parquet", "part-00000.done")]
     assert debris, "the kill should have left debris to clean up"
     fs = FeatureSet(folder)
-    assert fs.done_ids() == {"a", "b"}  # the killed shard's videos are redone, nothing else
+    assert done(fs) == {"a", "b"}  # the killed shard's videos are redone, nothing else
     assert fs.read().video_ids == ["a", "b"]
     fs.prepare()  # a new run cleans the debris (the lock and counter files stay)
     assert sorted(p.name for p in folder.iterdir() if p.name not in (".lock", ".next-shard")) == [
@@ -263,15 +270,20 @@ def test_compaction_gives_plain_parquet_for_any_reader(tmp_path):
         assert meta[b"tvr.random_weights"] == b"true" and b"RANDOM WEIGHTS" in meta[b"tvr.WARNING"]
 
 
-def test_done_ids_compare_fingerprints(tmp_path):
+def test_done_and_failed_compare_fingerprints(tmp_path):
     fs = FeatureSet(tmp_path / "f", spec())
     written = rows(["a", "b", "c"], np.random.default_rng(1))
     for r in written:
         r.fingerprint = f"fp-{r.video_id}"
     fs.write_shard(written)
-    assert fs.done_ids({"a": "fp-a", "b": "changed", "c": "fp-c"}) == {"a", "c"}
-    assert fs.done_ids({"z": "fp-z"}) == set()
-    assert fs.done_ids() == {"a", "b", "c"}
+    assert done(fs, {"a": "fp-a", "b": "changed", "c": "fp-c"}) == {"a", "c"}
+    assert done(fs, {"z": "fp-z"}) == set()
+    assert done(fs) == {"a", "b", "c"}
+    failure = FeatureRow.failed("a", DIM, f"{FINAL_FAILURE} a.mp4: process 1 died")
+    failure.fingerprint = "fp-a"
+    fs.write_shard([failure])
+    state = fs.video_states()["a"]
+    assert not state.done_for("fp-a") and state.failed_for("fp-a") and not state.failed_for("changed")
 
 
 def test_files_are_readable_by_others(tmp_path):
