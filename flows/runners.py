@@ -86,7 +86,6 @@ def require_api_server(runner: TaskRunner) -> None:
                            "start one, e.g. `python -m flows.local up` and `eval \"$(python -m flows.local env)\"`")
 
 
-
 def unreachable_scheduler(runner: TaskRunner | None, timeout_s: float = 5.0) -> str | None:
     """The address of ``runner``'s existing Dask scheduler (``DaskTaskRunner(address=...)``, TCP or
     TLS) when it does not accept a connection now; None when it does, or for any other runner."""
