@@ -1,7 +1,7 @@
 """Reruns over a corpus with broken files exit 0; only a systemic failure fails a run (issue 24).
 
 A hostile corpus (two good videos, a zero-byte and a truncated MP4, an audio-only file, and the
-real audio-only fixture files when ``../shared/fixtures`` is present) is extracted twice in a row:
+real audio-only fixture files when the fixtures folder of tests/conftest.py is present) is extracted twice in a row:
 both runs exit 0 and the second attempts nothing it already knows (a spy on the decoder). Then
 ``--retry-failed`` attempts the recorded failures again, a touched or replaced broken file is
 attempted again, and a fresh failure of every video attempted (a model that cannot run) still exits
