@@ -1,7 +1,7 @@
 """Search-service benchmark: p50 / p99 latency and queries per second at 1 and 16 concurrent clients.
 
     python -m bench.serve [--videos 10000] [--queries 400] [--clients 1,16] [--model ViT-B-32]
-                          [--query-precision stored,bf16]
+                          [--query-precision stored,bf16] [--moments]
 
 Builds, in a temporary ``TVR_HOME`` (or ``--home``), a dataset of ``--videos`` manifest rows (no
 video files: thumbnails are not exercised), the ``_extractor.json`` of a RANDOM-weights CLIP
@@ -26,6 +26,8 @@ services run at once (the other one as ``python -m retrieval.serve`` from ``DIR`
 ``TVR_HOME``, same flags), and each client setting is measured in ``--rounds`` alternating rounds
 (this, other, this, other, ...), so both see the same machine; each tree's p50 / p99 are over all
 its rounds' requests, and a last table gives this tree's p50 as a ratio of the other's.
+
+``--moments`` measures what moments cost instead (:mod:`bench.serve_moments`).
 """
 from __future__ import annotations
 
@@ -73,8 +75,9 @@ def build_home(root: Path, dataset: str, n: int, model: str) -> None:
                       "fine_grained": False, "note": "GENERATED vectors (bench.serve)"})
 
 
-def load(base: str, clients: int, total: int) -> dict:
-    """``total`` requests from ``clients`` threads; latency percentiles (ms), QPS and the latencies (s)."""
+def load(base: str, clients: int, total: int, params: dict | None = None) -> dict:
+    """``total`` requests from ``clients`` threads (``params``: more query parameters); latency
+    percentiles (ms), QPS and the latencies (s)."""
     import httpx
 
     latencies: list[float] = []
@@ -86,7 +89,8 @@ def load(base: str, clients: int, total: int) -> dict:
             for i in range(c, total, clients):
                 start = time.perf_counter()
                 try:
-                    r = http.get("/api/search", params={"q": f"a person doing thing number {i} in a video", "k": 10})
+                    r = http.get("/api/search", params={"q": f"a person doing thing number {i} in a video", "k": 10,
+                                                        **(params or {})})
                     problem = None if r.status_code == 200 else f"{r.status_code}: {r.text[:200]}"
                 except httpx.HTTPError as err:
                     problem = repr(err)
@@ -108,7 +112,8 @@ def summarize(clients: int, latencies: list[float], errors: int, wall: float) ->
     """Percentiles (ms) and QPS of ``latencies`` (s) answered in ``wall`` seconds."""
     ms = np.asarray(latencies or [np.nan]) * 1000
     return {"clients": clients, "requests": len(latencies), "errors": errors,
-            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "p99_ms": float(np.percentile(ms, 99)),
             "qps": len(latencies) / wall, "latencies": latencies, "wall": wall}
 
 
@@ -144,8 +149,8 @@ def agreement(reference: list, other: list) -> tuple[float, float]:
 
 @contextmanager
 def served(home: Path, wait_ms: float, threads: int | None = None, precision: str | None = None,
-           lone_threads: int | None = None, tree: Path | None = None) -> Iterator[str]:
-    """``python -m retrieval.serve --dataset bench`` on a free loopback port; yields its base URL.
+           lone_threads: int | None = None, tree: Path | None = None, dataset: str = "bench") -> Iterator[str]:
+    """``python -m retrieval.serve --dataset <dataset>`` on a free loopback port; yields its base URL.
 
     ``tree``: run the service of that checkout (its folder first on ``sys.path``) instead of this one."""
     import httpx
@@ -156,7 +161,7 @@ def served(home: Path, wait_ms: float, threads: int | None = None, precision: st
     env = {**os.environ, "TVR_HOME": str(home)}
     if tree is not None:
         env["PYTHONPATH"] = str(tree)
-    proc = subprocess.Popen([sys.executable, "-m", "retrieval.serve", "--dataset", "bench", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "retrieval.serve", "--dataset", dataset, "--port", str(port),
                              "--poll", "0", "--wait-ms", str(wait_ms)]
                             + (["--threads", str(threads)] if threads else [])
                             + (["--query-precision", precision] if precision else [])
@@ -221,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="another checkout of this project to measure side by side (e.g. the commit "
                              "before a change, from `git worktree add`)")
     parser.add_argument("--rounds", type=int, default=None,
-                        help="alternating rounds per client setting (default 1, or 3 with --against)")
+                        help="alternating rounds per client setting (default 1, or 3 with --against or --moments)")
+    parser.add_argument("--moments", action="store_true",
+                        help="instead: the cost of moments, on a run with a moment head over GENERATED features "
+                             "(bench/moments_home.py): moments off, on (3 per video) and the corpus moment mode, "
+                             "measured in alternating rounds in one service")
     args = parser.parse_args(argv)
     from data.settings import QUERY_PRECISIONS
 
@@ -230,10 +239,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--query-precision {precision!r}: expected {', '.join(QUERY_PRECISIONS)}")
     if args.against is not None and not (args.against / "retrieval" / "serve.py").is_file():
         parser.error(f"--against {args.against}: not a checkout of this project (no retrieval/serve.py)")
-    args.rounds = args.rounds or (3 if args.against else 1)
+    args.rounds = args.rounds or (3 if args.against or args.moments else 1)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
+        if args.moments:
+            from bench.serve_moments import run_moments
+
+            return run_moments(args, args.home or Path(scratch))
         return run(args, args.home or Path(scratch))
 
 

@@ -1,7 +1,8 @@
 """Shared helpers for the dataset readers (data/msrvtt.py, msvd.py, lsmdc.py, didemo.py, activitynet.py).
 
 Every problem in an annotation file becomes a :class:`data.manifest.ManifestError` whose message
-starts with the file (and line or key) and says what is wrong.
+starts with the file (and line or key) and says what is wrong, except a caption's bad time window:
+that window alone is refused and reported (:class:`data.windows.WindowLog`), the caption is kept.
 """
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, TypeVar
 
 from data.manifest import ManifestError, VideoRecord
+from data.windows import CaptionWindow
 
 TOKEN_LIMIT = 64  # text length the models are trained with, in CLIP BPE tokens incl. start/end
 
@@ -28,11 +30,13 @@ class DatasetInfo:
 
 @dataclass
 class DatasetRead:
-    """What a reader returns: the records plus facts for the manifest and the prepare report."""
+    """What a reader returns: the records plus facts for the manifest and the prepare report, and
+    the windows of the captions it places in time (``windows.parquet``, :mod:`data.windows`)."""
 
     records: list[VideoRecord]
     metadata: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    windows: list[CaptionWindow] = field(default_factory=list)
 
 
 def find_file(folder: Path, *names: str) -> Path:
@@ -106,9 +110,12 @@ def hold_out(ids: Sequence[str], n: int, where: str) -> set[str]:
     return set(sorted(ids, key=lambda v: hashlib.sha256(v.encode()).hexdigest())[:n])
 
 
-def join_in_time_order(sentences: Iterable[tuple[tuple, str]]) -> str:
-    """One paragraph from ``(sort_key, sentence)`` pairs: sorted by key (stable), joined by spaces."""
-    return " ".join(s for _, s in sorted(sentences, key=lambda pair: pair[0]))
+T = TypeVar("T")
+
+
+def in_time_order(items: Iterable[tuple[tuple, T]]) -> list[T]:
+    """The items of ``(sort_key, item)`` pairs, sorted by key (stable): a paragraph's sentence order."""
+    return [item for _, item in sorted(items, key=lambda pair: pair[0])]
 
 
 @lru_cache(maxsize=1)

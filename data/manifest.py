@@ -6,8 +6,12 @@ Columns: ``video_id`` (string, unique), ``path`` (relative to the dataset's vide
 ``captions_digest`` (digest of the captions; text rows carry per-caption digests), both defined
 once in :mod:`data.fingerprint`.
 The video root is kept in the Parquet schema metadata (``tvr.video_root``) so a manifest
-is self-contained; readers add facts such as the split protocol as further ``tvr.<key>`` entries
-(:attr:`Manifest.metadata`).
+is self-contained: relative to the manifest's own folder when :func:`write_manifest` is given the
+``TVR_HOME`` the root lies in (``.`` for the synthetic set, whose videos sit beside its manifest), so
+a copied or moved ``TVR_HOME`` reads its own videos; absolute otherwise (a root outside
+``TVR_HOME``, and manifests written before relative roots, which still read). In memory
+(:attr:`Manifest.video_root` and the table's metadata) it is always absolute. Readers add facts
+such as the split protocol as further ``tvr.<key>`` entries (:attr:`Manifest.metadata`).
 
 Validation on build (documented in the README):
 - errors (:class:`ManifestError`): duplicate ``video_id``, an id that breaks the path-component
@@ -17,7 +21,8 @@ Validation on build (documented in the README):
   captions, a caption that is empty or not a string; :func:`read_manifest` checks the same on
   every read, so a hand-edited manifest cannot smuggle an absolute path or ``..`` past it;
 - at open time :meth:`Manifest.video_path` refuses a path that resolves outside the video root
-  (a symlink pointing elsewhere);
+  (a symlink pointing elsewhere); :meth:`Manifest.require_video_root` (called before decoding)
+  refuses a video root that does not exist, in one line naming the manifest and ``--videos``;
 - reported, not fatal: video files missing on disk (``BuildReport.missing``); pass
   ``strict_missing=True`` to make them an error.
 """
@@ -51,6 +56,7 @@ SCHEMA = pa.schema(
 REQUIRED = ("video_id", "path", "split", "duration_s", "captions")  # manifests older than fingerprints
 ROOT_KEY = b"tvr.video_root"
 DATASET_KEY = b"tvr.dataset"
+UNCAPTIONED_KEY = b"tvr.uncaptioned"     # "true": built from a folder of videos without captions
 META_PREFIX = b"tvr."
 
 
@@ -125,13 +131,15 @@ def build_manifest(
     strict_missing: bool = False,
     metadata: dict[str, str] | None = None,
     known: dict[str, str] | None = None,
+    uncaptioned_ok: bool = False,
 ) -> tuple[pa.Table, BuildReport]:
     """Validate ``records`` and return the manifest table plus a report.
 
     ``source`` names the annotation file in error messages; ``metadata`` entries are stored in the
     schema metadata as ``tvr.<key>`` (read back by :attr:`Manifest.metadata`). ``known`` maps a
     relative path to the fingerprint a previous manifest recorded for it: reused without reading the
-    file again while the file's size and mtime still match.
+    file again while the file's size and mtime still match. ``uncaptioned_ok``: records may have no
+    caption (a folder of videos prepared without a captions file), else that is an error.
     """
     root = Path(video_root)
     report = BuildReport()
@@ -146,7 +154,7 @@ def build_manifest(
         path = check_relative_path(rec.path, where)
         safe_video_path(root, path, where)
         captions = list(rec.captions)
-        if not captions:
+        if not captions and not uncaptioned_ok:
             raise ManifestError(f"{where}: no captions")
         for i, cap in enumerate(captions):
             if not isinstance(cap, str) or not cap.strip():
@@ -179,16 +187,31 @@ def build_manifest(
         raise ManifestError(f"{source}: {len(report.missing)} video files missing under {root} (first: {shown})")
     meta = {META_PREFIX + k.encode(): str(v).encode() for k, v in (metadata or {}).items()}
     meta.update({ROOT_KEY: str(root.resolve()).encode(), DATASET_KEY: dataset.encode()})
+    if uncaptioned_ok:
+        meta[UNCAPTIONED_KEY] = b"true"
     table = pa.table(columns, schema=SCHEMA).replace_schema_metadata(meta)
     return table, report
 
 
-def write_manifest(table: pa.Table, path: str | Path) -> Path:
+def write_manifest(table: pa.Table, path: str | Path, *, home: str | Path | None = None) -> Path:
     """Write atomically and durably (:func:`data.atomic.atomic_path`: temporary name, fsync, rename,
-    fsync the folder)."""
+    fsync the folder). ``home``: the ``TVR_HOME`` of ``path``; when both the video root and ``path``
+    lie inside it, the root is stored relative to ``path``'s folder (see the module docstring)."""
+    path = Path(path)
+    meta = dict(table.schema.metadata or {})
+    if home is not None and ROOT_KEY in meta:
+        meta[ROOT_KEY] = _stored_root(Path(meta[ROOT_KEY].decode()), path, Path(home)).encode()
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-    return Path(path)
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
+    return path
+
+
+def _stored_root(root: Path, manifest: Path, home: Path) -> str:
+    """``root`` as stored in ``manifest``: relative to its folder (POSIX) when both lie inside ``home``."""
+    home, folder = home.resolve(), manifest.parent.resolve()
+    if root.is_absolute() and root.is_relative_to(home) and folder.is_relative_to(home):
+        return PurePosixPath(Path(os.path.relpath(root, folder))).as_posix()
+    return str(root)
 
 
 def write_missing_report(missing: Sequence[str], path: str | Path) -> Path:
@@ -205,6 +228,7 @@ class Manifest:
     table: pa.Table
     video_root: Path
     dataset: str
+    path: Path | None = None      # the file it was read from (None: built in memory)
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -215,7 +239,7 @@ class Manifest:
 
     def split(self, name: str) -> "Manifest":
         mask = pa.compute.equal(self.table.column("split"), name)
-        return Manifest(self.table.filter(mask), self.video_root, self.dataset)
+        return Manifest(self.table.filter(mask), self.video_root, self.dataset, self.path)
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -232,6 +256,20 @@ class Manifest:
 
     def abs_path(self, relative: str) -> Path:
         return self.video_root / relative
+
+    def require_video_root(self) -> None:
+        """:class:`ManifestError` (one line: the manifest, the root, the option that fixes it) when
+        the video root is not a folder: moved, deleted, or a copied ``TVR_HOME`` whose manifest was
+        written with an absolute root."""
+        if self.video_root.is_dir():
+            return
+        reader = self.metadata.get("reader", "<dataset>")
+        fix = ("python -m data.prepare synthetic generates it again" if reader == "synthetic" else
+               f"rebuild the manifest with python -m data.prepare {reader} --annotations DIR --videos DIR"
+               f"{f' --name {self.dataset}' if self.dataset and self.dataset != reader else ''}, "
+               f"--videos naming where the videos are now")
+        raise ManifestError(f"{self.path or 'manifest'}: video root {self.video_root} does not exist (moved or "
+                            f"deleted?); {fix}")
 
     def video_path(self, relative: str) -> Path:
         """``relative`` under the video root; :class:`ManifestError` if it resolves outside it."""
@@ -285,14 +323,16 @@ def read_manifest(path: str | Path) -> Manifest:
         table = table.select(SCHEMA.names).cast(SCHEMA, safe=True).replace_schema_metadata(meta)
     except (pa.ArrowException, ValueError) as exc:
         raise ManifestError(f"{path}: columns of the wrong type ({exc})") from exc
-    _validate_rows(table, str(path))
-    root = Path(meta.get(ROOT_KEY, str(path.parent).encode()).decode(errors="replace"))
+    _validate_rows(table, str(path), uncaptioned_ok=meta.get(UNCAPTIONED_KEY) == b"true")
+    root = (path.parent / meta.get(ROOT_KEY, b".").decode(errors="replace")).resolve()
+    table = table.replace_schema_metadata({**meta, ROOT_KEY: str(root).encode()})   # absolute in memory
     dataset = meta.get(DATASET_KEY, b"").decode(errors="replace")
-    return Manifest(table, root, dataset)
+    return Manifest(table, root, dataset, path)
 
 
-def _validate_rows(table: pa.Table, source: str) -> None:
-    """The build-time checks again, on what was read (ids, paths, captions)."""
+def _validate_rows(table: pa.Table, source: str, uncaptioned_ok: bool = False) -> None:
+    """The build-time checks again, on what was read (ids, paths, captions; none allowed when the
+    manifest was built with ``uncaptioned_ok``)."""
     seen: set[str] = set()
     cols = [table.column(n).to_pylist() for n in ("video_id", "path", "split", "captions")]
     for vid, rel, split, captions in zip(*cols):
@@ -304,7 +344,7 @@ def _validate_rows(table: pa.Table, source: str) -> None:
         check_relative_path(rel, where)
         if split is None:
             raise ManifestError(f"{where}: no split")
-        if not captions or any(not isinstance(c, str) or not c.strip() for c in captions):
+        if (not captions and not uncaptioned_ok) or any(not isinstance(c, str) or not c.strip() for c in captions):
             raise ManifestError(f"{where}: captions {captions!r}; expected a non-empty list of non-empty strings")
 
 

@@ -6,9 +6,10 @@ Each dataset has one reader in :data:`READERS` (a function ``(annotations, video
 returning :class:`data.annotations.DatasetRead`) and an evaluation protocol in
 :data:`DATASETS_INFO`. The manifest is written to ``$TVR_HOME/datasets/<name>/manifest.parquet``
 with the protocol in its metadata (``Manifest.metadata``: ``reader``, ``text_unit``,
-``test_queries``, ``split_protocol``, ...); beside it ``prepare_report.json`` holds the summary and
-the reader's notes, and ``missing_videos.txt`` lists videos missing on disk (not an error unless
-``--strict``).
+``test_queries``, ``split_protocol``, ...) and the video root, relative to the manifest's folder when
+it lies inside ``$TVR_HOME`` (so a copied ``TVR_HOME`` reads its own videos); beside it ``prepare_report.json`` holds the summary and
+the reader's notes, ``missing_videos.txt`` lists videos missing on disk (not an error unless
+``--strict``) and ``windows.parquet`` the captions' time windows (:mod:`data.windows`).
 
 ``synthetic`` needs no files: it generates the dataset under ``$TVR_HOME/datasets/synthetic/``
 (or reads an already generated folder given with ``--annotations``).
@@ -28,6 +29,7 @@ from data.cli import add_version, guarded
 from data.manifest import ManifestError, build_manifest, read_manifest, write_manifest, write_missing_report
 from data.names import InvalidName, check_name
 from data.settings import Settings, get_settings
+from data.windows import WINDOWS_FILE, replace_windows
 
 
 def _synthetic_records(annotations: Path, videos: Path) -> DatasetRead:
@@ -35,8 +37,8 @@ def _synthetic_records(annotations: Path, videos: Path) -> DatasetRead:
     return DatasetRead(folder.read_jsonl(path))
 
 
-def _folder_records(annotations: Path, videos: Path) -> DatasetRead:
-    return DatasetRead(folder.read_records(annotations))
+def _folder_records(annotations: Path | None, videos: Path) -> DatasetRead:
+    return folder.read(annotations) if annotations is not None else folder.scan(videos)
 
 
 _OWN_CAPTIONS = DatasetInfo("caption", "every caption of every test video is its own query", "as given")
@@ -62,7 +64,7 @@ DATASETS_INFO: dict[str, DatasetInfo] = {
 OPTIONS: dict[str, tuple[str, ...]] = {"msrvtt": ("split", "val_size"), "activitynet": ("val_size",)}
 
 
-def prepare(dataset: str, annotations: str | Path, videos: str | Path, *, name: str | None = None,
+def prepare(dataset: str, annotations: str | Path | None, videos: str | Path, *, name: str | None = None,
             settings: Settings | None = None, strict_missing: bool = False, **options):
     """Read ``dataset``'s annotations, validate, write the manifest. Returns (path, report).
 
@@ -78,17 +80,21 @@ def prepare(dataset: str, annotations: str | Path, videos: str | Path, *, name: 
         raise ManifestError(f"dataset {dataset!r} takes no option {', '.join(unknown)} "
                             f"(it takes: {', '.join(OPTIONS.get(dataset, ())) or 'none'})")
     name = check_name(name or dataset, "dataset name")
-    read = READERS[dataset](Path(annotations), Path(videos), **options)
+    if annotations is None and dataset != "folder":
+        raise ManifestError(f"dataset {dataset!r} needs its annotation files (--annotations)")
+    read = READERS[dataset](None if annotations is None else Path(annotations), Path(videos), **options)
     info = DATASETS_INFO[dataset]
     metadata = {"reader": dataset, "text_unit": info.text_unit, "test_queries": info.test_queries,
                 **read.metadata}
-    table, report = build_manifest(read.records, videos, dataset=name, source=str(annotations),
+    table, report = build_manifest(read.records, videos, dataset=name, source=str(annotations or videos),
                                    strict_missing=strict_missing, metadata=metadata,
+                                   uncaptioned_ok=dataset == "folder" and annotations is None,
                                    known=_known_fingerprints(settings.manifest_path(name), videos))
     if not Path(videos).is_dir():
         read.notes.append(f"videos folder {videos} does not exist: every video counts as missing")
     report.notes = list(read.notes)
-    out = write_manifest(table, settings.manifest_path(name))
+    out = write_manifest(table, settings.manifest_path(name), home=settings.root)
+    replace_windows(out.parent / WINDOWS_FILE, read.windows)
     missing_file = out.parent / "missing_videos.txt"
     if report.missing:
         write_missing_report(report.missing, missing_file)
@@ -127,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n\n")[0],
                                 epilog="Which files each dataset needs: docs/datasets.md")
     p.add_argument("dataset", help=f"one of: {', '.join(READERS)}")
-    p.add_argument("--annotations", help="annotation file or folder")
+    p.add_argument("--annotations", help="annotation file or folder ('folder': an optional captions file)")
     p.add_argument("--videos", help="folder holding the video files (searched recursively)")
     p.add_argument("--name", help="manifest name (default: the dataset; required for 'folder')")
     p.add_argument("--strict", action="store_true", help="fail when any video file is missing")
@@ -141,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.dataset == "synthetic" and not args.annotations:
         out, report = prepare_synthetic(args.n, args.seed)
     else:
-        if not args.annotations or not args.videos:
-            p.error("--annotations and --videos are required for this dataset")
+        if not args.videos or not (args.annotations or args.dataset == "folder"):
+            p.error("--videos is required, and --annotations too for this dataset" if args.dataset != "folder"
+                    else "--videos is required for a 'folder' dataset (--annotations: an optional captions file)")
         if args.dataset == "folder" and not args.name:
             p.error("--name is required for a 'folder' dataset")
         out, report = prepare(args.dataset, args.annotations, args.videos, name=args.name,

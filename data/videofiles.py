@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
 DEFAULT_EXTENSION = ".mp4"
 # FFmpeg options for opening a local media file: the file protocol only (no http, no other protocol
 # reached through a playlist or a name such as ``concat:a|b`` or ``subfile,,...``).

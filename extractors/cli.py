@@ -27,6 +27,7 @@ from data.progress import Bars
 from data.settings import Settings, get_settings
 from data.store import StoreError
 from extractors.config import ExtractConfig
+from extractors.plan import checked_manifest
 from extractors.registry import DEFAULT_MODELS
 from extractors.runner import extract_dataset
 from extractors.summary import summary_lines, systemic_failure
@@ -126,7 +127,8 @@ def config_from_args(args: argparse.Namespace, settings: Settings) -> ExtractCon
 
 def checked_config(args: argparse.Namespace) -> tuple[Settings, ExtractConfig]:
     """The settings and the config of ``args``, checked before any work: raises ``ValueError`` (a bad
-    ``TVR_*`` setting, option value, dataset name or device; no manifest for the dataset)."""
+    ``TVR_*`` setting, option value, dataset name or device; no manifest for the dataset, or a video
+    root that does not exist when a modality decodes videos)."""
     settings = get_settings()
     config = config_from_args(args, settings)
     check_name(args.dataset, "dataset")
@@ -134,6 +136,7 @@ def checked_config(args: argparse.Namespace) -> tuple[Settings, ExtractConfig]:
     if not settings.manifest_path(args.dataset).is_file():
         raise ManifestError(f"{settings.manifest_path(args.dataset)}: no manifest here; build it first "
                             f"(python -m data.prepare {args.dataset} ...)")
+    checked_manifest(args.dataset, config, settings)
     return settings, config
 
 

@@ -13,11 +13,15 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from data.devices import resolve_device
-from data.modalities import CLIP_FRAMES, CLIP_TEXT, MODALITIES
+from data.modalities import CLIP_FRAMES, CLIP_TEXT, MODALITIES, MOTION
 from data.settings import Settings
 from extractors.base import Extractor
 from extractors.decode import DecodeOptions
 from extractors.registry import DEFAULT_MODELS, build_extractor
+
+# Options an extractor records in its _extractor.json that ExtractConfig takes per modality (the
+# rest follows from the model); a rebuilt extractor-id is checked against the stored one anyway.
+OPTION_KEYS = {CLIP_FRAMES: ("fps",), MOTION: ("fps", "size", "clip_frames")}
 
 
 @dataclass
@@ -63,6 +67,25 @@ class ExtractConfig:
         names = {f.name for f in fields(cls)}
         given = {k: v for k, v in parameters.items() if k in names and v is not None}
         return cls(**{"seed": settings.seed, "device": settings.device, **given})
+
+    @classmethod
+    def from_infos(cls, infos: Mapping[str, dict], device: str) -> list["ExtractConfig"]:
+        """Configs that re-create stored extractors from their ``_extractor.json`` dicts (modality ->
+        info): one config per random-weight seed and precision (usually one)."""
+        groups: dict[tuple, dict] = {}
+        for modality, info in infos.items():
+            params = info["params"]
+            key = (params.get("seed"), params.get("precision", "auto"))
+            group = groups.setdefault(key, {"modalities": [], "models": {}, "weights": {}, "options": {}})
+            group["modalities"].append(modality)
+            group["models"][modality] = params["model"]
+            group["weights"][modality] = params["weights"]
+            options = {k: params[k] for k in OPTION_KEYS.get(modality, ()) if k in params}
+            if options:
+                group["options"][modality] = options
+        return [cls(modalities=tuple(g["modalities"]), weights=g["weights"], models=g["models"],
+                    options=g["options"], seed=seed or 0, precision=precision, device=device)
+                for (seed, precision), g in groups.items()]
 
     def model_for(self, modality: str) -> str:
         if modality == CLIP_TEXT and modality not in self.models:

@@ -212,6 +212,26 @@ class _FrameResizer:
         return np.ascontiguousarray(np.rot90(img, k)) if k else img
 
 
+def image_frame(data: bytes, side: int, interpolation: str) -> np.ndarray:
+    """An encoded still image (JPEG, PNG, WebP, ...) as the ``[side, side, 3]`` uint8 RGB frame that a
+    video frame of the same picture gives: EXIF orientation applied, then the sparse frames' resize
+    (shorter side to ``side`` by swscale's ``interpolation``, centre crop). Raises DecodeError for
+    bytes that are not an image, or a picture over :data:`MAX_PIXELS`."""
+    import io
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise DecodeError(f"the image is {img.width}x{img.height}, over the {MAX_PIXELS:,} pixels accepted")
+            rgb = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DecodeError(f"not a readable image ({exc.__class__.__name__}: {exc})") from None
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    return _FrameResizer(side, interpolation, 1.0)(frame)
+
+
 class _SparseSampler:
     """Takes the first frame at or after each multiple of ``1/fps`` (no duplicates)."""
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from data.fingerprint import caption_digests, current_fingerprints
 from data.manifest import Manifest, VideoRecord, read_manifest
+from data.modalities import VIDEO_MODALITIES
 from data.settings import Settings, get_settings
 from data.store import FeatureSet, VideoState
 from extractors.base import Extractor
@@ -33,15 +34,26 @@ def load_manifest(dataset: str, settings: Settings) -> Manifest:
     return read_manifest(settings.manifest_path(dataset))
 
 
+def checked_manifest(dataset: str, config: ExtractConfig, settings: Settings) -> Manifest:
+    """The dataset's manifest, refused (:class:`data.manifest.ManifestError`, one line) when
+    ``config`` decodes videos and the manifest's video root does not exist."""
+    manifest = load_manifest(dataset, settings)
+    if any(m in VIDEO_MODALITIES for m in config.modalities):
+        manifest.require_video_root()
+    return manifest
+
+
 def plan_shards(dataset: str, config: ExtractConfig, *, shard_size: int | None = None,
                 settings: Settings | None = None) -> list[list[str]]:
     """Video ids of each shard, in manifest order; prepares every modality's feature folder.
+    Refuses a manifest whose video root does not exist when a modality decodes videos
+    (:func:`checked_manifest`).
 
     Preparing tidies a folder (killed writers' debris, superseded rows) only when no other writer
     is busy in it, so it is safe to call while other runs of the same dataset are going on.
     """
     settings = settings or get_settings()
-    ids = load_manifest(dataset, settings).video_ids
+    ids = checked_manifest(dataset, config, settings).video_ids
     size = shard_size or settings.shard_size
     if size < 1:
         raise ValueError(f"shard size {size}: must be at least 1")

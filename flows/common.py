@@ -8,6 +8,7 @@ fails at once with a clear message instead of touching files outside ``TVR_HOME`
 from __future__ import annotations
 
 import logging
+import string
 
 from prefect import get_run_logger
 from prefect.context import FlowRunContext
@@ -15,6 +16,7 @@ from prefect.context import FlowRunContext
 from data.names import check_name
 
 HOUR = 3600
+KEY_CHARACTERS = frozenset(string.ascii_lowercase + string.digits)
 # flow time limits (timeout_seconds): a hung run ends as TimedOut instead of blocking later runs
 TIMEOUTS = {"extract": 24 * HOUR, "train": 24 * HOUR, "evaluate": 2 * HOUR, "reindex": 6 * HOUR,
             "pipeline": 4 * HOUR}
@@ -37,9 +39,11 @@ def check_names(**names: str | None) -> None:
 
 
 def artifact_key(*parts: str) -> str:
-    """A Prefect artifact key (lowercase letters, digits and dashes) from ``parts``."""
+    """The stable Prefect artifact key of ``parts``: joined by dashes, lowercased, every character
+    but ASCII a-z and 0-9 made a dash (Prefect accepts nothing else), e.g. ``("extract", "My_Set",
+    "progress")`` -> ``extract-my-set-progress``. The keys of every artifact: docs/operations.md."""
     text = "-".join(parts).lower()
-    return "".join(ch if ch.isalnum() else "-" for ch in text).strip("-") or "artifact"
+    return "".join(ch if ch in KEY_CHARACTERS else "-" for ch in text).strip("-") or "artifact"
 
 
 def unreachable_api() -> str | None:

@@ -1,8 +1,9 @@
 """The ``extract`` flow: a thin Prefect wrapper over :mod:`extractors.runner`.
 
 ``extract(dataset, modalities, weights, ...)`` plans the shards, runs one task per shard (with
-retries), logs progress and publishes the summary (done / empty / failed / skipped per modality,
-RANDOM WEIGHTS flagged) as a markdown artifact.
+retries), logs progress, keeps the progress artifact ``extract-<dataset>-progress`` (shards
+finished, %) up to date and publishes the summary (done / empty / failed / skipped per modality,
+RANDOM WEIGHTS flagged) as the markdown artifact ``extract-<dataset>`` (keys: flows.common.artifact_key).
 
 Shard tasks are submitted to the flow's task runner (flows/runners.py): by default one thread in
 the flow's process, or a Dask cluster (``TVR_DASK_ADDRESS`` / ``TVR_DASK_LOCAL_WORKERS``, read when
@@ -101,7 +102,8 @@ def extract(dataset: str, modalities: list[str] | None = None, weights: dict[str
     logger.info(f"{dataset}: {sum(map(len, shards))} videos in {len(shards)} shards; modalities {list(config.modalities)}; "
                 f"tasks run in {describe(FlowRunContext.get().task_runner)}"
                 + (f", tagged '{GPU_TAG}'" if on_gpu else ""))
-    progress = create_progress_artifact(0.0, description=f"extract {dataset}: shards finished (%)")
+    progress = create_progress_artifact(0.0, key=artifact_key("extract", dataset, "progress"),
+                                        description=f"extract {dataset}: shards finished (%)")
     futures = [shard_task.submit(dataset, ids, config.to_dict(), f"shard {k}/{len(shards)}")
                for k, ids in enumerate(shards, 1)]
     total: dict = {}

@@ -5,6 +5,9 @@ deployments from ``prefect.yaml``, and a process worker; then stop them in the r
 ``python -m flows.local down``    stop the worker first, then the server (the reverse hangs)
 ``python -m flows.local status``  what is running, and the environment to talk to it
 ``python -m flows.local env``     ``export`` lines for your shell (PREFECT_API_URL, the auth string, ...)
+``python -m flows.local deploy``  deploy prefect.yaml again (after editing it); the server must be up
+``python -m flows.local deploy --dataset NAME [--schedule CRON | --interval SECONDS] [--concurrency N]``
+                                  extract/NAME and reindex/NAME for a prepared dataset of your own
 
 Everything lives under ``$TVR_HOME/prefect`` (database, logs, pid files). The API and the Prefect
 UI listen on 127.0.0.1:``$TVR_PREFECT_PORT`` (default 4200); ``up`` prints the UI's URL.
@@ -20,6 +23,17 @@ Then, from another shell::
 
     eval "$(.venv/bin/python -m flows.local env)"
     prefect deployment run extract/synthetic --watch
+
+A dataset that prefect.yaml does not list (e.g. prepared from a folder with ``python -m
+data.prepare folder --annotations FILE --videos DIR --name mine``) gets the same two deployments
+with ``deploy --dataset mine``: ``extract/mine`` (at most ``--concurrency`` runs at once, default
+1, more wait) and ``reindex/mine`` (one at a time) on ``--schedule`` (a cron string in UTC,
+default "0 5 * * *", daily at 05:00) or every ``--interval`` seconds. Running it again updates
+both; the server keeps them across ``down`` / ``up``. An unprepared dataset, a bad name or a bad
+cron string is refused with one line (exit 2) before the server is asked (flows/datasets.py).
+
+Telemetry is off: the server, the worker and ``env`` get PREFECT_SERVER_ANALYTICS_ENABLED=false
+and DO_NOT_TRACK=1 (flows/__init__.py).
 """
 from __future__ import annotations
 
@@ -30,20 +44,25 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
+import yaml
+
 from data.cli import Exit, add_version, error, guarded
+from data.names import InvalidName
 from data.settings import Settings, SettingsError, get_settings
+from flows import TELEMETRY_OFF
+from flows.datasets import DEFAULT_CRON, DeployRefused, deployment_file
 
 PROJECT = Path(__file__).resolve().parents[1]
 POOL = "tvr-process"
 AUTH_FILE = "auth"
 PORT_ENV, DEFAULT_PORT = "TVR_PREFECT_PORT", 4200
 # what `flows.local env` exports (the server-only settings stay in the server's own environment)
-CLIENT_KEYS = ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_ANALYTICS_ENABLED",
-               "TVR_HOME", "PYTHONPATH")
+CLIENT_KEYS = ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_API_AUTH_STRING", *TELEMETRY_OFF, "TVR_HOME", "PYTHONPATH")
 
 
 def auth_string(home: Path) -> str:
@@ -76,7 +95,7 @@ def prefect_env(settings: Settings | None = None, port: int | None = None) -> di
         "PREFECT_HOME": str(home),
         "PREFECT_API_URL": api,
         "PREFECT_API_AUTH_STRING": auth_string(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **TELEMETRY_OFF,
         "PREFECT_UI_ENABLED": "true",
         "PREFECT_UI_API_URL": api,
         "PREFECT_SERVER_CSRF_PROTECTION_ENABLED": "true",
@@ -177,10 +196,23 @@ class LocalPrefect:
         raise RuntimeError(f"Prefect server did not become healthy at {self.api}; "
                            f"see {self.home / 'logs' / 'server.log'}")
 
-    def deploy(self) -> str:
+    def _pool(self) -> None:
         if self.run("work-pool", "inspect", POOL, check=False).returncode != 0:
             self.run("--no-prompt", "work-pool", "create", POOL, "--type", "process")
+
+    def deploy(self) -> str:
+        """Every deployment of prefect.yaml (created, or updated in place); ``prefect deploy``'s output."""
+        self._pool()
         return self.run("--no-prompt", "deploy", "--all").stdout
+
+    def deploy_file(self, document: dict) -> str:
+        """The deployments of a prefect.yaml-format ``document`` (:func:`flows.datasets.deployment_file`),
+        applied like prefect.yaml's (entrypoints relative to the project); ``prefect deploy``'s output."""
+        self._pool()
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=".deploy-", dir=self.home) as file:
+            yaml.safe_dump(document, file, sort_keys=False)
+            file.flush()
+            return self.run("--no-prompt", "deploy", "--all", "--prefect-file", file.name).stdout
 
     def start_worker(self) -> None:
         if self.pid("worker") is None:
@@ -209,7 +241,33 @@ class LocalPrefect:
         self.stop("server")
 
 
-@guarded()
+def _failed(err: Exception) -> int:
+    """Exit 1 with one line: ``err`` and, for a ``prefect`` command that failed, its last stderr line."""
+    detail = (getattr(err, "stderr", "") or "").strip()
+    return error(f"{err}{(': ' + detail.splitlines()[-1]) if detail else ''}", Exit.FAILED)
+
+
+def _deploy(local: LocalPrefect, document: dict | None) -> int:
+    """``deploy``: prefect.yaml, or ``document`` (``--dataset``); exit 1 when no server answers."""
+    if not local.healthy():
+        return error(f"no Prefect server answers at {local.api}: start it with python -m flows.local up", Exit.FAILED)
+    try:
+        output = local.deploy_file(document) if document else local.deploy()
+    except subprocess.CalledProcessError as err:
+        return _failed(err)
+    if not document:
+        print(output)
+        return Exit.OK
+    extract, reindex = document["deployments"]
+    name, limit, (schedule,) = extract["name"], extract["concurrency_limit"]["limit"], reindex["schedules"]
+    when = f"every {schedule['interval']} s" if "interval" in schedule else f"cron {schedule['cron']!r} UTC"
+    print(f"deployed extract/{name} (at most {limit} run(s) at once, more wait) and reindex/{name} (one at a time; "
+          f"{when}) at {local.api}")
+    print(f"run: prefect deployment run extract/{name} --watch   (after: eval \"$(python -m flows.local env)\")")
+    return Exit.OK
+
+
+@guarded(InvalidName, DeployRefused)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flows.local", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -218,8 +276,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1",
                    help="address the server listens on (default 127.0.0.1; 0.0.0.0 for remote workers: "
                         "see the security note above)")
+    own = p.add_argument_group("deploy --dataset NAME (a prepared dataset that prefect.yaml does not list)")
+    own.add_argument("--dataset", metavar="NAME", help="deploy extract/NAME and reindex/NAME")
+    own.add_argument("--schedule", metavar="CRON", help=f"when reindex/NAME runs: a cron string in UTC "
+                     f"(default {DEFAULT_CRON!r}: daily at 05:00, after prefect.yaml's nightly re-indexes)")
+    own.add_argument("--interval", type=int, metavar="SECONDS", help="run reindex/NAME every SECONDS instead (>= 1)")
+    own.add_argument("--concurrency", type=int, metavar="N", help="at most N runs of extract/NAME at once (default 1; "
+                     "more wait); reindex/NAME always runs one at a time (a second is cancelled)")
     add_version(p)
     args = p.parse_args(argv)
+    options = {"--schedule": args.schedule, "--interval": args.interval, "--concurrency": args.concurrency}
+    given = [flag for flag, value in options.items() if value is not None]
+    if args.dataset is not None and args.command != "deploy":
+        return error(f"--dataset: only with the deploy command, not {args.command}")
+    if given and args.dataset is None:
+        return error(f"{', '.join(given)}: only with deploy --dataset NAME")
+    document = None
+    if args.dataset is not None:   # every check before the server is asked
+        document = deployment_file(args.dataset, get_settings(), args.schedule, args.interval,
+                                   1 if args.concurrency is None else args.concurrency)
     local = LocalPrefect(port=args.port, host=args.host)
     if args.command == "env":
         print("\n".join(export_lines(local.env)))
@@ -228,15 +303,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             local.up()
         except (RuntimeError, subprocess.CalledProcessError) as err:
-            detail = getattr(err, "stderr", "") or ""
-            return error(f"{err}{(': ' + detail.strip().splitlines()[-1]) if detail.strip() else ''}", Exit.FAILED)
+            return _failed(err)
         print(f"server, work pool '{POOL}', deployments and worker are up; logs in {local.home / 'logs'}")
         print(f"Prefect UI: {local.ui} (password: the auth string in {local.home / AUTH_FILE})")
         if args.host != "127.0.0.1":
             print(f"listening on {args.host}: remote workers need PREFECT_API_URL=http://<this-host>:"
                   f"{local.api.rsplit(':', 1)[1]} and PREFECT_API_AUTH_STRING; keep the port off untrusted networks")
     elif args.command == "deploy":
-        print(local.deploy())
+        return _deploy(local, document)
     elif args.command == "down":
         local.down()
         print("worker and server stopped")

@@ -1,7 +1,9 @@
 """The ``reindex`` flow: a thin Prefect wrapper over :func:`retrieval.reindex.run.reindex`.
 
 Deployed as ``reindex/<dataset>`` with a daily cron schedule (``prefect.yaml``, staggered per
-dataset) and a deployment concurrency limit of 1 (a second run while one is running is cancelled).
+dataset; a dataset of one's own: ``python -m flows.local deploy --dataset NAME --schedule CRON``,
+flows/datasets.py) and a deployment concurrency limit of 1 (a second run while one is running is
+cancelled).
 ``run`` defaults to the dataset's *serving run* (:func:`retrieval.index.serving.serving_run`, set with
 ``python -m retrieval.index --dataset D --run R --serve``), so the nightly job keeps fresh the index
 the search service answers from. It logs the summary (added / changed / removed / reused counts,

@@ -3,6 +3,8 @@
 ``load_model`` rebuilds a trained run (or the zero-shot model), ``encode_split`` encodes a split's
 captions and videos into FAISS vectors (plus exact scoring for fine-grained models), and
 ``encode_queries`` encodes free text with the same frozen text tower as the stored captions.
+A run trained with a moment head (``LoadedModel.moments``) places queries in time with
+:class:`MomentPredictor` (:mod:`fusion.moments.predict`, docs/methods.md §8).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 
 from data.devices import resolve_device
-from data.modalities import CLIP_FRAMES, CLIP_TEXT, MODALITIES
+from data.modalities import AUDIO, CLIP_FRAMES, CLIP_TEXT, MODALITIES, MOTION
 from data.settings import Settings, get_settings
 from fusion.base import Encoding, take
 from fusion.batches import Ragged, truncate_tokens
@@ -23,8 +25,11 @@ from fusion.bundle import is_bundle, load_bundle
 from fusion.config import load_config
 from fusion.encoding import encode_texts, encode_videos, model_device, score_matrix
 from fusion.factory import build_model, modalities_for
-from fusion.features import load_features, pick_extractor
+from fusion.features import audio_centre_s, load_features, pick_extractor, video_batch_at
 from fusion.loaded import LoadedModel
+from fusion.moments.predict import MomentPredictor  # noqa: F401  (part of this API)
+from fusion.moments.saved import load_head
+from fusion.sampling import uniform_positions
 
 
 def load_model(run: str | Path, *, dataset: str | None = None, settings: Settings | None = None,
@@ -66,7 +71,8 @@ def load_model(run: str | Path, *, dataset: str | None = None, settings: Setting
         raise ValueError(f"{folder}: cannot rebuild the model ({exc})") from exc
     model.eval().to(target)
     return LoadedModel(model, meta["model"], config, folder, meta["dataset"], dict(meta["extractor_ids"]),
-                       bool(meta["random_weights"]), model.fine_grained)
+                       bool(meta["random_weights"]), model.fine_grained,
+                       moments=load_head(folder, meta.get("moment_head"), target))
 
 
 @dataclass
@@ -150,6 +156,11 @@ class EncodedQueries:
     encoding: Encoding           # the model's text encoding, for exact scores (:class:`VideoScorer`)
     clip: np.ndarray             # [Q, D] float32 unit clip_text EOT embeddings (the clip_frames space)
 
+    def select(self, rows: list[int]) -> "EncodedQueries":
+        """The queries ``rows`` (in that order)."""
+        return EncodedQueries(self.vectors[rows], take(self.encoding, torch.as_tensor(rows, dtype=torch.int64)),
+                              self.clip[rows])
+
 
 class QueryEncoder:
     """The run's text side built once (the stored clip_text extractor's own tower, then the model);
@@ -232,3 +243,39 @@ def encode_video_ids(loaded: LoadedModel, dataset: str, video_ids: list[str], *,
     found, batches = video_id_vector_batches(loaded, dataset, video_ids, batch=max(len(video_ids), 1),
                                              settings=settings)
     return (np.concatenate(list(batches)) if found else np.zeros((0, 0), np.float32)), found
+
+
+def encode_example(loaded: LoadedModel, features: dict[str, tuple[np.ndarray, np.ndarray]],
+                   infos: dict[str, dict]) -> np.ndarray:
+    """The FAISS video vector ``[E]`` float32 of one video that is not in the store (a query clip).
+
+    ``features``: per modality ``(values [T, D] float32, times [T] s)`` as the extractors return
+    them (``extractors.example``); ``infos``: the extractors' stored ``_extractor.json`` (audio
+    times are window starts there, shifted to centres here as :func:`load_features` does). The
+    video is batched like a stored one (uniform frame sampling); a modality the model reads and the
+    clip lacks is masked, as for a stored video without it.
+    """
+    wanted = modalities_for(loaded.config)
+    values, times = features[CLIP_FRAMES]
+    frames = Ragged.from_arrays([values], [times])
+    extra: dict[str, tuple[Ragged, torch.Tensor]] = {}
+    for modality in (AUDIO, MOTION):
+        if modality not in wanted:
+            continue
+        got = features.get(modality)
+        present = got is not None and len(got[0]) > 0
+        # an absent modality: one zero step that the row does not reach (gathers need a value to point at)
+        vals, stamps = got if present else (np.zeros((1, int(infos[modality]["dim"])), np.float32),
+                                            np.zeros(1, np.float32))
+        offset = audio_centre_s(infos[modality]) if modality == AUDIO else 0.0
+        steps = Ragged.from_arrays([vals], [stamps + offset]).select(torch.tensor([0 if present else -1]))
+        extra[modality] = (steps, torch.tensor([present]))
+    rows = torch.zeros(1, dtype=torch.int64)
+    batch = video_batch_at(rows, *uniform_positions(frames.lengths, loaded.config["max_frames"]), frames,
+                           extra.get(AUDIO, (None, None)), extra.get(MOTION, (None, None)))
+    model = loaded.model
+    with torch.no_grad():
+        model.eval()
+        encoded = model.encode_video(batch.to(model_device(model)))
+        return model.video_vectors(encoded).cpu().numpy()[0].astype(np.float32)
+

@@ -187,15 +187,8 @@ class DatasetFeatures:
         raise ValueError(f"frame sampling {sampling!r}: expected 'uniform' or 'two-view'")
 
     def _batch_at(self, rows: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> VideoBatch:
-        frames, frame_t = self.frames.gather(rows, positions, mask)
-        batch = VideoBatch(frames, mask, frame_t)
-        if self.audio is not None:
-            batch.audio, batch.audio_mask, batch.audio_t = self.audio.pad(rows)
-            batch.has_audio = self.has_audio[rows]
-        if self.motion is not None:
-            batch.motion, batch.motion_mask, batch.motion_t = self.motion.pad(rows)
-            batch.has_motion = self.has_motion[rows]
-        return batch
+        return video_batch_at(rows, positions, mask, self.frames, (self.audio, self.has_audio),
+                              (self.motion, self.has_motion))
 
     def text_batch(self, queries: torch.Tensor | np.ndarray, max_words: int, eot_only: bool = False) -> TextBatch:
         """Tokens of ``queries`` (caption indices); longer captions keep their first L-1 tokens + EOT.
@@ -209,6 +202,22 @@ class DatasetFeatures:
             tokens, _ = self.text.gather(rows, self.eot[rows][:, None], ones)
             return TextBatch(tokens, ones, torch.zeros(len(rows), dtype=torch.int64))
         return truncate_tokens(self.text, rows, self.eot[rows], max_words)
+
+
+def video_batch_at(rows: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, frames: Ragged,
+                   audio: tuple[Ragged | None, torch.Tensor | None] = (None, None),
+                   motion: tuple[Ragged | None, torch.Tensor | None] = (None, None)) -> VideoBatch:
+    """The model's video inputs of ``rows``: frames at within-row ``positions`` / ``mask`` ``[B, N]``
+    and, when given, whole audio / motion rows with their ``[R]`` bool presence flags."""
+    values, frame_t = frames.gather(rows, positions, mask)
+    batch = VideoBatch(values, mask, frame_t)
+    if audio[0] is not None:
+        batch.audio, batch.audio_mask, batch.audio_t = audio[0].pad(rows)
+        batch.has_audio = audio[1][rows]
+    if motion[0] is not None:
+        batch.motion, batch.motion_mask, batch.motion_t = motion[0].pad(rows)
+        batch.has_motion = motion[1][rows]
+    return batch
 
 
 def load_features(dataset: str, modalities: list[str] | tuple[str, ...], *, extractors: dict | None = None,
@@ -244,18 +253,19 @@ def load_features(dataset: str, modalities: list[str] | tuple[str, ...], *, extr
     tstatus = np.asarray(text_t.status)
     text_rows = [i for i, v in enumerate(text_t.video_ids) if v in index and tstatus[i] == "ok"]
     text = _ragged(text_t).select(torch.tensor(text_rows, dtype=torch.int64))
-    eot = torch.tensor(np.asarray(text_t.column("eot_index"), np.int64)[text_rows])
+    # selected before the cast: rows that are not ok (e.g. videos without captions) hold no eot index
+    eot = torch.tensor(np.asarray(text_t.column("eot_index"), object)[text_rows].astype(np.int64))
     caption_video = torch.tensor([index[v] for v in np.asarray(text_t.video_ids, object)[text_rows]], dtype=torch.int64)
     all_captions = text_t.column("caption")
     captions = [all_captions[i] for i in text_rows]
-    cap_index = [int(c) for c in np.asarray(text_t.column("caption_index"))[text_rows]] if text_rows else []
+    cap_index = [int(c) for c in np.asarray(text_t.column("caption_index"), object)[text_rows]]
 
     out = DatasetFeatures(dataset, {m: infos[m]["extractor_id"] for m in wanted}, infos, video_ids,
                           _splits(manifest, index, val_holdout), frames, text, eot, caption_video,
                           captions, cap_index, notes=notes, listed=_listed(manifest))
     if AUDIO in wanted:
         out.audio, out.has_audio = _optional_modality(tables[AUDIO], video_ids, AUDIO, notes,
-                                                      _audio_centre(infos[AUDIO]), "has_audio")
+                                                      audio_centre_s(infos[AUDIO]), "has_audio")
     if MOTION in wanted:
         out.motion, out.has_motion = _optional_modality(tables[MOTION], video_ids, MOTION, notes, 0.0, None)
     return out
@@ -271,7 +281,7 @@ def _listed(manifest) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _audio_centre(info: dict) -> float:
+def audio_centre_s(info: dict) -> float:
     """Half the audio example length: the extractor records it as ``example_s`` (0.96 s)."""
     return float(info.get("params", {}).get("example_s", AUDIO_WINDOW_S)) / 2
 

@@ -21,3 +21,5 @@ class LoadedModel:
     random_weights: bool               # the features came from randomly initialised extractors
     fine_grained: bool                 # FAISS holds coarse vectors, ``model.score`` re-ranks exactly
     text_extractor: dict | None = None  # a bundle's clip_text description (else read from the store)
+    moments: torch.nn.Module | None = None  # the run's moment head (fusion.moments.head.MomentHead) when it
+                                            # has one (moment_head.pt); read by fusion.api.MomentPredictor

@@ -31,6 +31,26 @@ class TrainConfig(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
 
+class MomentsConfig(Strict):
+    """The moment head (``moments:``; docs/models.md "Moment head", docs/methods.md §8)."""
+
+    enabled: Union[Literal["auto"], bool]
+    modalities: list[Literal["audio", "motion"]]
+    step_s: float = Field(gt=0)
+    max_steps: int = Field(gt=0)
+    width: int = Field(gt=0)
+    layers: int = Field(ge=0)
+    channels: int = Field(gt=0)
+    dropout: float = Field(ge=0, lt=1)
+    temperature: float = Field(gt=0)
+    match_weight: float = Field(ge=0)
+    boundary_sigma_s: float = Field(ge=0)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+
+
 class BaseConfig(Strict):
     model: str
     max_frames: int = Field(gt=0)
@@ -47,6 +67,7 @@ class BaseConfig(Strict):
     extractors: dict[str, str]
     val_holdout: float = Field(ge=0)
     train: TrainConfig
+    moments: MomentsConfig
 
 
 class MeanPConfig(BaseConfig):

@@ -10,8 +10,14 @@ uninterrupted run. The best epoch is chosen on the
 validation split's text-to-video R@1, never on test (with no validation split, ``val_holdout: 0``
 as in CLIP4Clip's protocol, the last epoch); the test split is scored once, at the end.
 
+Refused (``ValueError``, exit 2 from the CLI, before the run folder is made): a train split of fewer
+than :data:`MIN_TRAIN_VIDEOS` videos. Every loss here contrasts a caption's video with the other
+videos of its batch; with one video there is no other, the loss is exactly 0 and nothing is learned.
+
 Writes ``runs/<run-id>/`` (docs/design.md "Contracts", contract C): config.json, log.jsonl,
-checkpoint-epoch-NNN.pt, best.pt, resume.pt, metrics.json, curves.png, report.md. Features from
+checkpoint-epoch-NNN.pt, best.pt, resume.pt, metrics.json, curves.png, report.md, and with a moment
+head (when the dataset has caption windows) moment_head.pt and moment_log.jsonl
+(:mod:`fusion.moments.training`). Features from
 random-weight extractors are labelled RANDOM WEIGHTS in every output (``data.provenance``).
 """
 from __future__ import annotations
@@ -41,7 +47,25 @@ from fusion.config import load_config
 from fusion.encoding import encode_texts, encode_videos, score_matrix
 from fusion.factory import build_model, modalities_for
 from fusion.features import DatasetFeatures, load_features
+from fusion.moments.plan import plan_head
+from fusion.moments.training import append_report, train_head
 from fusion.registry import model_entry, model_names
+
+
+MIN_TRAIN_VIDEOS = 2   # fewer: no other video in any batch, every loss is 0 (module docstring)
+
+
+def check_train_split(feats: DatasetFeatures) -> None:
+    """``ValueError`` naming the train split's videos and captions when it has fewer than
+    :data:`MIN_TRAIN_VIDEOS` videos."""
+    n_videos = len(feats.splits.get("train", ()))
+    if n_videos >= MIN_TRAIN_VIDEOS:
+        return
+    n_captions = len(feats.split_captions("train")) if n_videos else 0
+    raise ValueError(f"dataset {feats.dataset!r}: the train split has {n_videos} video(s) and {n_captions} "
+                     f"caption(s); training needs at least {MIN_TRAIN_VIDEOS} videos (the loss contrasts each "
+                     f"caption's video with the other videos of its batch: with one it is 0 and nothing is "
+                     f"learned); add videos to the train split, or evaluate the zero-shot model")
 
 
 def autocast(device: torch.device, precision: str):
@@ -191,6 +215,10 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
     device = resolve_device(device or settings.device)
     feats = load_features(dataset, modalities_for(config), extractors=config["extractors"], settings=settings,
                           val_holdout=config["val_holdout"])
+    if model_entry(model_name).trained and config["train"]["epochs"] > 0:
+        check_train_split(feats)
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    moment_plan = plan_head(config, dataset, settings, say)   # the moment head's windows (None: no head)
     width = int(feats.frames.flat.shape[1])
     run_id = run_id or f"{dataset}-{model_name}-s{seed}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     run = Run(settings.runs_dir / run_id)
@@ -208,7 +236,6 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
             raise ValueError(f"{previous}: a run with another configuration already lives here; "
                              f"choose another --run-id")
     write_json_atomic(previous, meta)
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     if feats.random_weights:
         say(random_weights_label())
 
@@ -311,9 +338,15 @@ def train(dataset: str, model_name: str, *, config_file: str | Path | None = Non
                "extractor_ids": feats.extractor_ids, "random_weights": feats.random_weights}
     if feats.random_weights:
         metrics["WARNING"] = random_weights_label()
+    head = train_head(moment_plan, run.folder, seed=seed, device=device, say=say, progress=progress)
+    if head:
+        meta["moment_head"], metrics["moments"] = head
+        write_json_atomic(previous, meta)
     write_json_atomic(run.folder / "metrics.json", metrics)
     from fusion.report import write_report
     write_report(run.folder, meta, history, metrics)
+    if head:
+        append_report(run.folder, metrics["moments"])
     say(f"run {run_id}: test t2v R@1 {test['t2v']['R@1']:.1f}, v2t R@1 {test['v2t']['R@1']:.1f} -> {run.folder}")
     return run.folder
 

@@ -6,6 +6,7 @@ import importlib
 from pathlib import Path
 
 from data.settings import Settings, get_settings
+from data.store import FeatureSet, StoreError
 
 ZERO_SHOT = "zero-shot"
 
@@ -40,3 +41,20 @@ def load(run: str | Path, dataset: str, settings: Settings | None = None):
     settings = settings or get_settings()
     check_run(run, settings)
     return fusion_api().load_model(run, dataset=dataset, settings=settings)
+
+
+def extractor_infos(dataset: str, loaded, settings: Settings) -> dict[str, dict]:
+    """The stored ``_extractor.json`` of each of the run's extractors (modality -> info), from
+    ``dataset``'s store or else the run's own dataset's; LookupError naming the first one missing."""
+    infos = {}
+    for modality, extractor_id in loaded.extractor_ids.items():
+        for ds in dict.fromkeys([dataset, loaded.dataset]):
+            try:
+                infos[modality] = FeatureSet(settings.feature_dir(ds, modality, extractor_id)).info
+                break
+            except StoreError:
+                continue
+        else:
+            raise LookupError(f"{dataset}: no _extractor.json for {modality} extractor {extractor_id} under "
+                              f"{settings.features_dir}")
+    return infos

@@ -1,7 +1,7 @@
-"""``python -m retrieval.search`` (``tvr-search``): :func:`retrieval.query.search.main`."""
+"""``python -m retrieval.search`` (``tvr-search``): :func:`retrieval.query.cli.main`."""
 import sys
 
-from retrieval.query.search import main
+from retrieval.query.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

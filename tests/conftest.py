@@ -40,6 +40,54 @@ def tiny_synthetic(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def examples_home(tiny_synthetic, tmp_path_factory):
+    """TVR_HOME with the tiny synthetic set (16 videos) extracted, an M2HF run ``m2hf`` and zero-shot
+    indexed (every video)."""
+    from test_extract_support import prepare_synthetic, tiny_config
+
+    from data.settings import get_settings
+    from extractors.runner import extract_dataset
+    from fusion.train import train
+    from retrieval.index import cli as index_cli
+
+    root = tmp_path_factory.mktemp("examples")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TVR_HOME", str(root / "home"))
+        prepare_synthetic(tiny_synthetic)
+        extract_dataset("synthetic", tiny_config(root), shard_size=8)
+        train("synthetic", "m2hf", overrides=["train.batch_size=4"], epochs=1, run_id="m2hf",
+              settings=get_settings(), quiet=True)
+        for run in ("m2hf", "zero-shot"):
+            assert index_cli.main(["--dataset", "synthetic", "--run", run, "--no-gpu", "--store-vectors"]) == 0
+        yield root / "home"
+
+
+@pytest.fixture(scope="session")
+def events_home(tmp_path_factory):
+    """TVR_HOME with a small synthetic-events set (16 videos, caption windows) extracted with tiny
+    random models, an M2HF run ``m2hf`` trained with its moment head, and its index (with the
+    head's segment index)."""
+    from test_extract_support import tiny_config
+
+    from data.settings import get_settings
+    from data.synthetic.events import prepare_events
+    from extractors.runner import extract_dataset
+    from fusion.train import train
+    from retrieval.index import cli as index_cli
+
+    root = tmp_path_factory.mktemp("events")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TVR_HOME", str(root / "home"))
+        prepare_events(n=16, seed=5, n_test=5, n_val=2, workers=1, progress=False)
+        extract_dataset("synthetic-events", tiny_config(root), shard_size=8)
+        train("synthetic-events", "m2hf", overrides=["train.batch_size=16"], epochs=1, run_id="m2hf",
+              settings=get_settings(), quiet=True)
+        assert index_cli.main(["--dataset", "synthetic-events", "--run", "m2hf", "--no-gpu"]) == 0
+        assert index_cli.main(["--dataset", "synthetic-events", "--run", "zero-shot", "--no-gpu"]) == 0
+        yield root / "home"
+
+
 @pytest.fixture
 def decoded(monkeypatch) -> list[str]:
     """Video ids (file stems) whose file the extractors open, in order (a spy on the decoder)."""

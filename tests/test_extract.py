@@ -19,6 +19,7 @@ import pytest
 from conftest import FIXTURES, PROJECT, requires_fixtures
 from test_extract_support import ffmpeg, make_video, prepare_synthetic, tiny_clip_dir, tiny_config
 
+from data.manifest import VideoRecord, build_manifest, write_manifest
 from data.prepare import prepare
 from data.settings import get_settings
 from data.store import FINAL_FAILURE
@@ -224,8 +225,9 @@ def test_prefect_path_builds_the_same_config_as_the_plain_run(tvr_home, tmp_path
 
     monkeypatch.setattr(flow_module, "extract", Flow())
     monkeypatch.setattr(flow_module, "require_api_server", lambda runner: None)
+    table, _ = build_manifest([VideoRecord("v", "v.mp4", "test", ["a caption"])], tmp_path, dataset="syn")
     settings.manifest_path("syn").parent.mkdir(parents=True)
-    settings.manifest_path("syn").write_bytes(b"")     # only its presence is checked before the flow run
+    write_manifest(table, settings.manifest_path("syn"))   # read and checked before the flow run, not used
     assert flow_module.main(argv + ["--prefect"]) == 0
     [(args, kwargs)] = calls
     assert args == ("syn",) and kwargs["shard_size"] == 4

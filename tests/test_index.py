@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -118,6 +119,26 @@ def test_write_open_and_check_build(tvr_home):
     assert len(builds) == 2 and builds[-1] == latest.name == (root / "current").read_text().strip()
 
 
+def test_index_output_says_in_plain_words_what_the_build_means(tvr_home, monkeypatch, capsys):
+    """How a query is answered, the recall to expect and the memory, not a dict of FAISS names."""
+    from fake_fusion_api import FakeFusion
+
+    FakeFusion().install(monkeypatch)
+    write_dataset("toy", 200)
+    assert index_cli.main(["--dataset", "toy", "--no-gpu"]) == 0
+    out = capsys.readouterr().out
+    assert "search: exact: every query is compared with every video" in out
+    assert "recall: 1.0, the true top 10 (exact search)" in out
+    assert re.search(r"memory: \d+\.\d\d MB of index, read into memory by search and the service\n", out)
+    assert index_cli.main(["--dataset", "toy", "--no-gpu", "--index-type", "ivf", "--tune", "0.9"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"search: approximate: the videos are grouped in 5 clusters and a query looks only into the "
+                     r"\d closest \(about \d+% of the videos\)", out)
+    assert re.search(r"recall: about \d\.\d{3} of the true top 10 is found \(recall@10 at nprobe \d, [\d.]+ ms per "
+                     r"query; measured on 200 held-out queries, target 0.9\)", out)
+    assert re.search(r"MB of stored vectors \(vectors.npy, memory-mapped\)", out) and "{'" not in out
+
+
 def test_refusals(tvr_home):
     settings = get_settings()
     ids = write_dataset("toy", 12)
@@ -154,7 +175,7 @@ def _still_working(tmp_path, capsys, expect_build: str, note: str | None, degrad
     """search, evaluate and the service answer from ``expect_build``; ``note`` in the search note,
     and the service's /healthz status is degraded (a fallback build) or ok."""
     from retrieval.evaluation import evaluate
-    from retrieval.query import search
+    from retrieval.query import cli as search
     from retrieval.query.search import Searcher
     from retrieval.service.core import SearchService
 

@@ -2,16 +2,25 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import PROJECT
 from data.folder import assign_split, read_records
 from data.manifest import ManifestError, VideoRecord, build_manifest, read_manifest, write_manifest
 from data.names import InvalidName, check_name
 from data.prepare import prepare
+from data.settings import get_settings
+from retrieval.index.writer import write_build
 
 
 @pytest.fixture
@@ -142,3 +151,49 @@ def test_assigned_splits_are_deterministic_and_balanced():
     assert splits == [assign_split(f"video{i}") for i in range(3000)]
     share = splits.count("train") / len(splits)
     assert 0.75 < share < 0.85 and splits.count("val") > 200 and splits.count("test") > 200
+
+
+def _pets(tmp_path, videos):
+    """An annotation file of two of ``videos``' files (the folder reader's JSONL)."""
+    ann = tmp_path / "pets.jsonl"
+    ann.write_text("".join(json.dumps({"video": v, "captions": [f"clip {v}"], "split": "train"}) + "\n"
+                           for v in ("a.mp4", "sub/c.webm")))
+    return ann
+
+
+def test_a_copied_tvr_home_reads_its_own_videos(videos, tmp_path):
+    """The dataset's manifest and an index build's snapshot of it, in a copy of TVR_HOME whose
+    original is gone, both point at the copy's videos."""
+    home = tmp_path / "home"
+    settings = get_settings(home)
+    shutil.move(videos, home / "videos")                     # the videos live inside TVR_HOME
+    out, _ = prepare("folder", _pets(tmp_path, videos), home / "videos", name="pets", settings=settings)
+    info = {"extractor_ids": {"clip_frames": "f", "clip_text": "t"}, "random_weights": True, "model": "zero-shot"}
+    build = write_build("pets", "zero-shot", np.eye(2, 4, dtype=np.float32), ["a", "sub/c"], info=info,
+                        settings=settings, use_gpu=False)
+    copy = tmp_path / "elsewhere" / "home-copy"
+    shutil.copytree(home, copy)
+    shutil.rmtree(home)
+    for manifest in (read_manifest(copy / out.relative_to(home)),
+                     read_manifest(copy / build.relative_to(home) / "manifest.parquet")):
+        assert manifest.video_root == (copy / "videos").resolve()
+        assert manifest.video_path("sub/c.webm").read_bytes() == b"x"
+        manifest.require_video_root()
+    assert pq.read_schema(copy / out.relative_to(home)).metadata[b"tvr.video_root"] == b"../../videos"
+
+
+def test_extraction_refuses_a_missing_video_root_in_one_line(videos, tmp_path):
+    """A manifest with an absolute root (a root outside TVR_HOME, or a manifest written before
+    relative roots) whose folder is gone: ``flows.extract`` says so in one line naming the manifest
+    and the option that fixes it, exit 2."""
+    home = tmp_path / "home"
+    out, _ = prepare("folder", _pets(tmp_path, videos), videos, name="pets", settings=get_settings(home))
+    assert read_manifest(out).video_root == videos.resolve()     # outside TVR_HOME: absolute, as before
+    shutil.rmtree(videos)
+    env = {**os.environ, "TVR_HOME": str(home), "PYTHONPATH": str(PROJECT)}
+    done = subprocess.run([sys.executable, "-m", "flows.extract", "pets", "--modalities", "clip_frames"],
+                          env=env, cwd=PROJECT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    line = done.stderr.strip()
+    assert "\n" not in line and str(out) in line and f"video root {videos.resolve()} does not exist" in line
+    assert "python -m data.prepare folder --annotations DIR --videos DIR --name pets" in line

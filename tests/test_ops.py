@@ -3,6 +3,7 @@ the extract command, the re-index flow's serving-run default and busy failure, t
 server's auth file and quoted shell lines, console scripts and ``--version``."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import shlex
@@ -16,15 +17,46 @@ from conftest import PROJECT
 from data.progress import Bars, ProgressEvent
 
 
-def test_bars_write_periodic_lines_when_not_on_a_terminal():
+def test_bars_write_periodic_lines_with_rate_and_eta_when_not_on_a_terminal():
     lines: list[str] = []
-    bars = Bars(tty=False, log_fn=lines.append, interval_s=3600)
-    for k in range(1, 11):
+    now = [0.0]
+    bars = Bars(tty=False, log_fn=lines.append, interval_s=30, clock=lambda: now[0])
+    for k in range(1, 11):                       # one step every 10 s: a line at most every 30 s
+        now[0] = 10.0 * k
         bars(ProgressEvent("epoch 1/2", k, 10, "step", {"loss": 1.0 / k}))
-    assert lines == ["epoch 1/2: 1/10 step (loss 1)", "epoch 1/2: 10/10 step (loss 0.1)"]
-    every = Bars(tty=False, log_fn=lines.append, interval_s=0)
+    assert lines == ["epoch 1/2: 1/10 step (loss 1)",
+                     "epoch 1/2: 4/10 step (loss 0.25), 0.1 step/s, ETA 1 min 00 s",
+                     "epoch 1/2: 7/10 step (loss 0.1429), 0.1 step/s, ETA 30 s",
+                     "epoch 1/2: 10/10 step (loss 0.1), 0.1 step/s"]
+    every = Bars(tty=False, log_fn=lines.append, interval_s=0, clock=lambda: now[0])
     every(ProgressEvent("shards", 1, None, "shard"))
-    assert lines[-1] == "shards: 1 shard"
+    now[0] += 7200
+    every(ProgressEvent("shards", 3, None, "shard"))
+    assert lines[-2:] == ["shards: 1 shard", "shards: 3 shard, 0.000278 shard/s"]
+
+
+def test_bars_on_a_pipe_write_lines_to_stderr(monkeypatch):
+    pipe = io.StringIO()                          # not a terminal, like `2> log` or `| tee`
+    monkeypatch.setattr(sys, "stderr", pipe)
+    with Bars.for_cli(interval_s=0) as bars:
+        for k in (1, 2):
+            bars(ProgressEvent("index synthetic/r", k, 2, "video"))
+    assert pipe.getvalue().splitlines()[0] == "index synthetic/r: 1/2 video"
+    assert pipe.getvalue().splitlines()[1].startswith("index synthetic/r: 2/2 video, ")
+
+
+def test_training_command_prints_progress_lines_when_piped(tmp_path, monkeypatch, capsys):
+    from data.settings import get_settings
+    from fake_features import write_fake_dataset
+    from fusion.train import main
+
+    monkeypatch.setenv("TVR_HOME", str(tmp_path / "home"))
+    write_fake_dataset(get_settings(), "fake", 20, seed=0, dims={"clip_frames": 16, "clip_text": 16})
+    assert main(["--dataset", "fake", "--model", "meanP", "--epochs", "2", "--set", "train.batch_size=8"]) == 0
+    err = capsys.readouterr().err                 # pytest's capture is not a terminal
+    for epoch in ("epoch 1/2", "epoch 2/2"):
+        done = [line for line in err.splitlines() if line.startswith(f"{epoch}: ")]
+        assert done and done[-1].endswith(" step/s") and "/4 step (loss " in done[-1], err
 
 
 def test_bars_draw_tqdm_on_a_terminal(capsys):

@@ -7,7 +7,7 @@ import pytest
 
 from fake_fusion_api import FakeFusion, write_dataset
 from retrieval.index import cli as index_cli, writer as index_writer
-from retrieval.query import search
+from retrieval.query import cli as search
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_search_json_top_k(indexed, capsys):
     found = json.loads(capsys.readouterr().out)
     assert [r["rank"] for r in found["results"]] == [1, 2, 3]
     top = found["results"][0]
-    assert top["video_id"] == "v7" and top["path"] == "videos/v7.mp4" and top["spans"] is None
+    assert top["video_id"] == "v7" and top["path"] == "videos/v7.mp4" and top["moments"] is None
     assert top["abs_path"].endswith("media/toy/videos/v7.mp4")
     assert top["score"] == pytest.approx(1.0, abs=1e-5)          # unit vectors, the same direction
     scores = [r["score"] for r in found["results"]]
@@ -97,7 +97,7 @@ def test_stale_index_answers_and_hides_removed_videos(indexed, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# Fine-grained models: two stages for free text; spans from the stored frame features
+# Fine-grained models: two stages for free text; moments from the stored frame features
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def hcmi_home(tmp_path_factory):
@@ -187,10 +187,11 @@ def test_search_cli_states_the_first_stage_depth(hcmi_home, stored_text_tower, c
     assert "first stage: top 100 by the coarse vector, re-ranked exactly" in capsys.readouterr().out
 
 
-def test_spans_overlap_the_window_where_the_object_appears(tvr_home, monkeypatch):
+def test_heuristic_moments_overlap_the_window_where_the_object_appears(tvr_home, monkeypatch):
     """Generated frame features: each video shows its object only in a known window (noise
-    elsewhere); the span returned for a query naming the object must overlap that window for a
-    clear majority of queries (the figure is printed: 59 of 60, seed 11)."""
+    elsewhere); the best heuristic moment for a query naming the object must overlap that window
+    for a clear majority of queries (the figure is printed: 59 of 60, seed 11); every moment lies
+    inside the video (12 s) and none has zero length."""
     import numpy as np
 
     from data.settings import get_settings
@@ -216,13 +217,36 @@ def test_spans_overlap_the_window_where_the_object_appears(tvr_home, monkeypatch
     found = Searcher("toy").search([f"a clip of object{i}" for i in range(n)], k=n)
     overlaps = 0
     for i, f in enumerate(found):
+        assert f["moments_from"] == "heuristic"
         hit = next(r for r in f["results"] if r["video_id"] == ids[i])
-        (span,) = hit["spans"]
+        assert hit["duration_s"] == frames * step and 1 <= len(hit["moments"]) <= 3
+        best = hit["moments"][0]
         lo, hi = windows[ids[i]]
-        overlaps += span["start_s"] < hi and span["end_s"] > lo
-        assert span["start_s"] <= span["peak_s"] < span["end_s"]
-    print(f"spans overlapping the object's window: {overlaps}/{n} ({100 * overlaps / n:.0f}%)")
+        overlaps += best["start_s"] < hi and best["end_s"] > lo
+        for moment in hit["moments"]:
+            assert 0 <= moment["start_s"] < moment["end_s"] <= hit["duration_s"]
+        assert [m["score"] for m in hit["moments"]] == sorted((m["score"] for m in hit["moments"]), reverse=True)
+    print(f"best moments overlapping the object's window: {overlaps}/{n} ({100 * overlaps / n:.0f}%)")
     assert overlaps / n >= 0.8
+    one = Searcher("toy").search(["a clip of object3"], k=2, params={"moments": 1})[0]["results"]
+    assert all(len(hit["moments"]) == 1 for hit in one)
+    none = Searcher("toy").search(["a clip of object3"], k=2, params={"moments": 0})[0]
+    assert none["moments_from"] is None and all(hit["moments"] is None for hit in none["results"])
+
+
+def test_heuristic_moments_of_a_one_frame_video_have_a_length():
+    """One frame at 0 s of a 1-second clip: the moment is 0-1 s, never 0-0 s; clipped to the duration."""
+    import numpy as np
+
+    from retrieval.query.spans import heuristic_moments
+
+    assert heuristic_moments(np.array([0.3]), np.array([0.0]), 1.0, 1.0, 3) == [
+        {"start_s": 0.0, "end_s": 1.0, "score": 0.3}]
+    assert heuristic_moments(np.array([0.3]), np.array([0.0]), 1.0, 0.4, 3)[0]["end_s"] == 0.4
+    got = heuristic_moments(np.array([0.1, 0.9, 0.2, 0.8, 0.0]), np.arange(5.0), 1.0, 5.0, 5)
+    assert got[0] == {"start_s": 1.0, "end_s": 2.0, "score": 0.9} and len(got) >= 2
+    covered = sorted((m["start_s"], m["end_s"]) for m in got)
+    assert all(a[1] <= b[0] for a, b in zip(covered, covered[1:]))          # disjoint
 
 
 def test_serving_run_is_the_default_run(indexed, tvr_home, capsys):

@@ -1,4 +1,5 @@
-"""The search service (retrieval.serve / retrieval.service) over a fake model: results equal
+"""The search service (retrieval.serve / retrieval.service) over a fake model (long: one fixture
+shared by every route's contract; searches by example are tests/test_search_examples.py): results equal
 retrieval.search --json, bad input gets 4xx JSON, thumbnails and video ranges, micro-batching,
 hot swaps (and a failing new build), and a loopback load test with a re-index mid-load."""
 from __future__ import annotations
@@ -17,7 +18,7 @@ from serve_support import indexed_dataset, sample_video
 from test_reindex import home  # noqa: F401 (a fixture: tiny synthetic videos, real extraction, first reindex)
 
 from retrieval.index import cli as index_cli, writer as index_writer
-from retrieval.query import search
+from retrieval.query import cli as search_cli, search
 from retrieval.query.search import Searcher
 from retrieval.service import serve
 from retrieval.service.app import create_app
@@ -48,6 +49,8 @@ def client(service):
 
 
 def _strip_media(found: dict) -> dict:
+    """The service's answer less what only it adds: media URLs and the name of the index that answered."""
+    assert found.pop("index_name") == f"{found['dataset']}/{found['run']}"
     for hit in found["results"]:
         hit.pop("thumbnail"), hit.pop("video")
     return found
@@ -64,10 +67,11 @@ def test_results_equal_search_cli_json(client, capsys):
     for query, k in (("a clip of v7", 5), ("a clip of v13", 25), ("a clip of nothing in particular", 3)):
         served = client.get("/api/search", params={"q": query, "k": k})
         assert served.status_code == 200
-        assert search.main([query, "--dataset", "toy", "-k", str(k), "--json"]) == 0
+        assert search_cli.main([query, "--dataset", "toy", "-k", str(k), "--json"]) == 0
         assert _strip_media(served.json()) == _relative(json.loads(capsys.readouterr().out))
     top = client.get("/api/search", params={"q": "a clip of v7", "k": 1}).json()["results"][0]
-    assert top["video_id"] == "v7" and top["thumbnail"] == "/thumbnails/v7.jpg" and top["video"] == "/videos/v7"
+    assert top["video_id"] == "v7" and top["thumbnail"] == "/thumbnails/v7.jpg?index=toy%2Fzero-shot"
+    assert top["video"] == "/videos/v7?index=toy%2Fzero-shot"
 
 
 def test_health_info_and_page(client, service):
@@ -257,13 +261,18 @@ def test_cli_refuses_clearly(tvr_home, monkeypatch, capsys):
     assert "default: loopback only" in capsys.readouterr().out
 
 
-def load_with_a_swap(svc: SearchService, dataset: str, queries: list[str], reindex) -> tuple[str, str]:
+def load_with_a_swap(svc: SearchService, dataset: str, queries: list[str], reindex,
+                     other: SearchService | None = None) -> tuple[str, str]:
     """400 queries from 16 threads over loopback HTTP; after 100 answers ``reindex()`` publishes a new
     build (the service's watcher swaps it in); the last 5 queries of each thread are sent after the
     swap. Asserts zero errors and that every query sent after the swap answered from the new build;
-    returns (old, new) build ids."""
-    app = create_app(ServeSettings(dataset=dataset), svc)
+    returns (old, new) build ids. ``other``: a second index served beside it, which every other
+    query of odd threads asks (``?index=``); its answers must all come from its own build."""
+    services = [svc] + ([other] if other is not None else [])
+    names = [f"{s.searcher.dataset}/{s.searcher.run}" for s in services]
+    app = create_app(ServeSettings(dataset=dataset, indexes=names[1:]), services if other else svc)
     old = svc.searcher.state.build_id
+    others = []
     done, errors, answers = [], [], []
     lock = threading.Lock()
     swapped = threading.Event()
@@ -274,12 +283,14 @@ def load_with_a_swap(svc: SearchService, dataset: str, queries: list[str], reind
                 if i == 20:                                      # the last 5 of each: after the swap
                     swapped.wait(120)
                 sent = time.monotonic()
+                to_other = other is not None and t % 2 == 1 and i % 2 == 1
                 try:
-                    r = http.get("/api/search", params={"q": queries[(t * 25 + i) % len(queries)], "k": 5})
+                    r = http.get("/api/search", params={"q": queries[(t * 25 + i) % len(queries)], "k": 5,
+                                                        "index": names[1] if to_other else names[0]})
                     if r.status_code != 200:
                         raise AssertionError(f"{r.status_code}: {r.text[:200]}")
                     with lock:
-                        answers.append((sent, r.json()["index"]["build_id"]))
+                        (others if to_other else answers).append((sent, r.json()["index"]["build_id"]))
                 except Exception as err:                     # counted, not raised: zero is the assertion
                     with lock:
                         errors.append(repr(err))
@@ -305,23 +316,32 @@ def load_with_a_swap(svc: SearchService, dataset: str, queries: list[str], reind
         elapsed = time.monotonic() - start
     svc.close()
     new = svc.searcher.state.build_id
-    assert new != old and errors == [] and len(answers) == 400
+    assert new != old and errors == [] and len(answers) + len(others) == 400
+    if other is not None:
+        assert len(others) == 96 and {build for _, build in others} == {other.searcher.state.build_id}
     assert elapsed < 300
     after = [build for sent, build in answers if sent > swapped_at]
-    assert len(after) >= 80 and set(after) == {new}, "a query sent after the swap answered from the old build"
+    assert len(after) >= (80 if other is None else 56) and set(after) == {new}, \
+        "a query sent after the swap answered from the old build"
     assert {build for _, build in answers} == {old, new}
     return old, new
 
 
 @pytest.mark.slow
-def test_load_400_queries_16_threads_with_a_swap_mid_load(service):
-    """Loopback only, the fake model: a re-index (python -m retrieval.index) of a changed manifest."""
+def test_load_400_queries_16_threads_with_a_swap_mid_load(service, video):
+    """Loopback only, the fake model, two indexes served: a re-index (python -m retrieval.index) of
+    one index's changed manifest swaps that index alone."""
     def reindex():
         write_dataset("toy", 30)
         assert index_cli.main(["--dataset", "toy", "--no-gpu"]) == 0
 
-    load_with_a_swap(SearchService(service.searcher, poll_s=0.05), "toy",
-                     [f"a clip of v{i}" for i in range(25)], reindex)
+    indexed_dataset("toy2", 12, video)
+    other = SearchService(Searcher("toy2"), poll_s=0.05)
+    try:
+        load_with_a_swap(SearchService(service.searcher, poll_s=0.05), "toy",
+                         [f"a clip of v{i}" for i in range(25)], reindex, other)
+    finally:
+        other.close()
 
 
 @pytest.mark.slow
@@ -394,7 +414,7 @@ def test_query_precision_reaches_the_service_and_the_cli_alike(tmp_path, monkeyp
                     base_url="http://localhost") as client:
         for query in ("a dog runs on the beach", "someone cooks pasta"):
             served = client.get("/api/search", params={"q": query, "k": 40}).json()
-            assert search.main([query, "--dataset", "bench", "-k", "40", "--json", "--query-precision", "bf16"]) == 0
+            assert search_cli.main([query, "--dataset", "bench", "-k", "40", "--json", "--query-precision", "bf16"]) == 0
             assert _strip_media(served) == _relative(json.loads(capsys.readouterr().out))
             assert served["query_precision"] == "bf16"
             reference = exact.search([query], 40)[0]
@@ -419,13 +439,19 @@ def test_damaged_pointer_while_serving_keeps_answering_and_says_so(client, servi
 
 
 def test_thumbnail_links_point_at_the_best_moment():
-    from retrieval.service.app import with_media_urls
+    from retrieval.service.responses import with_media_urls
 
-    found = {"results": [{"video_id": "a b", "spans": [{"start_s": 1.0, "end_s": 2.5, "peak_s": 1.5, "score": 0.3}]},
-                         {"video_id": "c", "spans": None}]}
-    first, second = with_media_urls(found)["results"]
-    assert first["thumbnail"] == "/thumbnails/a%20b.jpg?t=1.5" and first["video"] == "/videos/a%20b"
-    assert second["thumbnail"] == "/thumbnails/c.jpg"
+    found = {"results": [{"video_id": "a b", "moments": [{"start_s": 1.0, "end_s": 2.5, "score": 0.3},
+                                                         {"start_s": 4.0, "end_s": 5.0, "score": 0.1}]},
+                         {"video_id": "c", "moments": None},
+                         {"video_id": "d", "start_s": 2.0, "end_s": 3.0, "score": 0.5}]}      # a corpus-mode hit
+    first, second, third = with_media_urls(found, index="toy/zero-shot")["results"]
+    assert first["thumbnail"] == "/thumbnails/a%20b.jpg?index=toy%2Fzero-shot&t=1.8"
+    assert [m["thumbnail"] for m in first["moments"]] == ["/thumbnails/a%20b.jpg?index=toy%2Fzero-shot&t=1.8",
+                                                          "/thumbnails/a%20b.jpg?index=toy%2Fzero-shot&t=4.5"]
+    assert first["video"] == "/videos/a%20b?index=toy%2Fzero-shot"
+    assert second["thumbnail"] == "/thumbnails/c.jpg?index=toy%2Fzero-shot"
+    assert third["thumbnail"] == "/thumbnails/d.jpg?index=toy%2Fzero-shot&t=2.5"
 
 
 def test_search_parameters_per_query_reach_the_index(client, monkeypatch, capsys):
@@ -440,7 +466,7 @@ def test_search_parameters_per_query_reach_the_index(client, monkeypatch, capsys
     monkeypatch.setattr(search, "search", spy)
     served = client.get("/api/search", params={"q": "a clip of v7", "k": 3, "nprobe": 7, "efSearch": 40})
     assert served.status_code == 200 and calls[-1]["nprobe"] == 7 and calls[-1]["efSearch"] == 40
-    assert search.main(["a clip of v7", "--dataset", "toy", "-k", "3", "--json", "--nprobe", "7",
+    assert search_cli.main(["a clip of v7", "--dataset", "toy", "-k", "3", "--json", "--nprobe", "7",
                         "--ef-search", "40"]) == 0
     assert _strip_media(served.json()) == _relative(json.loads(capsys.readouterr().out))
     assert calls[-1]["nprobe"] == 7
@@ -448,3 +474,24 @@ def test_search_parameters_per_query_reach_the_index(client, monkeypatch, capsys
     assert calls[-1]["nprobe"] is None                                  # the build's defaults
     bad = client.get("/api/search", params={"q": "a clip of v7", "nprobe": 0})
     assert bad.status_code == 422 and "nprobe" in bad.json()["error"]
+
+
+def test_serve_says_which_run_and_model_answer_and_why(service, monkeypatch, capsys):
+    """Without --run the dataset's serving run answers, else zero-shot: the first lines say which and why."""
+    import uvicorn
+
+    from retrieval.index.serving import set_serving_run
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)
+    assert serve.main(["--dataset", "toy"]) == 0
+    out = capsys.readouterr().out
+    assert "serving toy/zero-shot (zero-shot model, build " in out
+    assert "no serving run is recorded for toy, so its zero-shot model answers" in out and "RANDOM WEIGHTS" in out
+    set_serving_run("toy", "zero-shot")
+    assert serve.main(["--index", "toy"]) == 0
+    assert "): the serving run recorded for toy" in capsys.readouterr().out
+    assert serve.main(["--dataset", "toy", "--run", "zero-shot"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("serving toy/zero-shot (zero-shot model, build ") and first.endswith(")")
+    assert serve.main([]) == 2
+    assert "nothing to serve" in capsys.readouterr().err

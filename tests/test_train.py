@@ -335,3 +335,18 @@ def test_a_loaded_bundle_honours_tvr_device_and_an_explicit_device_overrides_it(
     # ... and an explicit device wins over it
     assert model_device(load_model(bundle, device="cpu").model).type == "cpu"
     assert model_device(load_bundle(bundle, device="cpu").model).type == "cpu"
+
+
+def test_a_train_split_of_one_video_is_refused_with_its_counts(tmp_path, monkeypatch, capsys):
+    """One training video: every batch holds only it, the loss is exactly 0 and nothing is learned."""
+    monkeypatch.setenv("TVR_HOME", str(tmp_path / "home"))
+    settings = get_settings()
+    write_fake_dataset(settings, "one", 4, split_names=["train", "val", "test", "test"],
+                       dims={"clip_frames": 16, "clip_text": 16})
+    assert fusion_train.main(["--dataset", "one", "--model", "meanP", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: ")
+    assert "train split has 1 video(s) and 3 caption(s)" in err and "at least 2 videos" in err
+    assert not settings.runs_dir.exists()                           # refused before the run folder
+    folder = train("one", "zero-shot", settings=settings, quiet=True)   # nothing to train: still evaluates
+    assert (folder / "metrics.json").is_file()

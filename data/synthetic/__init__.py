@@ -26,22 +26,19 @@ CLI: ``python -m data.synthetic --n 300 --seed 0 --out DIR`` writes ``DIR/videos
 
 This package holds the dataset as a whole: :func:`generate` writes it, :func:`load_attributes` reads
 the attributes back. Its parts: :mod:`~data.synthetic.scenes` (vocabulary, plan, captions),
-:mod:`~data.synthetic.render` (frames, sound, MP4), :mod:`~data.synthetic.oracle` (ceilings) and
-:mod:`~data.synthetic.cli` (the command line).
+:mod:`~data.synthetic.render` (frames, sound, MP4), :mod:`~data.synthetic.oracle` (ceilings),
+:mod:`~data.synthetic.output` (the folder and its rendering processes) and :mod:`~data.synthetic.cli`
+(the command line). The moment-retrieval set synthetic-events (:mod:`~data.synthetic.events`,
+``--events``) strings such scenes together into segments of one video.
 """
 from __future__ import annotations
 
-import itertools
 import json
-import multiprocessing
-import os
-import sys
-import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from data.atomic import write_json_atomic, write_text_atomic
 from data.synthetic.oracle import oracle_ceilings, oracle_markdown
+from data.synthetic.output import claim_folder, render_missing
 from data.synthetic.render import render_video
 from data.synthetic.scenes import captions_for, plan_dataset
 
@@ -53,22 +50,9 @@ def generate(out_dir: str | Path, n: int = 300, seed: int = 0, workers: int | No
     Returns the path of ``annotations.jsonl``.
     """
     out_dir = Path(out_dir)
-    (out_dir / "videos").mkdir(parents=True, exist_ok=True)
     specs = plan_dataset(n, seed, n_test, n_val)
-    plan_key = {"n": n, "seed": seed, "n_test": n_test, "n_val": n_val, "generator": 1}
-    plan_file = out_dir / "plan.json"
-    if plan_file.is_file() and json.loads(plan_file.read_text()) != plan_key:
-        raise FileExistsError(f"{out_dir} holds a synthetic dataset with another plan "
-                              f"({plan_file.read_text().strip()}); choose an empty folder")
-    write_json_atomic(plan_file, plan_key)
-    todo = [s for s in specs if not (out_dir / s.filename).is_file()]
-    workers = workers or os.cpu_count() or 1
-    start = time.time()
-    # spawn, not fork: forking a process that already runs torch's thread pools can deadlock the child
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for done, _ in enumerate(pool.map(render_video, todo, itertools.repeat(out_dir), chunksize=4), 1):
-            if progress and (done % 25 == 0 or done == len(todo)):
-                print(f"  rendered {done}/{len(todo)} videos ({time.time() - start:.1f} s)", file=sys.stderr)
+    claim_folder(out_dir, {"n": n, "seed": seed, "n_test": n_test, "n_val": n_val, "generator": 1})
+    render_missing(render_video, specs, out_dir, workers, progress)
     lines = []
     for s in specs:
         rec = {"video_id": s.video_id, "video": s.filename, "captions": captions_for(s), "split": s.split,

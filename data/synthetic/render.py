@@ -42,7 +42,7 @@ def _sprite(shape: str, texture: str, colour: str, side: int) -> tuple[np.ndarra
     return rgb.astype(np.uint8), mask
 
 
-def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+def background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     """A dark, low-saturation gradient with fixed grain: ``[h, w, 3]`` uint8."""
     base = rng.uniform(20, 90)
     tint = rng.uniform(-12, 12, size=3)
@@ -75,14 +75,20 @@ def _centre_path(motion: str, t: np.ndarray, w: int, h: int, side: int,
     return np.full_like(t, x0), travel
 
 
-def render_frames(spec: VideoSpec) -> np.ndarray:
-    """All frames ``[n_frames, H, W, 3]`` uint8 (RGB)."""
+def render_frames(spec: VideoSpec, backdrop: np.ndarray | None = None) -> np.ndarray:
+    """All frames ``[n_frames, H, W, 3]`` uint8 (RGB).
+
+    ``backdrop`` (``[H, W, 3]`` uint8) replaces the spec's own background, which is drawn anyway so
+    that the motion path stays the spec's (the events set keeps one background across segments).
+    """
     rng = np.random.default_rng([spec.seed, 3])
     a = spec.attributes
     n = int(round(spec.duration_s * spec.fps))
     side = int(SIZE_FRACTION[a["size"]] * spec.height)
     sprite, mask = _sprite(a["shape"], a["texture"], a["colour"], side)
-    bg = _background(rng, spec.width, spec.height)
+    bg = background(rng, spec.width, spec.height)
+    if backdrop is not None:
+        bg = backdrop
     cx, cy = _centre_path(a["motion"], np.arange(n) / spec.fps, spec.width, spec.height, side, rng)
     frames = np.repeat(bg[None], n, axis=0)
     for i in range(n):

@@ -80,16 +80,22 @@ def _combo_dict(combo: tuple) -> dict:
     return dict(zip(ATTRIBUTES, combo))
 
 
-def plan_dataset(n: int, seed: int, n_test: int | None = None, n_val: int | None = None) -> list[VideoSpec]:
-    """Choose attributes, splits and formats for ``n`` videos (deterministic in ``seed``)."""
-    rng = np.random.default_rng([seed, 1])
+def split_sizes(n: int, n_test: int | None = None, n_val: int | None = None) -> tuple[int, int, int]:
+    """``(train, val, test)`` video counts: test ``min(100, n/4)`` and val ``n/10`` (at least 1)
+    unless given; :class:`ValueError` when nothing would be left to train on."""
     n_test = min(100, n // 4) if n_test is None else n_test
     n_val = max(1, n // 10) if n_val is None else n_val
     if n_test + n_val >= n:
         raise ValueError(f"n={n} too small for {n_test} test and {n_val} val videos")
+    return n - n_test - n_val, n_val, n_test
+
+
+def compositional_test_combos(rng: np.random.Generator, n_test: int) -> list[tuple]:
+    """``n_test`` distinct full attribute combinations (tuples in :data:`ATTRIBUTES` order) for a
+    compositional test split; up to half of them come in near-duplicate pairs (consecutive in the
+    list) that differ in exactly one attribute."""
     all_combos = list(itertools.product(*ATTRIBUTES.values()))
     names = list(ATTRIBUTES)
-    # Test: half near-duplicate pairs (differ in exactly one attribute), all combinations distinct.
     test: list[tuple] = []
     chosen: set[tuple] = set()
     while len(test) < n_test:
@@ -106,8 +112,18 @@ def plan_dataset(n: int, seed: int, n_test: int | None = None, n_val: int | None
             if twin not in chosen:
                 test.append(twin)
                 chosen.add(twin)
+    return test
+
+
+def plan_dataset(n: int, seed: int, n_test: int | None = None, n_val: int | None = None) -> list[VideoSpec]:
+    """Choose attributes, splits and formats for ``n`` videos (deterministic in ``seed``)."""
+    rng = np.random.default_rng([seed, 1])
+    n_train, n_val, n_test = split_sizes(n, n_test, n_val)
+    all_combos = list(itertools.product(*ATTRIBUTES.values()))
+    # Test: half near-duplicate pairs (differ in exactly one attribute), all combinations distinct.
+    test = compositional_test_combos(rng, n_test)
+    chosen = set(test)
     pool = [c for c in all_combos if c not in chosen]
-    n_train = n - n_test - n_val
     rest = [pool[i] for i in rng.integers(len(pool), size=n_train + n_val)]
     splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
     combos = rest + test

@@ -1,6 +1,7 @@
 """``python -m retrieval.evaluate``: Rank@K tables, both directions, every metric.
 
-Two modes:
+``--task moments`` evaluates moment retrieval instead (SVMR / VCMR, baselines, the trained head,
+the oracle beside them): :mod:`.moments_report`. The ranking task (the default) has two modes:
 
 - a model: ``--run R`` (repeatable: mean and spread over runs / seeds; ``zero-shot`` allowed)
   ``--dataset D --split test``: encodes the split with ``fusion.api`` and ranks exactly (chunked),
@@ -35,7 +36,7 @@ from data.metrics import (KS, RANK_COLUMNS, RSUM_KS, V2T_PROTOCOLS, DualSoftmaxS
 from data.progress import Bars, ProgressEvent, ProgressFn
 from data.provenance import random_weights_banner, random_weights_label
 from data.settings import Settings, get_settings
-from retrieval.evaluation import report
+from retrieval.evaluation import moments_report, report
 from retrieval.evaluation.ranked import counts_from_index, counts_with_rerank
 from retrieval.index.faiss_index import INDEX_TYPES, IndexFolderError, apply_search_params, build_faiss
 from retrieval.runs import ZERO_SHOT, RunNotFound, fusion_api, load, run_name
@@ -250,7 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "a tie with the ground truth is never a full win) for a trained run, the zero-shot "
                     "model, or a precomputed similarity matrix.",
         epilog="Stable scripting interface: python -m retrieval.evaluate --similarity S.npy "
-               "--query-videos Q.txt --video-ids V.txt --json OUT.json")
+               "--query-videos Q.txt --video-ids V.txt --json OUT.json. Moment retrieval: --task moments "
+               "--run R [--run R2 ...] --dataset D (a dataset with caption windows).")
+    parser.add_argument("--task", default="ranking", choices=("ranking", "moments"),
+                        help="ranking: text-video Rank@K (default); moments: SVMR and VCMR of the runs' moment "
+                             "heads beside the baselines and the oracle (needs the dataset's caption windows)")
     src = parser.add_argument_group("a precomputed matrix")
     src.add_argument("--similarity", action="append", type=Path,
                      help="[queries x videos] .npy (repeatable: mean and spread)")
@@ -283,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
                           f"(default TEMP {DSL_TEMPERATURE:g}, CLIP's logit scale for cosine scores); never the headline")
     out.add_argument("--ks", type=int, nargs="+", default=list(KS), metavar="K",
                      help=f"R@K columns (default {' '.join(map(str, KS))}); RSum is always R@1+R@5+R@10")
+    mom = parser.add_argument_group("--task moments")
+    mom.add_argument("--random-draws", type=int, default=moments_report.RANDOM_DRAWS, metavar="N",
+                     help=f"random-span baseline: draws averaged (default {moments_report.RANDOM_DRAWS})")
+    mom.add_argument("--random-seed", type=int, default=0, metavar="S", help="random-span baseline: seed (default 0)")
     out.add_argument("--json", type=Path, help="write the result here")
     out.add_argument("--markdown", type=Path, help="write a Markdown table here (default: beside --json)")
     return parser
@@ -293,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     add_version(parser)
     args = parser.parse_args(argv)
+    if args.task == "moments":
+        return moments_report.run_cli(parser, args)
     protocols = V2T_PROTOCOLS if args.v2t_protocol == "both" else (args.v2t_protocol,)
     ks = tuple(sorted(set(args.ks)))
     if min(ks) < 1:

@@ -3,8 +3,11 @@
 Content: the comparison table (test split, both directions, every metric, computed by
 :func:`retrieval.evaluation.evaluate.evaluate_run` so it equals ``python -m retrieval.evaluate`` on
 the same run), the per-attribute top-1 match (the modality ablation), the oracle ceilings of the synthetic
-dataset, validation curves of every trained run, and a few test captions with their top videos
-as thumbnails. Every page says RANDOM WEIGHTS when any feature came from random weights.
+dataset, the moments table of the synthetic-events set (baselines, the trained head over several seeds and
+the oracle, from :func:`retrieval.evaluation.moments_report.evaluate_runs`, so it equals ``python -m
+retrieval.evaluate --task moments`` on the same runs), validation curves of every trained run, and a few
+test captions with their top videos as thumbnails. Every page says RANDOM WEIGHTS when any feature came
+from random weights.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from data.metrics import METRIC_COLUMNS  # noqa: E402
 from data.provenance import random_weights_label  # noqa: E402
 from data.videofiles import FILE_ONLY, file_url  # noqa: E402
 from fusion.ablation import ATTRIBUTES  # noqa: E402
+from retrieval.evaluation import moments_report  # noqa: E402
 
 
 @dataclass
@@ -110,7 +114,8 @@ def _thumb_name(video_id: str) -> str:
 
 def markdown_report(dataset: str, rows: list[ReportRow], oracle: dict | None, queries: list[QueryHit],
                     query_model: str, curves: str, thumbs: dict[str, str], random_weights: bool,
-                    seconds: dict[str, float]) -> str:
+                    seconds: dict[str, float], moments: dict | None = None) -> str:
+    """The report's Markdown; ``moments``: a :func:`retrieval.evaluation.moments_report.combine` result."""
     first = rows[0].evaluation
     protocol = first.get("protocol", {})
     lines = [f"# tvr pipeline report: {_md(dataset)}", ""]
@@ -142,6 +147,12 @@ def markdown_report(dataset: str, rows: list[ReportRow], oracle: dict | None, qu
                   "Text-to-video R@K of a model that knows exactly these attributes and nothing else.", "",
                   "| knows | R@1 | R@5 | R@10 |", "|---|---|---|---|"]
         lines += [f"| {_md(name)} | {r['R@1']:.1f} | {r['R@5']:.1f} | {r['R@10']:.1f} |" for name, r in oracle["t2v"].items()]
+    if moments:
+        p = moments["protocol"]
+        lines += ["", f"## Moments: {_md(p['dataset'])}, {len(moments['runs'])} runs", "",
+                  f"Moment retrieval on the {_md(p['dataset'])} test split: python -m retrieval.evaluate --task "
+                  f"moments --dataset {_md(p['dataset'])} with one --run per seed.", "",
+                  moments_report.render(moments, markdown=True)]
     lines += ["", "## Training curves", "", f"![training curves]({curves})", ""]
     if queries:
         lines += ["## Example queries", "", f"Top videos from the index of {_md(query_model)}; "
@@ -182,8 +193,9 @@ def _inline_images(page: str, folder: Path) -> str:
 
 def write_report(out_dir: Path, dataset: str, rows: list[ReportRow], *, oracle: dict | None,
                  queries: list[QueryHit], query_model: str, random_weights: bool,
-                 seconds: dict[str, float]) -> tuple[Path, Path]:
-    """Write ``report.md``, ``report.html`` (self-contained), ``report.json`` and the PNGs."""
+                 seconds: dict[str, float], moments: dict | None = None) -> tuple[Path, Path]:
+    """Write ``report.md``, ``report.html`` (self-contained), ``report.json`` and the PNGs; ``moments``:
+    the moments result of the synthetic-events runs (its table, and ``moments`` in report.json)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     curves = plot_curves(rows, out_dir / "curves.png").name
     thumbs = {}
@@ -191,7 +203,8 @@ def write_report(out_dir: Path, dataset: str, rows: list[ReportRow], *, oracle: 
         for vid, path, _score, _ok in q.hits:
             if vid not in thumbs and thumbnail(path, out_dir / _thumb_name(vid)):
                 thumbs[vid] = _thumb_name(vid)
-    text = markdown_report(dataset, rows, oracle, queries, query_model, curves, thumbs, random_weights, seconds)
+    text = markdown_report(dataset, rows, oracle, queries, query_model, curves, thumbs, random_weights, seconds,
+                           moments)
     md_path = out_dir / "report.md"
     write_text_atomic(md_path, text)
     html_path = out_dir / "report.html"
@@ -199,5 +212,8 @@ def write_report(out_dir: Path, dataset: str, rows: list[ReportRow], *, oracle: 
     summary = {"dataset": dataset, "random_weights": random_weights, "seconds": seconds,
                "rows": [{"name": r.name, "run": r.run_dir.name, "t2v": r.evaluation["t2v"], "v2t": r.evaluation["v2t"],
                          "attributes": r.attributes} for r in rows]}
+    if moments:
+        summary["moments"] = {key: moments[key] for key in ("methods", "oracle", "goal", "protocol", "runs")
+                              if key in moments}
     write_text_atomic(out_dir / "report.json", json.dumps(summary, indent=2) + "\n")
     return md_path, html_path

@@ -1,5 +1,6 @@
-"""Tables for evaluation results: console text and Markdown from the same rows, published
-reference rows (docs/methods.md §6), and mean / spread over several runs."""
+"""Tables for evaluation results: console text and Markdown from the same rows (:func:`layout`,
+shared with the moments tables of :mod:`.moments_report`), published reference rows
+(docs/methods.md §6), and mean / spread over several runs."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -48,29 +49,35 @@ def aggregate(results: Sequence[dict]) -> dict:
     return out
 
 
-def _cell(value, spread=None, digits: int = 1) -> str:
+def cell(value, spread=None, digits: int = 1) -> str:
+    """A table cell: ``value`` with ``digits`` decimals, ``± spread`` when given, ``-`` for None."""
     if value is None:
         return "-"
     text = f"{value:.{digits}f}"
     return f"{text} ± {spread:.{digits}f}" if spread is not None else text
 
 
-def render(rows: Sequence[tuple[str, str, dict]], *, markdown: bool, spreads: dict | None = None) -> str:
-    """``rows``: (label, direction label, metrics). ``spreads[(label, direction)]`` adds ± std."""
-    names = columns([metrics for _, _, metrics in rows])
-    header = ["row", "direction", *names]
-    body = []
-    for label, direction, metrics in rows:
-        spread = (spreads or {}).get((label, direction), {})
-        body.append([label, direction] + [_cell(metrics.get(m), spread.get(m), 2 if m in RANK_COLUMNS else 1)
-                                          for m in names])
+def layout(header: Sequence[str], body: Sequence[Sequence[str]], *, markdown: bool, labels: int = 2) -> str:
+    """``header`` and ``body`` (rows of cell strings) as a Markdown table, or as aligned console
+    text with the first ``labels`` columns left-aligned and the rest right-aligned."""
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in body]
         return "\n".join(lines) + "\n"
-    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
 
-    def fmt(row: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    def fmt(row: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i < labels else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
 
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in body]) + "\n"
+
+
+def render(rows: Sequence[tuple[str, str, dict]], *, markdown: bool, spreads: dict | None = None) -> str:
+    """``rows``: (label, direction label, metrics). ``spreads[(label, direction)]`` adds ± std."""
+    names = columns([metrics for _, _, metrics in rows])
+    body = []
+    for label, direction, metrics in rows:
+        spread = (spreads or {}).get((label, direction), {})
+        body.append([label, direction] + [cell(metrics.get(m), spread.get(m), 2 if m in RANK_COLUMNS else 1)
+                                          for m in names])
+    return layout(["row", "direction", *names], body, markdown=markdown)

@@ -12,6 +12,7 @@ import sys
 from data.cli import add_version, error, guarded
 from data.progress import Bars
 from data.provenance import random_weights_banner
+from retrieval.index.describe import describe_build
 from retrieval.index.faiss_index import EXACT_UP_TO, INDEX_TYPES
 from retrieval.index.layout import ENCODE_BATCH
 from retrieval.index.serving import set_serving_run
@@ -70,14 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                                   processes=args.processes, tune_target=args.tune_target, batch=args.batch,
                                   store_vectors=args.store_vectors or args.tune_target is not None)
     info = json.loads((folder / "info.json").read_text())
-    print(f"index {folder}: {info['n_vectors']} x {info['dim']} {info['index_type']} {info['params']}, "
-          f"built in {info['build_seconds']} s")
-    if "partitions" in info:
-        p = info["partitions"]
-        print(f"{p['count']} parts ({p['shards']} shards, zero-block groups: {p['zero_blocks']}); bytes per video "
-              f"{p['bytes_per_video_before']} as one vector, {p['bytes_per_video_after']} stored")
-    if "tuning" in info:
-        print(f"tuned for recall@10 >= {info['tuning']['target']}: {info['tuning']['chosen']}")
+    print("\n".join(describe_build(folder, info)))
     if info["random_weights"]:
         print(random_weights_banner())
     if args.serve:

@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from data.manifest import Manifest
 from data.settings import Settings, get_settings
 from retrieval.index.faiss_index import IndexFolderError
+from retrieval.index.segments import SegmentIndex
 
 VECTORS_FILE = "vectors.npy"
 VIDEO_STATE_FILE = "videos.parquet"
@@ -205,6 +206,15 @@ class IndexBuild:
         if vectors.shape != (len(self.ids), self.index.d):
             raise IndexFolderError(f"{path}: shape {vectors.shape}, expected ({len(self.ids)}, {self.index.d})")
         return vectors
+
+    @cached_property
+    def segments(self) -> SegmentIndex | None:
+        """The build's window index (corpus moment mode), or None when its run has no moment head
+        (``info.json["segments"]`` absent)."""
+        if "segments" not in self.info:
+            return None
+        self.check_files()
+        return SegmentIndex.read(self.folder)
 
     def video_state(self) -> pa.Table | None:
         """The per-video state table the build was written with (``video_state=``), else None."""

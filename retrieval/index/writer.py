@@ -37,7 +37,7 @@ from data import locks
 from data.atomic import fsync_tree, rename_durably, replace_durably, write_json_atomic, write_text_atomic
 from data.faults import crash_point
 from data.fingerprint import sha256_file
-from data.manifest import Manifest, manifest_fingerprint, read_manifest
+from data.manifest import Manifest, manifest_fingerprint, read_manifest, write_manifest
 from data.progress import ProgressEvent, ProgressFn
 from data.provenance import random_weights_label
 from data.settings import Settings, get_settings
@@ -46,6 +46,7 @@ from retrieval.index.faiss_index import (ADD_BATCH, SEARCH_KEYS, IndexFolderErro
 from retrieval.index.layout import (CRASH_ENV, ENCODE_BATCH, ENCODING_LOCK, POINTER, VECTORS_FILE, VIDEO_STATE_FILE,
                                     WRITE_LOCK, build_ids, index_root)
 from retrieval.index.reader import read_index, verify_build
+from retrieval.index.segments import STRIDE_S, WINDOW_S, SegmentIndex
 from retrieval.index.shards import Mapper, build_parts, plan_parts
 from retrieval.runs import ZERO_SHOT, fusion_api, load, run_name
 
@@ -72,7 +73,8 @@ def stage_build(dataset: str, run: str, vectors: np.ndarray | Path, video_ids: S
                 manifest: Manifest | None = None, video_state: pa.Table | None = None,
                 store_vectors: bool = False, memory_gb: float | None = None, factory: str | None = None,
                 shards: int = 1, processes: int = 1, tune_target: float | None = None,
-                batch: int = ADD_BATCH, mapper: Mapper | None = None) -> Path:
+                batch: int = ADD_BATCH, mapper: Mapper | None = None,
+                segments: SegmentIndex | None = None) -> Path:
     """Build the FAISS index and write a complete build folder beside the others, NOT yet current.
 
     ``vectors``: ``[N, D]`` float32, an array or the path of a ``.npy`` file (such as
@@ -88,7 +90,8 @@ def stage_build(dataset: str, run: str, vectors: np.ndarray | Path, video_ids: S
     (an IVF-PQ choice stores the vectors for re-ranking). ``shards``: parts by video-id hash, built
     by ``processes`` processes or as jobs through ``mapper`` (:func:`retrieval.index.shards.build_parts`);
     vectors with zero blocks (M2HF) are partitioned by pattern (:mod:`retrieval.index.shards`).
-    ``tune_target``: :func:`tune_build` before publishing. The index options (``index_type``,
+    ``tune_target``: :func:`tune_build` before publishing. ``segments``: the run's moment-head
+    window index (:mod:`retrieval.index.segments`), written into the build too. The index options (``index_type``,
     ``memory_gb``, ``factory``, ``shards``, ``tune_target``) are recorded as
     ``info.json["build_options"]``, for the re-index to build the same way
     (:func:`retrieval.index.layout.build_options`).
@@ -131,9 +134,11 @@ def stage_build(dataset: str, run: str, vectors: np.ndarray | Path, video_ids: S
             elif not keep_vectors:
                 (tmp / VECTORS_FILE).unlink(missing_ok=True)
             write_json_atomic(tmp / "ids.json", list(video_ids))
-            pq.write_table(manifest.table, tmp / "manifest.parquet")
+            write_manifest(manifest.table, tmp / "manifest.parquet", home=settings.root)   # root relative in TVR_HOME
             if video_state is not None:
                 pq.write_table(video_state, tmp / VIDEO_STATE_FILE)
+            if segments is not None:
+                layout["segments"] = segments.write(tmp)
             full_info = {
                 **info,
                 "dataset": dataset, "run": run, "build_id": build_id,
@@ -255,6 +260,14 @@ def model_info(loaded) -> dict:
             "model": loaded.name, "fine_grained": bool(loaded.fine_grained)}
 
 
+def model_segments(loaded, dataset: str, video_ids: Sequence[str], settings: Settings) -> SegmentIndex | None:
+    """The window index of a run with a moment head (``loaded.moments``), else None."""
+    if getattr(loaded, "moments", None) is None:
+        return None
+    predictor = fusion_api().MomentPredictor(loaded, dataset, list(video_ids), settings=settings)
+    return SegmentIndex.exact(*predictor.segment_vectors(WINDOW_S, STRIDE_S))
+
+
 def write_vectors(path: Path, count: int, batches: Iterable[np.ndarray],
                   on_batch: Callable[[int], None] | None = None) -> None:
     """Write ``count`` vectors arriving in ``[b, D]`` batches as the ``.npy`` file ``path``: a header,
@@ -318,7 +331,8 @@ def build_from_model(dataset: str, run: str = ZERO_SHOT, *, splits: Sequence[str
             write_vectors(path, len(ids), batches, on_batch)
             info = {**model_info(loaded), "splits": list(splits)}
             folder = write_build(dataset, name, path, ids, info=info, index_type=index_type, settings=settings,
-                                 use_gpu=use_gpu, batch=batch, **layout)
+                                 use_gpu=use_gpu, batch=batch, segments=model_segments(loaded, dataset, ids, settings),
+                                 **layout)
         finally:
             path.unlink(missing_ok=True)
     if progress:

@@ -1,6 +1,7 @@
-"""``python -m retrieval.search "a red ball bouncing" --dataset D [--run R] [-k 10] [--json]``
+"""Search a dataset's index: :class:`Searcher` (free text; video-space vectors; image embeddings
+against the stored frames) and :func:`search_text`; the command line is :mod:`retrieval.query.cli`.
 
-Encodes the text with the run's model (``fusion.api.QueryEncoder``: the same text tower as the
+``python -m retrieval.search "a red ball bouncing" --dataset D`` encodes the text with the run's model (``fusion.api.QueryEncoder``: the same text tower as the
 stored captions), searches the ``current`` index build of ``indexes/<dataset>/<run>`` (default
 run: the dataset's serving run, :mod:`retrieval.index.serving`) and prints the top-k videos: rank, id,
 score (the model's own scale), path from the build's manifest snapshot, the video's first caption,
@@ -29,36 +30,49 @@ videos hidden; a damaged ``current`` build is replaced by the newest verified on
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
+import logging
+import os
 import unicodedata
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from data.cli import add_version, guarded
 from data.devices import resolve_device
-from data.manifest import ManifestError, read_manifest
+from data.manifest import read_manifest
 from data.modalities import CLIP_FRAMES, CLIP_TEXT
-from data.provenance import random_weights_banner, random_weights_label
-from data.settings import QUERY_PRECISION_HELP, QUERY_PRECISIONS, Settings, get_settings
+from data.names import InvalidName, name_problem
+from data.provenance import random_weights_label
+from data.settings import Settings, get_settings
 from retrieval.index.faiss_index import SEARCH_KEYS, IndexFolderError, search
 from retrieval.index.layout import IndexBuild
 from retrieval.index.reader import check_build, current_build_id, open_build
 from retrieval.index.serving import serving_run
+from retrieval.query.moments import CORPUS_SPACE, MOMENTS, corpus_moments, video_moments
 from retrieval.query.spans import FrameFeatures
-from retrieval.runs import RunNotFound, fusion_api, load, run_name
+from retrieval.runs import fusion_api, load, run_name
 
+log = logging.getLogger(__name__)
 MAX_K = 1000
 MAX_QUERY_CHARS = 1000
 RERANK_DEPTH = 100
-SEARCH_PARAMS = {"nprobe": (1, 65536), "efSearch": (1, 65536), "rerank": (0, 10_000)}   # name: (min, max)
+# what each kind of query is compared with (the response's "space")
+QUERY_KINDS = {"text": "text-video: the model's text vector against the video index",
+               "clip": "video-video: the model's video vector of the clip against the video index",
+               "like": "video-video: the indexed video's own vector against the video index",
+               "image": "frames: the CLIP image embedding against each video's mean clip_frames embedding"}
+# name: (min, max); "moments": moments per result video (default MOMENTS, 0: none)
+SEARCH_PARAMS = {"nprobe": (1, 65536), "efSearch": (1, 65536), "rerank": (0, 10_000), "moments": (0, 20)}
+MODES = ("videos", "moments")   # "mode": videos ranked (each with its moments), or moments ranked across videos
 
 
 class QueryError(ValueError):
     """A query that cannot be answered as given (empty, too long, k out of range)."""
+
+
+class NotIndexed(LookupError):
+    """A video id that is not in the answering build, or whose file is gone or not servable."""
 
 
 def check_query(text: str, k: int) -> str:
@@ -76,10 +90,16 @@ def check_query(text: str, k: int) -> str:
 
 
 def check_params(params: dict | None) -> dict:
-    """Per-query search parameters, validated: only :data:`SEARCH_PARAMS` names, whole numbers in range."""
+    """Per-query search parameters, validated: only :data:`SEARCH_PARAMS` names, whole numbers in
+    range, and ``mode`` one of :data:`MODES`."""
     out = {}
     for name, value in (params or {}).items():
         if value is None:
+            continue
+        if name == "mode":
+            if value not in MODES:
+                raise QueryError(f"mode must be one of {', '.join(MODES)}, got {value!r}")
+            out[name] = value
             continue
         if name not in SEARCH_PARAMS:
             raise QueryError(f"unknown search parameter {name!r}; choose from {', '.join(SEARCH_PARAMS)}")
@@ -104,6 +124,7 @@ class BuildState:
     info: dict = field(default_factory=dict)
     vectors: np.ndarray | None = None       # stored vectors (in memory, or mapped when large) for exact re-ranking
     pointer: str | None = None              # what ``current`` named just BEFORE this build was opened
+    predictor: object | None = None         # fusion.api.MomentPredictor of a run with a moment head
 
     @property
     def build_id(self) -> str:
@@ -152,12 +173,16 @@ class Searcher:
         scorer = (fusion_api().VideoScorer(self.loaded, self.dataset, build.ids, settings=self.settings)
                   if self.loaded.fine_grained else None)
         frames_id = self.loaded.extractor_ids.get(CLIP_FRAMES)
-        frames = (FrameFeatures.load(self.settings.feature_dir(self.dataset, CLIP_FRAMES, frames_id), build.ids)
+        known = {vid: d for vid, d in zip(snapshot.column("video_id").to_pylist(),
+                                          snapshot.column("duration_s").to_pylist()) if d}
+        frames = (FrameFeatures.load(self.settings.feature_dir(self.dataset, CLIP_FRAMES, frames_id), build.ids, known)
                   if frames_id else None)
+        predictor = (fusion_api().MomentPredictor(self.loaded, self.dataset, build.ids, settings=self.settings)
+                     if getattr(self.loaded, "moments", None) is not None else None)
         info = {key: build.info.get(key) for key in ("build_id", "index_type", "params", "n_vectors")}
         return BuildState(build, present, sum(1 for vid in build.ids if vid not in present),
                           [n for n in (build.warning, stale) if n], captions, scorer, frames, info,
-                          build.stored_vectors(), pointer)
+                          build.stored_vectors(), pointer, predictor)
 
     def search(self, texts: list[str], k: int | Sequence[int] = 10, state: BuildState | None = None,
                params: dict | Sequence[dict | None] | None = None) -> list[dict]:
@@ -174,22 +199,97 @@ class Searcher:
             queries = self.encoder.encode(list(texts))
         except RuntimeError as err:
             raise ValueError(f"cannot encode the query with the model of run {self.run!r}: {str(err)[:300]}") from err
-        dim = queries.vectors.shape[1]
+        corpus = [q for q, p in enumerate(per) if p.get("mode") == "moments"]
+        if not corpus:
+            return self._answer(queries.vectors, ks, per, state, queries.clip, list(texts), queries=queries)
+        out: list = [None] * len(texts)
+        for q, found in zip(corpus, self._corpus(queries.clip[corpus], [ks[q] for q in corpus], state)):
+            out[q] = self._envelope(texts[q], "moments", state, found, "moments")
+        rest = [q for q in range(len(texts)) if q not in set(corpus)]
+        if rest:
+            answered = self._answer(queries.vectors[rest], [ks[q] for q in rest], [per[q] for q in rest], state,
+                                    queries.clip[rest], [texts[q] for q in rest],
+                                    queries=queries.select(rest))
+            for q, found in zip(rest, answered):
+                out[q] = found
+        return out
+
+    def search_vector(self, vector: np.ndarray, k: int, *, query: str, kind: str, clip: np.ndarray | None,
+                      exclude: str | None = None, state: BuildState | None = None) -> dict:
+        """Videos nearest to a video-space ``vector [E]`` (a clip's, or an indexed video's own: a
+        search by example), first stage only (a fine-grained model's exact score needs text);
+        ``clip [D]`` (unit, clip_frames space) finds the moments; ``exclude``: a video id left out."""
+        check_query(query, k)
+        state = state or self.state
+        vectors = np.asarray(vector, np.float32)[None]
+        return self._answer(vectors, [k], [{}], state, None if clip is None else clip[None], [query],
+                            kind=kind, exclude=exclude)[0]
+
+    def video_path(self, video_id: str, state: BuildState | None = None) -> tuple[Path, str]:
+        """(file, path relative to the video root) of an indexed video, its containment checked now:
+        the resolved file must lie inside the resolved video root (a video replaced by a symlink out
+        of the folder is refused). Raises InvalidName (a broken id) or :class:`NotIndexed`."""
+        problem = name_problem(video_id, nested=True)           # the manifest's id rule (data.manifest)
+        if problem is not None:
+            raise InvalidName(f"video id {video_id!r} {problem}")
+        state = state or self.state
+        rel = state.build.paths.get(video_id)
+        if rel is None or video_id not in state.present:
+            raise NotIndexed(f"no video {video_id!r} in index build {state.build_id}")
+        root = os.path.realpath(state.build.manifest.video_root)
+        real = os.path.realpath(state.build.manifest.video_root / rel)
+        if os.path.commonpath([root, real]) != root:
+            log.warning("video %r: %s resolves to %s, outside the video root %s; not served", video_id, rel, real, root)
+            raise NotIndexed(f"video {video_id!r}: its file {rel} is not available")
+        if not os.path.isfile(real):
+            raise NotIndexed(f"video {video_id!r}: its file {rel} is missing")
+        return Path(real), rel
+
+    def search_frames(self, clip: np.ndarray, k: int, *, query: str, state: BuildState | None = None) -> dict:
+        """Videos whose mean stored clip_frames embedding is nearest to ``clip [D]`` (unit; an image
+        query's CLIP image embedding: the frames are what that tower can reach), exactly, by cosine."""
+        check_query(query, k)
+        state = state or self.state
+        if state.frames is None or not state.frames.ids:
+            raise QueryError(f"run {self.run!r} of {self.dataset!r} has no stored clip_frames features to "
+                             f"search an image against")
+        return self._result(query, state.frames.nearest(clip, k, state.present), clip, state, None, "image", {})
+
+    def _answer(self, vectors: np.ndarray, ks: list[int], per: list[dict], state: BuildState, clip, labels: list[str],
+                *, queries=None, kind: str = "text", exclude: str | None = None) -> list[dict]:
+        """Results of query ``vectors [Q, E]``: the index's first stage, then (text queries of a
+        fine-grained model) the exact re-rank; ``clip [Q, D]`` or None: the spans' query vectors."""
+        dim = vectors.shape[1]
         if dim != state.build.index.d:
             raise IndexFolderError(f"dimension mismatch: the model's query vectors have {dim} dimensions, index "
                                    f"{state.build.folder} holds {state.build.index.d}-dimensional vectors; rebuild "
                                    f"with: python -m retrieval.index --dataset {self.dataset} --run {self.run}")
-        depths = [max(kq, self.rerank_depth) if state.scorer is not None else kq for kq in ks]
-        hits: list = [None] * len(texts)
+        reranked = state.scorer is not None and queries is not None
+        wanted = [kq + (exclude is not None) for kq in ks]
+        depths = [max(kq, self.rerank_depth) if reranked else kq for kq in wanted]
+        hits: list = [None] * len(vectors)
         for setting in {tuple(sorted(p.items())) for p in per}:          # one FAISS call per setting
             group = [q for q, p in enumerate(per) if tuple(sorted(p.items())) == setting]
-            found = self._first_stage(queries.vectors[group], max(depths[q] for q in group), dict(setting), state)
+            found = self._first_stage(vectors[group], max(depths[q] for q in group), dict(setting), state)
             for q, row in zip(group, found):
-                hits[q] = row[:depths[q]]
-        if state.scorer is not None:
+                hits[q] = [(score, vid) for score, vid in row[:depths[q]] if vid != exclude]
+        if reranked:
             hits = self._rerank(queries, hits, state)
-        return [self._result(text, found[:kq], queries.clip[q], state, depth)
-                for q, (text, found, kq, depth) in enumerate(zip(texts, hits, ks, depths))]
+        return [self._result(label, found[:kq], None if clip is None else clip[q], state,
+                             depth if reranked else None, kind, per[q])
+                for q, (label, found, kq, depth) in enumerate(zip(labels, hits, ks, depths))]
+
+    def _corpus(self, clip: np.ndarray, ks: list[int], state: BuildState) -> list[list[dict]]:
+        """The corpus moment mode (:func:`retrieval.query.moments.corpus_moments`) of queries ``clip [Q, D]``."""
+        segments = state.build.segments
+        if state.predictor is None or segments is None:
+            raise QueryError(f"run {self.run!r} has no moment head (or build {state.build_id} no segment index): "
+                             f"the moments mode needs a run trained on a dataset with caption windows")
+        found = corpus_moments(state.predictor, segments, clip, max(ks), allowed=state.present)
+        return [[{"rank": rank, **pair, **state.build.path_of(pair["video_id"]),
+                  "caption": state.captions.get(pair["video_id"], ""),
+                  "duration_s": state.predictor.durations.get(pair["video_id"])}
+                 for rank, pair in enumerate(pairs[:kq], 1)] for pairs, kq in zip(found, ks)]
 
     def _first_stage(self, vectors: np.ndarray, depth: int, setting: dict, state: BuildState) -> list:
         """(score, video id) lists from the index, removed videos hidden; ``setting`` over the build's defaults."""
@@ -212,18 +312,33 @@ class Searcher:
             out.append(sorted(scored, key=lambda pair: -pair[0]))
         return out
 
-    def _result(self, text: str, found: list[tuple[float, str]], clip: np.ndarray, state: BuildState,
-                depth: int) -> dict:
+    def _result(self, text: str, found: list[tuple[float, str]], clip: np.ndarray | None, state: BuildState,
+                depth: int | None, kind: str, params: dict) -> dict:
+        """The ``--json`` dict of one query; ``kind`` (:data:`QUERY_KINDS`) also names the space
+        searched; each result video gets up to ``params["moments"]`` moments (:data:`MOMENTS` by default)."""
+        ids = [vid for _, vid in found]
+        moments, source = video_moments(state.predictor if kind == "text" else None, state.frames, clip, ids,
+                                        params.get("moments", MOMENTS))
+        durations = state.predictor.durations if state.predictor is not None else \
+            (state.frames.durations if state.frames is not None else {})
         results = [{"rank": rank, "video_id": vid, "score": score, **state.build.path_of(vid),
-                    "caption": state.captions.get(vid, ""),
-                    "spans": state.frames.spans(clip, vid) if state.frames is not None else None}
-                   for rank, (score, vid) in enumerate(found, 1)]
-        out = {"query": text, "dataset": self.dataset, "run": self.run, "model": self.loaded.name,
-               "index": dict(state.info), "query_precision": self.encoder.precision, "results": results,
-               "random_weights": bool(self.loaded.random_weights)}
-        if state.scorer is not None:
+                    "caption": state.captions.get(vid, ""), "duration_s": durations.get(vid), "moments": found_moments}
+                   for rank, ((score, vid), found_moments) in enumerate(zip(found, moments), 1)]
+        out = self._envelope(text, kind, state, results, "videos", source)
+        if depth is not None:
             out["first_stage"] = {"depth": depth, "ranking": "FAISS top-depth by the coarse vector, re-ranked "
                                                              "by the model's exact score"}
+        return out
+
+    def _envelope(self, text: str, kind: str, state: BuildState, results: list[dict], mode: str,
+                  moments_from: str | None = "model") -> dict:
+        """What every answer says around its ``results``: the query, the space searched, the mode,
+        where the moments come from, the run, model and build, notes and the RANDOM WEIGHTS label."""
+        out = {"query": text, "query_kind": kind, "space": QUERY_KINDS[kind] if mode == "videos" else CORPUS_SPACE,
+               "mode": mode, "moments_from": moments_from, "dataset": self.dataset,
+               "run": self.run, "model": self.loaded.name, "index": dict(state.info),
+               "query_precision": self.encoder.precision, "results": results,
+               "random_weights": bool(self.loaded.random_weights)}
         if state.notes:
             out["note"] = "; ".join(state.notes)
         if self.loaded.random_weights:
@@ -239,51 +354,3 @@ def search_text(text: str, dataset: str, run: str | None = None, k: int = 10,
     params = check_params(params)
     return Searcher(dataset, run, settings=settings, rerank_depth=rerank_depth,
                     query_precision=query_precision).search([text], k, params=params)[0]
-
-
-def render(found: dict) -> str:
-    lines = [random_weights_banner(found["WARNING"])] if "WARNING" in found else []
-    idx = found["index"]
-    lines.append(f"{found['query']!r} in {found['dataset']} ({found['model']}, run {found['run']}; "
-                 f"{idx['index_type']} index {idx['build_id']}, {idx['n_vectors']} videos)")
-    if "first_stage" in found:
-        lines.append(f"first stage: top {found['first_stage']['depth']} by the coarse vector, re-ranked exactly")
-    if "note" in found:
-        lines.append(found["note"])
-    for r in found["results"]:
-        span = r["spans"][0] if r["spans"] else None
-        moment = f"  {span['start_s']:.1f}-{span['end_s']:.1f} s" if span else ""
-        lines.append(f"{r['rank']:>3}  {r['score']:9.4f}  {r['video_id']}  {r['path']}{moment}")
-    return "\n".join(lines) + "\n"
-
-
-@guarded(RunNotFound, IndexFolderError, ManifestError, FileNotFoundError, ValueError)
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m retrieval.search",
-        description="Free text in, ranked videos out, from the current index of a dataset and run "
-                    "(build it with python -m retrieval.index).")
-    parser.add_argument("query", help="the text to search for")
-    parser.add_argument("--dataset", required=True, help="dataset name under datasets/")
-    parser.add_argument("--run", default=None,
-                        help="run folder, run id, or 'zero-shot' (default: the dataset's serving run)")
-    parser.add_argument("-k", type=int, default=10, help=f"how many videos (default 10, at most {MAX_K})")
-    parser.add_argument("--depth", type=int, default=RERANK_DEPTH,
-                        help=f"fine-grained models: first-stage candidates re-ranked exactly (default {RERANK_DEPTH})")
-    parser.add_argument("--nprobe", type=int, help="IVF lists searched (default: the build's tuned value)")
-    parser.add_argument("--ef-search", type=int, dest="efSearch", help="HNSW efSearch (default: the build's)")
-    parser.add_argument("--rerank", type=int, help="candidates re-scored exactly from stored vectors (default: the build's)")
-    parser.add_argument("--json", action="store_true", help="print JSON (for scripts)")
-    parser.add_argument("--query-precision", choices=QUERY_PRECISIONS, default=None,
-                        help=QUERY_PRECISION_HELP)
-    add_version(parser)
-    args = parser.parse_args(argv)
-    found = search_text(args.query, args.dataset, args.run, args.k, rerank_depth=args.depth,
-                        params={"nprobe": args.nprobe, "efSearch": args.efSearch, "rerank": args.rerank},
-                        query_precision=args.query_precision)
-    print(json.dumps(found, indent=2) if args.json else render(found), end="\n" if args.json else "")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,48 +11,24 @@ from typing import Callable
 
 from data.fingerprint import current_fingerprints
 from data.manifest import read_manifest
-from data.modalities import CLIP_FRAMES, MOTION
+from data.modalities import CLIP_FRAMES
 from data.settings import Settings
-from data.store import FeatureSet, StoreError
+from data.store import FeatureSet
 from retrieval.reindex.plan import ReindexError
+from retrieval.runs import extractor_infos
 
 log = logging.getLogger("tvr.reindex")
 Log = Callable[[str], None]
-# Extractor options that ExtractConfig takes per modality (the rest of _extractor.json follows
-# from the model); the rebuilt extractor-id is checked against the stored one anyway.
-OPTION_KEYS = {CLIP_FRAMES: ("fps",), MOTION: ("fps", "size", "clip_frames")}
-
-
-def _extractor_info(dataset: str, modality: str, extractor_id: str, loaded, settings: Settings) -> dict:
-    for ds in dict.fromkeys([dataset, loaded.dataset]):
-        try:
-            return FeatureSet(settings.feature_dir(ds, modality, extractor_id)).info
-        except StoreError:
-            continue
-    raise ReindexError(f"{dataset}: no _extractor.json for {modality} extractor {extractor_id} under "
-                       f"{settings.features_dir}; cannot tell how to extract new videos for it")
-
-
 def extract_configs(dataset: str, loaded, settings: Settings, device: str | None = None) -> list:
     """``ExtractConfig`` s that re-create the model's extractors from their stored
     ``_extractor.json`` (one config per random-weight seed and precision; usually one)."""
     from extractors.config import ExtractConfig
 
-    groups: dict[tuple, dict] = {}
-    for modality, extractor_id in loaded.extractor_ids.items():
-        params = _extractor_info(dataset, modality, extractor_id, loaded, settings)["params"]
-        key = (params.get("seed"), params.get("precision", "auto"))
-        group = groups.setdefault(key, {"modalities": [], "models": {}, "weights": {}, "options": {}})
-        group["modalities"].append(modality)
-        group["models"][modality] = params["model"]
-        group["weights"][modality] = params["weights"]
-        options = {k: params[k] for k in OPTION_KEYS.get(modality, ()) if k in params}
-        if options:
-            group["options"][modality] = options
-    return [ExtractConfig(modalities=tuple(g["modalities"]), weights=g["weights"], models=g["models"],
-                          options=g["options"], seed=seed or 0, precision=precision,
-                          device=device or settings.device)
-            for (seed, precision), g in groups.items()]
+    try:
+        infos = extractor_infos(dataset, loaded, settings)
+    except LookupError as err:
+        raise ReindexError(f"{err}; cannot tell how to extract new videos for it") from None
+    return ExtractConfig.from_infos(infos, device or settings.device)
 
 
 def extract_videos(dataset: str, video_ids: list[str], loaded, *, settings: Settings,

@@ -20,7 +20,8 @@ from data.settings import Settings, get_settings
 from data.store import list_extractors
 from retrieval.index.layout import ENCODE_BATCH, ENCODING_LOCK, index_root
 from retrieval.index.shards import Mapper
-from retrieval.index.writer import model_info, publish_build, remove_partial_builds, stage_build, write_vectors
+from retrieval.index.writer import (model_info, model_segments, publish_build, remove_partial_builds, stage_build,
+                                     write_vectors)
 from retrieval.reindex.assemble import assemble
 from retrieval.reindex.extract import Log, extract_videos, extraction_failure, extraction_lines, frames_ok
 from retrieval.reindex.plan import (Plan, ReindexError, file_states, index_options, make_plan, model_signature,
@@ -213,7 +214,7 @@ def _reindex_locked(dataset: str, run: str, loaded, *, given: dict, shard_size: 
                                                                  "without_features", "previous_build_id")}}
             folder = stage_build(dataset, run, assembled, ids, info=info, settings=settings, manifest=manifest,
                                  video_state=state_table(now, set(ids)), store_vectors=True, mapper=mapper,
-                                 batch=batch, **options)
+                                 batch=batch, segments=model_segments(loaded, dataset, ids, settings), **options)
         finally:
             encoded.unlink(missing_ok=True)
             assembled.unlink(missing_ok=True)

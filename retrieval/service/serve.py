@@ -1,9 +1,11 @@
-"""``python -m retrieval.serve --dataset D [--run R] [--host 127.0.0.1] [--port 8000]``
+"""``python -m retrieval.serve --dataset D [--run R] [--index D2[/R2] ...] [--host 127.0.0.1] [--port 8000]``
 
 A long-running search service (FastAPI on uvicorn): the run's model, text tower and the
 ``current`` index build are loaded once; ``GET /`` is a search page, ``GET /api/search?q=...&k=...``
 the ``retrieval.search --json`` answer plus thumbnail and video URLs, ``/healthz`` and ``/api/info``
-say which build answers. A new build published by a re-index is picked up without a restart
+say which build answers; ``POST /api/search`` takes an image or a clip, ``?like=ID`` finds more like an
+indexed video (:mod:`retrieval.service.uploads`). Several indexes are served with ``--index`` (each
+hot-swapped on its own; ``/api/indexes`` lists them). A new build published by a re-index is picked up without a restart
 (see :mod:`retrieval.service.core`). Listens on loopback unless ``--host`` says otherwise. The
 device is ``$TVR_DEVICE`` (CUDA when present) unless ``--device`` is given. The service's limits
 (queue, deadlines, thumbnails, connections, hosts, token) are flags of the same names as
@@ -21,10 +23,10 @@ from data.names import InvalidName
 from data.provenance import random_weights_banner
 from data.settings import QUERY_PRECISION_HELP, QUERY_PRECISIONS
 from retrieval.index.faiss_index import IndexFolderError
-from retrieval.query.search import RERANK_DEPTH, Searcher
+from retrieval.query.search import RERANK_DEPTH
 from retrieval.runs import RunNotFound
 from retrieval.service.app import create_app
-from retrieval.service.core import SearchService
+from retrieval.service.indexes import load_services, served_line
 from retrieval.service.server import uvicorn_config
 from retrieval.service.settings import TOKEN_ENV, ServeSettings, token_from
 
@@ -36,9 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a search page and JSON API over the current index of a dataset and run.",
         epilog=f"The bearer token comes from ${TOKEN_ENV} or --token-file (never a flag: command lines are "
                "visible to every user). Limits and their reasons: docs/retrieval.md, 'Service limits'.")
-    parser.add_argument("--dataset", required=True, help="dataset name under datasets/")
+    parser.add_argument("--dataset", default=None, help="dataset name under datasets/ (one index)")
     parser.add_argument("--run", default=None,
-                        help="run folder, run id or 'zero-shot' (default: the dataset's serving run)")
+                        help="run id or 'zero-shot' (default: the dataset's serving run, recorded with "
+                             "python -m retrieval.index --dataset D --run R --serve; without one, zero-shot)")
+    parser.add_argument("--index", action="append", default=[], dest="indexes", metavar="D[/R]",
+                        help="serve this dataset's index too (its serving run, or run R); repeatable: the page "
+                             "has a selector, the API takes ?index=D/R (default: the first)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--poll", type=float, default=1.0, dest="poll_s",
@@ -79,6 +85,10 @@ LIMIT_FLAGS = (   # flag, type, help: ServeSettings fields of the same name (the
     ("--header-timeout-s", float, "seconds a connection has to send a request's headers"),
     ("--keep-alive-s", float, "seconds an idle keep-alive connection stays open"),
     ("--max-connections", int, "open connections plus running requests; beyond it: 503"),
+    ("--max-upload-mb", float, "largest image or clip accepted by POST /api/search, in MB; beyond it: 413"),
+    ("--example-workers", int, "searches by example (decoding a clip, encoding an image) running at once"),
+    ("--example-queue", int, "searches by example waiting; beyond it: 503 with Retry-After"),
+    ("--example-timeout-s", float, "seconds a search by example may take; past it: 504"),
 )
 
 
@@ -111,24 +121,22 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(settings.threads)
-    service = SearchService(
-        Searcher(settings.dataset, settings.run, rerank_depth=settings.rerank_depth, device=settings.device,
-                 query_precision=settings.query_precision),
-        poll_s=settings.poll_s, max_batch=settings.max_batch, wait_s=settings.wait_ms / 1000,
-        lone_threads=settings.lone_threads, max_queue=settings.max_queue, timeout_s=settings.request_timeout_s)
+    services = load_services(settings)
     import uvicorn
 
-    health = service.health()
-    print(f"serving {health['dataset']} ({health['model']}, run {health['run']}, build {health['build_id']}) "
-          f"on http://{settings.host}:{settings.port}/" +
-          ("\n" + random_weights_banner() if health["random_weights"] else ""), flush=True)
+    for service, (_, run) in zip(services, settings.targets()):
+        print(served_line(service, run), flush=True)
+    print(f"on http://{settings.host}:{settings.port}/", flush=True)
+    if any(service.searcher.loaded.random_weights for service in services):
+        print(random_weights_banner(), flush=True)
     warning = exposure_warning(settings)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     try:
-        uvicorn.Server(uvicorn_config(create_app(settings, service), settings)).run()
+        uvicorn.Server(uvicorn_config(create_app(settings, services), settings)).run()
     finally:
-        service.close()
+        for service in services:
+            service.close()
     return 0
 
 

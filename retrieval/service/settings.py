@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from data.names import check_name
 from data.settings import QueryPrecision
@@ -34,8 +34,9 @@ class ServeSettings(BaseModel):
     """The service's options and limits (defaults: a loopback service for one user)."""
 
     model_config = ConfigDict(extra="forbid")
-    dataset: str
+    dataset: str | None = None             # one index: this dataset (with ``run``); more: ``indexes``
     run: str | None = None                 # None: the dataset's serving run
+    indexes: list[str] = Field(default_factory=list)   # more indexes, "<dataset>" or "<dataset>/<run>"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     poll_s: float = Field(1.0, ge=0)       # how often `current` is checked (0: never)
@@ -58,6 +59,10 @@ class ServeSettings(BaseModel):
     max_connections: int = Field(256, ge=1)        # open connections + running requests; beyond: 503
     allow_hosts: list[str] = Field(default_factory=list)   # Host names accepted besides loopback ("*": any)
     absolute_paths: bool = False                   # results carry abs_path (server paths) only when asked
+    max_upload_mb: float = Field(32.0, gt=0)       # an uploaded image or clip larger than this: 413
+    example_workers: int = Field(1, ge=1)          # searches by example (decode + encode) running at once
+    example_queue: int = Field(4, ge=0)            # searches by example waiting; beyond: 503 + Retry-After
+    example_timeout_s: float = Field(60.0, gt=0)   # a search by example's deadline (decoding a clip); past it: 504
     token: SecretStr | None = None                 # bearer token for the API and media (None: none asked)
 
     @field_validator("lone_threads")
@@ -76,6 +81,34 @@ class ServeSettings(BaseModel):
         if value is not None and len(value.get_secret_value().strip()) < 16:
             raise ValueError("the bearer token must be at least 16 characters (e.g. `openssl rand -hex 16`)")
         return None if value is None else SecretStr(value.get_secret_value().strip())
+
+    @field_validator("indexes")
+    @classmethod
+    def _index_names(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            parts = spec.split("/")
+            if len(parts) > 2:
+                raise ValueError(f"index {spec!r}: expected <dataset> or <dataset>/<run>")
+            for part, what in zip(parts, ("dataset", "run")):
+                check_name(part, what)
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_serve(self) -> "ServeSettings":
+        if self.dataset is None and not self.indexes:
+            raise ValueError("nothing to serve: give --dataset D [--run R] or one --index D[/R] per index")
+        if self.run is not None and self.dataset is None:
+            raise ValueError("--run needs --dataset (or give --index D/R)")
+        return self
+
+    def targets(self) -> list[tuple[str, str | None]]:
+        """(dataset, run or None for its serving run) of every index to serve, in order: ``dataset``
+        / ``run`` first, then ``indexes``."""
+        named = [(self.dataset, self.run)] if self.dataset is not None else []
+        for spec in self.indexes:
+            dataset, _, run = spec.partition("/")
+            named.append((dataset, run or None))
+        return named
 
     @property
     def loopback(self) -> bool:

@@ -1,0 +1,109 @@
+"""Moments in search answers and the corpus moment mode, on a real tiny synthetic-events run with a
+trained moment head (``events_home`` in tests/conftest.py): the head's moments per result, the
+segment index beside the video index, the corpus mode against an exhaustive reference, the
+service and the CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from retrieval.query import cli as search_cli
+from retrieval.query.moments import corpus_moments
+from retrieval.query.search import Searcher
+from retrieval.service.app import create_app
+from retrieval.service.core import SearchService
+from retrieval.service.settings import ServeSettings
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+DATASET = "synthetic-events"
+
+
+@pytest.fixture
+def searcher(events_home, monkeypatch):
+    monkeypatch.setenv("TVR_HOME", str(events_home))
+    return Searcher(DATASET, "m2hf", device="cpu")
+
+
+def _captions(searcher: Searcher, n: int) -> list[str]:
+    return [caption for caption in searcher.state.captions.values()][:n]
+
+
+def _valid(moment: dict, duration: float) -> bool:
+    return 0 <= moment["start_s"] < moment["end_s"] <= duration + 1e-6
+
+
+def test_results_carry_the_heads_moments(searcher):
+    assert searcher.state.predictor is not None and searcher.state.build.segments is not None
+    found = searcher.search(_captions(searcher, 4), 5)
+    for answer in found:
+        assert answer["moments_from"] == "model" and answer["mode"] == "videos"
+        for hit in answer["results"]:
+            assert 1 <= len(hit["moments"]) <= 3 and all(_valid(m, hit["duration_s"]) for m in hit["moments"])
+            scores = [m["score"] for m in hit["moments"]]
+            assert scores == sorted(scores, reverse=True)
+    assert all(len(h["moments"]) == 1 for h in searcher.search(_captions(searcher, 1), 3,
+                                                               params={"moments": 1})[0]["results"])
+    off = searcher.search(_captions(searcher, 1), 3, params={"moments": 0})[0]
+    assert off["moments_from"] is None and all(h["moments"] is None for h in off["results"])
+
+
+def test_the_segment_index_is_part_of_the_build(searcher):
+    build = searcher.state.build
+    info = build.info["segments"]
+    assert info["n_segments"] == build.segments.index.ntotal > len(build.ids) and info["window_s"] == 4.0
+    assert {"segments.faiss", "segments.parquet"} <= set(build.info["checksums"])
+    assert {vid for vid, _, _ in build.segments.keys} == set(build.ids)
+
+
+def test_corpus_mode_equals_an_exhaustive_ranking_and_reads_only_its_candidates(searcher, monkeypatch):
+    state = searcher.state
+    predictor, segments = state.predictor, state.build.segments
+    clip = searcher.encoder.encode(_captions(searcher, 3)).clip
+    every = corpus_moments(predictor, segments, clip, 10, depth=segments.index.ntotal)
+    for q, found in enumerate(every):
+        proposed = predictor.moments(clip[q:q + 1], predictor.ids, 3)[0]
+        reference = sorted(((score, vid, s, e) for vid, moments in zip(predictor.ids, proposed)
+                            for s, e, score in moments), key=lambda t: -t[0])[:10]
+        assert [(p["video_id"], p["start_s"], p["end_s"]) for p in found] == [(v, s, e) for _, v, s, e in reference]
+        assert all(_valid(p, predictor.durations[p["video_id"]]) for p in found)
+    asked = []
+    real = type(predictor).moments
+    monkeypatch.setattr(type(predictor), "moments", lambda self, c, vids, n: (asked.append(list(vids)),
+                                                                              real(self, c, vids, n))[1])
+    shallow = corpus_moments(predictor, segments, clip[:1], 5, depth=3)
+    assert len(asked) == 1 and 1 <= len(asked[0]) <= 3             # only the videos of the top 3 windows
+    assert {p["video_id"] for p in shallow[0]} <= set(asked[0])
+
+
+def test_service_and_cli_answer_moments(events_home, searcher, capsys):
+    zero = SearchService(Searcher(DATASET, "zero-shot", device="cpu"), poll_s=0)
+    service = SearchService(searcher, poll_s=0)
+    settings = ServeSettings(dataset=DATASET, run="m2hf", indexes=[f"{DATASET}/zero-shot"])
+    query = _captions(searcher, 1)[0]
+    with TestClient(create_app(settings, [service, zero]), base_url="http://localhost") as client:
+        videos = client.get("/api/search", params={"q": query, "k": 3}).json()
+        assert videos["moments_from"] == "model"
+        moment = videos["results"][0]["moments"][0]
+        assert f"t={round((moment['start_s'] + moment['end_s']) / 2, 1)}" in moment["thumbnail"]
+        corpus = client.get("/api/search", params={"q": query, "k": 6, "mode": "moments"})
+        assert corpus.status_code == 200, corpus.text
+        body = corpus.json()
+        assert body["mode"] == "moments" and len(body["results"]) == 6 and body["space"].startswith("moments")
+        assert all(0 <= h["start_s"] < h["end_s"] for h in body["results"])
+        assert [h["score"] for h in body["results"]] == sorted((h["score"] for h in body["results"]), reverse=True)
+        refused = client.get("/api/search", params={"q": query, "mode": "moments", "index": f"{DATASET}/zero-shot"})
+        assert refused.status_code == 400 and "has no moment head" in refused.json()["error"]
+        heuristic = client.get("/api/search", params={"q": query, "index": f"{DATASET}/zero-shot"}).json()
+        assert heuristic["moments_from"] == "heuristic"
+        assert client.get("/api/search", params={"like": "evt00000", "mode": "moments"}).status_code == 400
+    zero.close()
+    base = ["--dataset", DATASET, "--run", "m2hf", "-k", "3"]
+    assert search_cli.main([query, *base, "--mode", "moments"]) == 0
+    out = capsys.readouterr().out
+    assert "moments from the moment head" in out and len([line for line in out.splitlines() if " s  " in line]) == 3
+    assert search_cli.main([query, *base, "--moments", "1", "--json"]) == 0
+    assert all(len(h["moments"]) == 1 for h in json.loads(capsys.readouterr().out)["results"])
+    assert np.isfinite(moment["score"])
