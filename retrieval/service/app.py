@@ -89,21 +89,14 @@ def create_app(settings: ServeSettings, service: SearchService | list[SearchServ
 
     app = FastAPI(title="Text-video search", lifespan=lifespan)
 
-    @app.exception_handler(QueryError)
-    async def _bad_query(request: Request, err: QueryError):
-        return error(400, str(err))
+    def answered_with(status: int):
+        async def handler(request: Request, err: Exception):
+            return error(status, str(err))
+        return handler
 
-    @app.exception_handler(InvalidName)
-    async def _bad_name(request: Request, err: InvalidName):
-        return error(400, str(err))
-
-    @app.exception_handler(UnknownIndex)
-    async def _no_index(request: Request, err: UnknownIndex):
-        return error(404, str(err))
-
-    @app.exception_handler(NotIndexed)
-    async def _no_video(request: Request, err: NotIndexed):
-        return error(404, str(err))
+    # refusals whose message is the whole answer: a bad query or id (400), an unknown index or video (404)
+    for kind, status in ((QueryError, 400), (InvalidName, 400), (UnknownIndex, 404), (NotIndexed, 404)):
+        app.add_exception_handler(kind, answered_with(status))
 
     @app.exception_handler(ExampleBusy)
     async def _busy(request: Request, err: ExampleBusy):
