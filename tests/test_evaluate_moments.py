@@ -15,7 +15,7 @@ from data.windows import CaptionWindow, windows_path, write_windows
 from fake_features import write_fake_dataset
 from retrieval.evaluation import evaluate, moments
 from retrieval.evaluation.moments import (HEAD, HEURISTIC, PRIOR, RANDOM, SVMR_N, WHOLE, MomentQueries,
-                                          VideoBatched, baseline_metrics, baselines, head_metrics, prior_window,
+                                          baseline_metrics, baselines, head_metrics, prior_window,
                                           top_columns)
 from retrieval.evaluation.moments_report import combine
 from retrieval.index.segments import SegmentIndex
@@ -106,12 +106,12 @@ class FakePredictor:
         self.ids, self.frames = list(video_ids), _frames()
         self.durations = {v: self.frames.durations[v] for v in self.ids}
 
-    def moments(self, query_clip, video_ids, n):
-        type(self).asked.append((len(query_clip), list(video_ids), n))
+    def moments_each(self, query_clip, video_ids, n):
+        type(self).asked.append(([list(v) for v in video_ids], n))
         owner = {0: "a", 1: "b"}
         truth = {"a": (2.0, 5.0), "b": (0.0, 10.0)}
-        return [[[(*truth[v], 1.0)] if owner[int(np.argmax(q))] == v else [(0.0, 1.0, 0.5)] for v in video_ids]
-                for q in query_clip]
+        return [[[(*truth[v], 1.0)] if owner[int(np.argmax(q))] == v else [(0.0, 1.0, 0.5)] for v in videos]
+                for q, videos in zip(query_clip, video_ids)]
 
     def query_vectors(self, query_clip):
         return np.asarray(query_clip, np.float32)
@@ -129,15 +129,13 @@ def test_trained_head_through_a_fake_predictor(monkeypatch):
     got = head_metrics(None, "toy", _queries(), get_settings())
     assert got["svmr"]["R1@0.7"] == 100 and got["svmr"]["mIoU"] == pytest.approx(100)
     assert got["vcmr"]["R1@0.7"] == 100                       # the own video's moment scores above [0, 1] s
-    assert (1, ["a"], SVMR_N) in FakePredictor.asked and (1, ["b"], SVMR_N) in FakePredictor.asked
+    svmr, vcmr = FakePredictor.asked                           # one call for SVMR, one for VCMR: all queries
+    assert svmr == ([["a"], ["b"]], SVMR_N) and sorted(vcmr[0][0]) == sorted(vcmr[0][1]) == ["a", "b"]
     queries, plain = _queries(), FakePredictor(None, "toy", ["a", "b"])
     segments = SegmentIndex.exact(*plain.segment_vectors(4.0, 2.0))
-    batched = VideoBatched(plain, queries.clip)
-    batched.fill({"a": [0, 1], "b": [0, 1]}, 3)
-    FakePredictor.asked = []
-    found = corpus_moments(batched, segments, queries.clip, 10)
-    assert FakePredictor.asked == []                           # every (query, video) came from fill
-    assert found == corpus_moments(plain, segments, queries.clip, 10) and len(found[0]) == 2
+    found = corpus_moments(plain, segments, queries.clip, 10)
+    assert [[(p["video_id"], p["start_s"]) for p in row] for row in found] == [[("a", 2.0), ("b", 0.0)],
+                                                                             [("b", 0.0), ("a", 0.0)]]
 
 
 def _run(svmr_r1: float, vcmr_r10: float, head: bool = True) -> dict:
@@ -217,9 +215,9 @@ def test_cli_three_runs_with_a_head(tvr_home, monkeypatch, capsys):
                 "clip_frames"]), video_ids, known)
             self.ids, self.durations = list(self.frames.ids), self.frames.durations
 
-        def moments(self, query_clip, video_ids, n):
-            means = self.frames.means[[self.frames.ids.index(v) for v in video_ids]]
-            return [[[(0.0, self.durations[v], float(s))] for v, s in zip(video_ids, means @ q)] for q in query_clip]
+        def moments_each(self, query_clip, video_ids, n):
+            return [[[(0.0, self.durations[v], float(self.frames.means[self.frames.ids.index(v)] @ q))]
+                     for v in videos] for q, videos in zip(query_clip, video_ids)]
 
     monkeypatch.setattr(fusion.api, "load_model", with_head)
     monkeypatch.setattr(fusion.api, "MomentPredictor", Whole)

@@ -167,6 +167,32 @@ def test_moments_invariants(predictor, test_queries):
         predictor.moments(clip[:1, :5], predictor.ids[:1], 1)
 
 
+def test_moments_of_many_videos_at_once_equal_one_video_at_a_time(predictor, test_queries, monkeypatch):
+    """Videos of 8-12 s share one padded detector pass (or the groups of a tight cell budget), and
+    each query may ask its own videos (moments_each); padding and grouping change nothing: the
+    windows are the same and the scores equal to float rounding."""
+    import fusion.moments.predict as predict
+
+    clip, _ = test_queries
+    together = predictor.moments(clip[:4], predictor.ids, 3)
+    assert len({len(predictor._steps[predictor.row[v]]) for v in predictor.ids}) > 1    # uneven lengths
+    alone = [[predictor.moments(clip[q:q + 1], [v], 3)[0][0] for v in predictor.ids] for q in range(4)]
+    with monkeypatch.context() as patch:
+        patch.setattr(predict, "PAIR_CELLS", 3 * 60 * 60)                              # about 3 pairs a pass
+        grouped = predictor.moments(clip[:4], predictor.ids, 3)
+    own = [predictor.ids[q::4] for q in range(4)]                                       # each query its videos
+    each = predictor.moments_each(clip[:4], own, 3)
+    assert [len(row) for row in each] == [len(v) for v in own]
+    mine = [[together[q][predictor.row[v]] for v in own[q]] for q in range(4)]
+    for got, reference in ((together, alone), (grouped, alone), (each, mine)):
+        for q in range(4):
+            for found, expected in zip(got[q], reference[q], strict=True):
+                assert [m[:2] for m in found] == [m[:2] for m in expected]
+                assert np.allclose([m[2] for m in found], [m[2] for m in expected], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="one list per query"):
+        predictor.moments_each(clip[:2], [predictor.ids], 3)
+
+
 def test_a_one_step_video(run, home, test_queries):
     head = load_model(run, settings=home).moments
     feats = load_features("toy", list(head.modalities), extractors=head.meta["extractor_ids"], settings=home)

@@ -50,6 +50,26 @@ def test_results_carry_the_heads_moments(searcher):
     assert off["moments_from"] is None and all(h["moments"] is None for h in off["results"])
 
 
+def test_a_batch_of_queries_asks_the_head_once(searcher, monkeypatch):
+    """The service's micro-batch: every query's result videos go to the head in one call, each
+    query with its own videos and its own number of moments."""
+    predictor = searcher.state.predictor
+    asked, real = [], type(predictor).moments_each
+    monkeypatch.setattr(type(predictor), "moments_each", lambda self, c, vids, n: (asked.append((vids, n)),
+                                                                                   real(self, c, vids, n))[1])
+    texts = _captions(searcher, 3)
+    found = searcher.search(texts, [2, 4, 3], params=[{"moments": 1}, {"moments": 0}, None])
+    assert len(asked) == 1 and asked[0][1] == 3                     # the largest n asked
+    assert asked[0][0] == [[h["video_id"] for h in found[q]["results"]] for q in (0, 2)]
+    assert [len(h["moments"]) for h in found[0]["results"]] == [1, 1] and found[1]["moments_from"] is None
+    alone = searcher.search(texts[2:], 3)[0]
+    for batched, lone in zip(found[2]["results"], alone["results"], strict=True):   # the same, to float rounding
+        assert [(m["start_s"], m["end_s"]) for m in batched["moments"]] == [(m["start_s"], m["end_s"])
+                                                                            for m in lone["moments"]]
+        assert np.allclose([m["score"] for m in batched["moments"]], [m["score"] for m in lone["moments"]],
+                           atol=1e-5)
+
+
 def test_the_segment_index_is_part_of_the_build(searcher):
     build = searcher.state.build
     info = build.info["segments"]
@@ -70,12 +90,14 @@ def test_corpus_mode_equals_an_exhaustive_ranking_and_reads_only_its_candidates(
         assert [(p["video_id"], p["start_s"], p["end_s"]) for p in found] == [(v, s, e) for _, v, s, e in reference]
         assert all(_valid(p, predictor.durations[p["video_id"]]) for p in found)
     asked = []
-    real = type(predictor).moments
-    monkeypatch.setattr(type(predictor), "moments", lambda self, c, vids, n: (asked.append(list(vids)),
-                                                                              real(self, c, vids, n))[1])
-    shallow = corpus_moments(predictor, segments, clip[:1], 5, depth=3)
-    assert len(asked) == 1 and 1 <= len(asked[0]) <= 3             # only the videos of the top 3 windows
-    assert {p["video_id"] for p in shallow[0]} <= set(asked[0])
+    real = type(predictor).moments_each
+    monkeypatch.setattr(type(predictor), "moments_each", lambda self, c, vids, n: (asked.append(vids),
+                                                                                   real(self, c, vids, n))[1])
+    shallow = corpus_moments(predictor, segments, clip[:2], 5, depth=3)
+    assert len(asked) == 1 and len(asked[0]) == 2                   # one call for both queries
+    for videos, found in zip(asked[0], shallow):
+        assert 1 <= len(videos) <= 3                                # only the videos of the top 3 windows
+        assert {p["video_id"] for p in found} <= set(videos)
 
 
 def test_service_and_cli_answer_moments(events_home, searcher, capsys):

@@ -111,15 +111,11 @@ def score_split(head: MomentHead, plan: HeadPlan, split: str) -> dict | None:
     cap_video = plan.feats.caption_video[torch.as_tensor(caps)].numpy()
     videos = np.unique(cap_video)
     predictor = MomentPredictor.from_features(head, plan.feats, videos, plan.durations[videos])
-    found: dict[int, list] = {}
-    for v in videos:
-        mine = caps[cap_video == v]
-        vid = plan.feats.video_ids[int(v)]
-        for q, per_video in zip(mine, predictor.moments(plan.queries(mine).numpy(), [vid], SVMR_TOP)):
-            found[int(q)] = per_video[0]
+    found = [per_query[0] for per_query in predictor.moments_each(
+        plan.queries(caps).numpy(), [[plan.feats.video_ids[int(v)]] for v in cap_video], SVMR_TOP)]
     truth = [plan.truth[int(q)] for q in caps]
-    windows = [np.asarray([m[:2] for m in found[int(q)]]).reshape(-1, 2) for q in caps]
-    scores = [np.asarray([m[2] for m in found[int(q)]]) for q in caps]
+    windows = [np.asarray([m[:2] for m in moments]).reshape(-1, 2) for moments in found]
+    scores = [np.asarray([m[2] for m in moments]) for moments in found]
     whole = [np.asarray([[0.0, plan.durations[v]]]) for v in cap_video]
     return {"queries": int(len(caps)), "videos": int(len(videos)), "head": svmr_metrics(windows, scores, truth),
             "whole_video": svmr_metrics(whole, [np.zeros(1)] * len(caps), truth)}

@@ -47,7 +47,7 @@ from data.settings import Settings, get_settings
 from data.store import FeatureSet
 from data.windows import CaptionWindow, group_windows, read_windows, windows_path
 from retrieval.index.segments import STRIDE_S, WINDOW_S, SegmentIndex
-from retrieval.query.moments import DEPTH, PER_VIDEO, corpus_moments
+from retrieval.query.moments import corpus_moments
 from retrieval.query.spans import FrameFeatures
 from retrieval.runs import fusion_api, run_name
 
@@ -259,52 +259,17 @@ def _vcmr(queries: MomentQueries, pairs: list[tuple[np.ndarray, list[str], np.nd
                         [v for v, _ in queries.keys])
 
 
-class VideoBatched:
-    """A ``fusion.api.MomentPredictor`` whose :meth:`moments` answers from moments computed one video
-    at a time for many queries (:meth:`fill`). :func:`~retrieval.query.moments.corpus_moments` asks
-    query by query, and a detector pass per (query, video) costs nearly as much as one per video for
-    all its queries. The moments are the predictor's own, only batched; a query is a row of
-    ``query_clip [Q, D]``, recognised by value; a (query, video) not filled is computed when asked."""
-
-    def __init__(self, predictor, query_clip: np.ndarray):
-        self.predictor, self.clip = predictor, np.asarray(query_clip, np.float32)
-        self.ids, self.query_vectors = predictor.ids, predictor.query_vectors
-        self.row = {r.tobytes(): q for q, r in enumerate(self.clip)}
-        self.cache: dict[tuple[int, str, int], list] = {}
-
-    def fill(self, wanted: dict[str, list[int]], n: int) -> None:
-        """The top ``n`` moments of the queries ``wanted[video]`` (rows) in each video: one call per video."""
-        for video, rows in wanted.items():
-            for q, per_video in zip(rows, self.predictor.moments(self.clip[rows], [video], n)):
-                self.cache[(q, video, n)] = per_video[0]
-
-    def moments(self, query_clip: np.ndarray, video_ids: list[str], n: int) -> list[list[list[tuple]]]:
-        """``MomentPredictor.moments``: per query row, per video, up to ``n`` (start_s, end_s, score)."""
-        out = []
-        for row in np.asarray(query_clip, np.float32):
-            q = self.row[row.tobytes()]
-            self.fill({v: [q] for v in video_ids if (q, v, n) not in self.cache}, n)
-            out.append([self.cache[(q, v, n)] for v in video_ids])
-        return out
-
-
 def head_metrics(loaded, dataset: str, queries: MomentQueries, settings: Settings) -> dict[str, dict[str, float]]:
     """``{"svmr": {...}, "vcmr": {...}}`` (%) of the run's moment head (``loaded.moments``)."""
     predictor = fusion_api().MomentPredictor(loaded, dataset, queries.video_ids, settings=settings)
-    batched, known = VideoBatched(predictor, queries.clip), set(predictor.ids)
+    known = set(predictor.ids)
     own = [queries.video_ids[c] for c in queries.own]
-    batched.fill({v: [q for q, o in enumerate(own) if o == v] for v in set(own) & known}, SVMR_N)
-    proposed = [batched.moments(queries.clip[q:q + 1], [v], SVMR_N)[0][0] if v in known else []
-                for q, v in enumerate(own)]
+    asked = [[v] if v in known else [] for v in own]
+    proposed = [found[0] if found else [] for found in predictor.moments_each(queries.clip, asked, SVMR_N)]
     svmr = svmr_metrics([np.asarray([(s, e) for s, e, _ in p], float).reshape(-1, 2) for p in proposed],
                         [np.asarray([score for _, _, score in p], float) for p in proposed], queries.truth)
     segments = SegmentIndex.exact(*predictor.segment_vectors(WINDOW_S, STRIDE_S))
-    first: dict[str, list[int]] = {}                # corpus_moments' first stage, to batch its second
-    for q, hits in enumerate(segments.search(predictor.query_vectors(queries.clip), DEPTH)):
-        for video in dict.fromkeys(vid for _, vid, _, _ in hits if vid in known):
-            first.setdefault(video, []).append(q)
-    batched.fill(first, PER_VIDEO)
-    found = corpus_moments(batched, segments, queries.clip, VCMR_DEPTH, allowed=set(queries.video_ids))
+    found = corpus_moments(predictor, segments, queries.clip, VCMR_DEPTH, allowed=set(queries.video_ids))
     pairs = [(np.asarray([(p["start_s"], p["end_s"]) for p in hits], float).reshape(-1, 2),
               [p["video_id"] for p in hits], np.asarray([p["score"] for p in hits], float)) for hits in found]
     return {"svmr": svmr, "vcmr": _vcmr(queries, pairs)}

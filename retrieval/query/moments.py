@@ -29,23 +29,28 @@ CORPUS_SPACE = ("moments: the moment head's query vector against the build's seg
                 "moments re-ranked by the head")
 
 
-def video_moments(predictor, frames, clip: np.ndarray | None, video_ids: list[str], n: int
-                  ) -> tuple[list[list[dict] | None], str | None]:
-    """Up to ``n`` moments of each of ``video_ids`` for the query ``clip [D]`` (unit, CLIP space) and
-    where they come from: the moment head (``predictor``, a ``fusion.api.MomentPredictor``) when
-    given, else the heuristic over the stored ``frames`` (:class:`retrieval.query.spans.FrameFeatures`);
-    ``(None per video, None)`` when ``n`` is 0 or neither can answer."""
-    if n == 0 or clip is None or not video_ids:
-        return [None] * len(video_ids), None
-    if predictor is not None:
+def video_moments(predictor, frames, clip: np.ndarray | None, video_ids: list[list[str]], ns: list[int]
+                  ) -> list[tuple[list[list[dict] | None], str | None]]:
+    """For each query ``q``: up to ``ns[q]`` moments of each of its videos ``video_ids[q]`` and where
+    they come from. ``clip [Q, D]`` (unit, CLIP space) or None. The moment head (``predictor``, a
+    ``fusion.api.MomentPredictor``) answers every query's videos in one call when given, else the
+    heuristic over the stored ``frames`` (:class:`retrieval.query.spans.FrameFeatures`);
+    ``(None per video, None)`` for a query whose ``n`` is 0 or that neither can answer."""
+    out: list[tuple[list[list[dict] | None], str | None]] = [([None] * len(v), None) for v in video_ids]
+    asked = [q for q, (vids, n) in enumerate(zip(video_ids, ns)) if n > 0 and clip is not None and vids]
+    if predictor is not None and asked:
         known = set(predictor.ids)
-        asked = [vid for vid in video_ids if vid in known]
-        proposed = dict(zip(asked, predictor.moments(clip[None], asked, n)[0] if asked else []))
-        return [[{"start_s": round(float(s), 3), "end_s": round(float(e), 3), "score": round(float(score), 6)}
-                 for s, e, score in proposed[vid]] if vid in proposed else None for vid in video_ids], "model"
-    if frames is not None:
-        return [frames.moments(clip, vid, n) for vid in video_ids], "heuristic"
-    return [None] * len(video_ids), None
+        mine = [[vid for vid in video_ids[q] if vid in known] for q in asked]
+        proposed = predictor.moments_each(clip[asked], mine, max(ns[q] for q in asked))
+        for q, vids, found in zip(asked, mine, proposed):
+            by_video = {vid: [{"start_s": round(float(s), 3), "end_s": round(float(e), 3),
+                               "score": round(float(score), 6)} for s, e, score in moments[:ns[q]]]
+                        for vid, moments in zip(vids, found)}
+            out[q] = [by_video.get(vid) for vid in video_ids[q]], "model"
+    elif frames is not None:
+        for q in asked:
+            out[q] = [frames.moments(clip[q], vid, ns[q]) for vid in video_ids[q]], "heuristic"
+    return out
 
 
 def corpus_moments(predictor, segments: SegmentIndex, query_clip: np.ndarray, k: int, *, depth: int = DEPTH,
@@ -56,19 +61,21 @@ def corpus_moments(predictor, segments: SegmentIndex, query_clip: np.ndarray, k:
     unit CLIP text EOT embeddings; ``allowed``: the video ids that may answer (videos removed
     since the build are hidden). Returns per query a list of ``{"video_id", "start_s", "end_s",
     "score", "segment_rank"}`` best first (``segment_rank``: where the video's best window came in
-    the first stage, 1-based)."""
+    the first stage, 1-based). The head answers every query's candidates in one call."""
     found = segments.search(predictor.query_vectors(query_clip), depth)
     known = set(predictor.ids)
-    out = []
-    for q, hits in enumerate(found):
+    firsts: list[dict[str, int]] = []
+    for hits in found:
         first: dict[str, int] = {}
         for rank, (_, vid, _, _) in enumerate(hits, 1):
             if vid in known and (allowed is None or vid in allowed):
                 first.setdefault(vid, rank)
-        videos = list(first)
-        proposed = predictor.moments(query_clip[q:q + 1], videos, per_video)[0] if videos else []
+        firsts.append(first)
+    proposed = predictor.moments_each(query_clip, [list(first) for first in firsts], per_video)
+    out = []
+    for first, per_query in zip(firsts, proposed):
         pairs = [{"video_id": vid, "start_s": s, "end_s": e, "score": float(score), "segment_rank": first[vid]}
-                 for vid, moments in zip(videos, proposed) for s, e, score in moments]
+                 for vid, moments in zip(first, per_query) for s, e, score in moments]
         pairs.sort(key=lambda p: (-p["score"], p["segment_rank"]))
         out.append(pairs[:k])
     return out

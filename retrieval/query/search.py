@@ -253,7 +253,9 @@ class Searcher:
         if state.frames is None or not state.frames.ids:
             raise QueryError(f"run {self.run!r} of {self.dataset!r} has no stored clip_frames features to "
                              f"search an image against")
-        return self._result(query, state.frames.nearest(clip, k, state.present), clip, state, None, "image", {})
+        found = state.frames.nearest(clip, k, state.present)
+        (moments,) = video_moments(None, state.frames, clip[None], [[vid for _, vid in found]], [MOMENTS])
+        return self._result(query, found, moments, state, None, "image")
 
     def _answer(self, vectors: np.ndarray, ks: list[int], per: list[dict], state: BuildState, clip, labels: list[str],
                 *, queries=None, kind: str = "text", exclude: str | None = None) -> list[dict]:
@@ -275,9 +277,11 @@ class Searcher:
                 hits[q] = [(score, vid) for score, vid in row[:depths[q]] if vid != exclude]
         if reranked:
             hits = self._rerank(queries, hits, state)
-        return [self._result(label, found[:kq], None if clip is None else clip[q], state,
-                             depth if reranked else None, kind, per[q])
-                for q, (label, found, kq, depth) in enumerate(zip(labels, hits, ks, depths))]
+        hits = [found[:kq] for found, kq in zip(hits, ks)]
+        moments = video_moments(state.predictor if kind == "text" else None, state.frames, clip,
+                                [[vid for _, vid in found] for found in hits], [p.get("moments", MOMENTS) for p in per])
+        return [self._result(label, found, found_moments, state, depth if reranked else None, kind)
+                for label, found, found_moments, depth in zip(labels, hits, moments, depths)]
 
     def _corpus(self, clip: np.ndarray, ks: list[int], state: BuildState) -> list[list[dict]]:
         """The corpus moment mode (:func:`retrieval.query.moments.corpus_moments`) of queries ``clip [Q, D]``."""
@@ -312,13 +316,12 @@ class Searcher:
             out.append(sorted(scored, key=lambda pair: -pair[0]))
         return out
 
-    def _result(self, text: str, found: list[tuple[float, str]], clip: np.ndarray | None, state: BuildState,
-                depth: int | None, kind: str, params: dict) -> dict:
+    def _result(self, text: str, found: list[tuple[float, str]], answer: tuple[list, str | None], state: BuildState,
+                depth: int | None, kind: str) -> dict:
         """The ``--json`` dict of one query; ``kind`` (:data:`QUERY_KINDS`) also names the space
-        searched; each result video gets up to ``params["moments"]`` moments (:data:`MOMENTS` by default)."""
-        ids = [vid for _, vid in found]
-        moments, source = video_moments(state.predictor if kind == "text" else None, state.frames, clip, ids,
-                                        params.get("moments", MOMENTS))
+        searched; ``answer``: the result videos' moments and where they come from
+        (:func:`~retrieval.query.moments.video_moments`)."""
+        moments, source = answer
         durations = state.predictor.durations if state.predictor is not None else \
             (state.frames.durations if state.frames is not None else {})
         results = [{"rank": rank, "video_id": vid, "score": score, **state.build.path_of(vid),
