@@ -141,6 +141,11 @@ class IndexBuild:
         return self.folder.name
 
     @cached_property
+    def row(self) -> dict[str, int]:
+        """video_id -> its row in the index (and in :attr:`ids`)."""
+        return {vid: i for i, vid in enumerate(self.ids)}
+
+    @cached_property
     def paths(self) -> dict[str, str]:
         """video_id -> path (relative to the video root) from the manifest snapshot."""
         table = self.manifest.table

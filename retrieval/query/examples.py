@@ -123,7 +123,7 @@ class ExampleSearch:
         state = s.state
         s.video_path(video_id, state)                         # an indexed, present video (else NotIndexed)
         if state.vectors is not None:
-            vector = np.asarray(state.vectors[state.build.ids.index(video_id)], np.float32)
+            vector = np.asarray(state.vectors[state.build.row[video_id]], np.float32)
         else:
             vectors, found = fusion_api().encode_video_ids(s.loaded, s.dataset, [video_id], settings=s.settings)
             if not found:

@@ -205,7 +205,7 @@ class Searcher:
         out: list = [None] * len(texts)
         for q, found in zip(corpus, self._corpus(queries.clip[corpus], [ks[q] for q in corpus], state)):
             out[q] = self._envelope(texts[q], "moments", state, found, "moments")
-        rest = [q for q in range(len(texts)) if q not in set(corpus)]
+        rest = sorted(set(range(len(texts))) - set(corpus))
         if rest:
             answered = self._answer(queries.vectors[rest], [ks[q] for q in rest], [per[q] for q in rest], state,
                                     queries.clip[rest], [texts[q] for q in rest],
