@@ -12,9 +12,12 @@
   are the same as with the full 77-token context (checked in tests/test_extract_models.py).
 
 Weights: ``random`` (seeded, rebuildable), a local state-dict / safetensors file, or an open_clip
-pretrained tag (e.g. ``openai``, ``laion2b_s34b_b79k``; needs a machine that can download).
+pretrained tag (e.g. ``openai``, ``laion2b_s34b_b79k``; needs a machine that can download). A
+``local-dir:`` model folder takes ``random`` (refused beside a checkpoint in the folder) or a file.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -25,9 +28,11 @@ from data.modalities import CLIP_FRAMES, CLIP_TEXT
 from data.store import FeatureRow
 from extractors.base import Extractor, VideoItem
 from extractors.precision import PRECISION_DTYPES
-from extractors.weights import Weights, WeightsError, seeded_build
+from extractors.weights import Weights, WeightsError, apply_state_dict, load_state_dict_file, seeded_build
 from extractors.decode import DecodedChunk, DecodeRequest
 
+LOCAL_DIR = "local-dir:"   # open_clip's schema for a model folder (its config, maybe a checkpoint)
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _CLIP_CACHE: dict[tuple, torch.nn.Module] = {}
 _TOKENIZERS: dict[str, object] = {}
 
@@ -39,19 +44,50 @@ def load_clip(model_name: str, weights: Weights, device: torch.device, precision
     weights.check_file()  # every time: a changed file must not hide behind the cache
     key = (model_name, weights, str(device), precision)
     if key not in _CLIP_CACHE:
-        pretrained = None if weights.is_random else weights.source
-
-        def build():
-            return open_clip.create_model(model_name, pretrained=pretrained, device="cpu")
-
+        if model_name.startswith(LOCAL_DIR):
+            build = _local_dir_build(model_name, weights)
+        else:
+            def build():
+                pretrained = None if weights.is_random else weights.source
+                return open_clip.create_model(model_name, pretrained=pretrained, device="cpu")
         try:
             model = seeded_build(weights, build).eval()
+        except WeightsError:
+            raise
         except Exception as err:   # open_clip raises many kinds for an unusable file or unknown tag
             raise WeightsError(f"{model_name} weights {weights.source!r}: cannot be loaded ({err}); give "
                                "'random', a local open_clip checkpoint, or a tag this machine has") from err
         model = model.to(device, PRECISION_DTYPES[precision])
         _CLIP_CACHE[key] = model
     return _CLIP_CACHE[key]
+
+
+def _local_dir_build(model_name: str, weights: Weights):
+    """The builder of an open_clip ``local-dir:`` folder model whose weights are exactly ``weights``.
+
+    open_clip ignores its ``pretrained`` argument for such a folder and loads a checkpoint it finds
+    inside, so the folder's config is built without weights (seeded when random) and a weights file
+    is loaded here, strictly. Refused (:class:`WeightsError`): a pretrained tag (it needs a built-in
+    model name) and ``random`` beside a checkpoint in the folder (it would load while the extractor
+    records random weights)."""
+    import open_clip
+
+    folder = Path(model_name[len(LOCAL_DIR):]).expanduser()
+    if not weights.is_random and not weights.is_file:
+        raise WeightsError(f"{model_name}: a pretrained tag ({weights.source!r}) needs a built-in model name; "
+                           f"a local-dir: folder takes 'random' or a weights file")
+    held = sorted(p for p in folder.glob("*") if p.suffix in CHECKPOINT_SUFFIXES) if folder.is_dir() else []
+    if weights.is_random and held:
+        raise WeightsError(f"{model_name} holds weights ({held[0].name}) that open_clip would load while the "
+                           f"extractor records random ones: pass them as the weights file ({held[0]}), or use "
+                           f"a folder with the config only for random weights")
+
+    def build():
+        model = open_clip.create_model(model_name, device="cpu", load_weights=False)
+        if weights.is_file:
+            apply_state_dict(model, load_state_dict_file(weights.source), weights.source)
+        return model
+    return build
 
 
 class _ClipBase(Extractor):

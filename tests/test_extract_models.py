@@ -153,6 +153,34 @@ def test_log_mel_matches_the_vggish_definition():
     assert audio.examples(torch.from_numpy(wave44), 44100).shape == (2, 1, 96, 64)
 
 
+def test_a_local_dir_model_loads_exactly_the_weights_it_records(tiny_clip, tmp_path):
+    """open_clip ignores a weights file beside a local-dir: folder and loads any checkpoint inside it;
+    here the file given is what loads, and random weights beside a checkpoint are refused."""
+    other = build_extractor("clip_text", tiny_clip, "random", device="cpu", seed=7).model
+    path = tmp_path / "tiny.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
+    ext = build_extractor("clip_text", tiny_clip, str(path), device="cpu")
+    assert not ext.spec.random_weights and ext.spec.params["weights_sha256"]
+    for name, value in ext.model.state_dict().items():
+        torch.testing.assert_close(value, other.state_dict()[name])
+    seeded = build_extractor("clip_text", tiny_clip, "random", device="cpu").model
+    assert not torch.equal(seeded.text_projection, other.text_projection)     # seed 0 vs seed 7: the file won
+    with pytest.raises(WeightsError, match="a pretrained tag .'openai'. needs a built-in model name"):
+        build_extractor("clip_text", tiny_clip, "openai", device="cpu")
+    folder = tmp_path / "with-checkpoint"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text((tmp_path / "tiny-clip" / "open_clip_config.json").read_text())
+    (folder / "open_clip_model.safetensors").write_bytes(path.read_bytes())
+    with pytest.raises(WeightsError, match="holds weights .open_clip_model.safetensors. that open_clip would load"):
+        build_extractor("clip_frames", f"local-dir:{folder}", "random", device="cpu")
+    bad = tmp_path / "bad.safetensors"
+    save_file({"text_projection": torch.zeros(3)}, str(bad))
+    with pytest.raises(WeightsError, match="state dict does not fit"):
+        build_extractor("clip_text", tiny_clip, str(bad), device="cpu")
+
+
 def test_vggish_weights_file_round_trip_and_bad_files(tmp_path):
     src = audio.VGGish()
     path = tmp_path / "vggish.pth"
