@@ -129,3 +129,40 @@ def test_service_and_cli_answer_moments(events_home, searcher, capsys):
     assert search_cli.main([query, *base, "--moments", "1", "--json"]) == 0
     assert all(len(h["moments"]) == 1 for h in json.loads(capsys.readouterr().out)["results"])
     assert np.isfinite(moment["score"])
+
+
+@pytest.mark.slow
+def test_the_segment_index_survives_a_killed_build_and_its_damage_is_caught(events_home, tmp_path, monkeypatch):
+    """kill -9 while a new build of the head's run writes its files (segments included): `current`
+    still opens, segments and all; then a flipped byte in the answering build's segment index is
+    caught by the checksums like one in the video index, and the next build repairs it."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from retrieval.index import reader as index_reader
+    from retrieval.index.faiss_index import IndexFolderError
+
+    home = tmp_path / "home"
+    shutil.copytree(events_home, home)
+    monkeypatch.setenv("TVR_HOME", str(home))
+    first = index_reader.open_build(DATASET, "m2hf", fallback=False)
+    assert first.segments is not None
+    argv = [sys.executable, "-m", "retrieval.index", "--dataset", DATASET, "--run", "m2hf", "--no-gpu"]
+    env = {**os.environ, "TVR_HOME": str(home), "TVR_INDEX_CRASH_AT": "files-written"}
+    child = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    after = index_reader.open_build(DATASET, "m2hf", fallback=False)
+    assert after.build_id == first.build_id and after.segments.index.ntotal == first.segments.index.ntotal
+    segments = after.folder / "segments.faiss"
+    data = bytearray(segments.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    segments.write_bytes(bytes(data))
+    with pytest.raises(IndexFolderError, match="segments.faiss"):
+        index_reader.open_build(DATASET, "m2hf", fallback=False)
+    env.pop("TVR_INDEX_CRASH_AT")
+    assert subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300).returncode == 0
+    repaired = index_reader.open_build(DATASET, "m2hf", fallback=False)
+    assert repaired.build_id != first.build_id and repaired.segments.index.ntotal == first.segments.index.ntotal
