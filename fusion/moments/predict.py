@@ -63,7 +63,7 @@ class MomentPredictor:
         self.row = {v: i for i, v in enumerate(self.ids)}
         self.random_weights = feats.random_weights
         cfg, device = head.meta["config"], model_device(head)
-        self._step_s, n_steps = grid_steps(durations, cfg["step_s"], cfg["max_steps"])
+        step_s, n_steps = grid_steps(durations, cfg["step_s"], cfg["max_steps"])
         self._steps: list[torch.Tensor] = []    # per video: step encodings h [K, W]
         self._match: list[torch.Tensor] = []    # per video: unit match vectors z [K, W]
         self._edges: list[tuple[torch.Tensor, torch.Tensor]] = []   # per video: step start, end [K] (s)
@@ -75,7 +75,7 @@ class MomentPredictor:
             for i, n in enumerate(n_steps[a: a + ENCODE_CHUNK]):
                 self._steps.append(h[i, :n])
                 self._match.append(z[i, :n])
-                self._edges.append(step_edges(int(n), float(self._step_s[a + i]), float(durations[a + i])))
+                self._edges.append(step_edges(int(n), float(step_s[a + i]), float(durations[a + i])))
 
     def _queries(self, query_clip: np.ndarray) -> torch.Tensor:
         q = np.asarray(query_clip, np.float32)
